@@ -1,0 +1,4 @@
+"""hpsearch: hyperparameter search for fine-tuning pretrained transformers, on Optuna."""
+from __future__ import annotations
+
+__version__ = "0.1.0"

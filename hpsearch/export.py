@@ -1,0 +1,72 @@
+"""Export: a study's best trial (or top K) as a config file in the space schema, with nothing left to search."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+import optuna
+
+from .errors import UsageError
+from .runner import trial_config
+from .space import Space, dump_yaml
+from .storage import redact
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    """Load an existing study or raise a UsageError that lists the studies the storage has."""
+    from .storage import open_storage
+
+    storage = open_storage(storage_url, heartbeat_interval=None)
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        have = ", ".join(names) if names else "none"
+        raise UsageError(f"no study named {name!r} in {redact(storage_url)} (studies there: {have})")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
+    """The k best completed trials, best first; a UsageError when there is none."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if not done:
+        counts: dict[str, int] = {}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "no trials"
+        raise UsageError(f"study {study.study_name!r} has no completed trial yet ({summary}); run more trials first")
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value, reverse=maximize)[:k]
+
+
+def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> Space:
+    """The full config a trial ran with, every hyperparameter fixed, and a reference back to it."""
+    config = trial_config(study, trial)
+    origin = {"study": study.study_name, "trial": trial.number, "value": trial.value,
+              "metric": config["study"]["metric"], "storage": redact(storage_url),
+              "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return Space(config).with_params(trial.params, origin=origin)
+
+
+def render(space: Space, path: Path) -> str:
+    """YAML (with the command that uses it on top) or JSON, chosen by the output file's extension."""
+    config = space.to_dict()
+    if path.suffix.lower() == ".json":
+        return json.dumps(config, indent=2) + "\n"
+    o = config["origin"]
+    header = (f"hpsearch train --config {path} --output-dir best-model/\n"
+              f"Trial {o['trial']} of study {o['study']} ({o['metric']}={o['value']:.4f}), exported {o['exported']}.")
+    return dump_yaml(config, header)
+
+
+def export(storage_url: str, study_name: str, output: str | Path, top: int = 1) -> list[Path]:
+    """Write the best (or top ``top``) trial configs; K > 1 writes NAME-1.yaml ... NAME-K.yaml."""
+    out = Path(output)
+    if out.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"--output {output}: use a .yaml, .yml or .json file name")
+    study = load_study(storage_url, study_name)
+    trials = best_trials(study, top)
+    paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(trials) + 1)]
+    for path, trial in zip(paths, trials):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(trial_space(study, trial, storage_url), path), encoding="utf-8")
+    return paths
+

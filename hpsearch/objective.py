@@ -1,0 +1,120 @@
+"""The Optuna objective: one trial = suggest hyperparameters, fine-tune, report, prune, record.
+
+Everything a person looking at a trial in optuna-dashboard wants is stored as user attributes: the
+metrics of its last evaluation, times, throughput, device, steps and epochs completed, where it was
+pruned or why it failed, and peak memory.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+import optuna
+import torch
+
+from .data import PreparedData
+from .errors import HpsearchError
+from .progress import Progress
+from .space import Space
+from .training import Callback, NonFiniteLoss, TrainingState, build_model, peak_memory_mb, train
+
+
+class TrialFailed(HpsearchError):
+    """A trial that could not finish (out of memory, non-finite loss); the study goes on without it."""
+
+
+class _Reporter(Callback):
+    """Forwards evaluations to Optuna (report + prune) and progress to the live view."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, progress: Progress) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.progress = progress
+        self.state: TrainingState | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_step(self, state: TrainingState) -> None:
+        self.state = state
+        self.progress.trial_step(state)
+
+    def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
+        self.state, self.metrics = state, metrics
+        self.trial.report(metrics[self.metric], state.report)
+        self.progress.trial_evaluated(state, metrics)
+        final = state.step == state.total_steps
+        if not final and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
+
+
+def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
+    if state is None:
+        return {"device": str(device)}
+    return {
+        "device": str(device),
+        "steps": state.step,
+        "epochs_completed": round(state.epochs_completed, 4),
+        "train_time_s": round(state.train_time, 3),
+        "eval_time_s": round(state.eval_time, 3),
+        "setup_time_s": round(state.setup_time, 3),
+        "examples_per_s": round(state.examples_seen / max(state.train_time, 1e-9), 2),
+        "tokens_per_s": round(state.tokens_seen / max(state.train_time, 1e-9), 1),
+    }
+
+
+class Objective:
+    """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
+
+    def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
+                 config_id: str | None = None) -> None:
+        self.space = space
+        self.data = data
+        self.device = device
+        self.progress = progress or Progress()
+        self.config_id = config_id or space.fingerprint()
+        self.metric = space.study["metric"]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = self.space.suggest(trial)
+        trial.set_user_attr("config_id", self.config_id)
+        trial.set_user_attr("hyperparameters", hp)
+        self.progress.trial_started(trial.number, trial.params)
+        reporter = _Reporter(trial, self.metric, self.progress)
+        t0 = time.perf_counter()
+        model = None
+        try:
+            model = build_model(self.space.config["model"], hp, self.data, self.device)
+            setup = time.perf_counter() - t0
+            result = train(model, self.data, hp, device=self.device,
+                           reports_per_epoch=self.space.study["reports_per_epoch"], callback=reporter,
+                           setup_time=setup)
+        except optuna.TrialPruned:
+            self._record(trial, reporter, status="pruned")
+            s = reporter.state
+            trial.set_user_attr("pruned_at_report", s.report if s else 0)
+            trial.set_user_attr("pruned_at_epoch", round(s.epochs_completed, 4) if s else 0.0)
+            raise
+        except KeyboardInterrupt:
+            self._record(trial, reporter, status="failed: interrupted")
+            raise
+        except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
+            reason = "out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "non-finite loss"
+            self._record(trial, reporter, status=f"failed: {reason}")
+            trial.set_user_attr("fail_reason", f"{reason}: {str(exc).splitlines()[0][:300]}")
+            raise TrialFailed(f"trial {trial.number} failed: {reason}") from exc
+        finally:
+            del model
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self._record(trial, reporter, status="completed", final=result.metrics)
+        return result.metrics[self.metric]
+
+    def _record(self, trial: optuna.Trial, reporter: _Reporter, status: str,
+                final: dict[str, float] | None = None) -> None:
+        trial.set_user_attr("status", status)
+        for key, value in _state_attrs(reporter.state, self.device).items():
+            trial.set_user_attr(key, value)
+        for key, value in (final or reporter.metrics).items():
+            trial.set_user_attr(f"val_{key}", round(float(value), 6))
+        trial.set_user_attr("peak_memory_mb", round(peak_memory_mb(self.device), 1))

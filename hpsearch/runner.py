@@ -1,0 +1,140 @@
+"""The study runner: everything between a validated space and ``study.optimize``.
+
+Order matters for "nothing written on bad input": the model config, tokenizer and data are all checked
+and prepared before the storage is touched, and a resume that would change the study's direction or
+metric is refused before any attribute is written.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import optuna
+
+from . import __version__
+from .errors import UsageError
+from .space import PRUNERS, SAMPLERS, Space, check_layers
+
+CONFIG_ATTR = "config:"
+
+
+def grid_search_space(params: dict) -> dict[str, list]:
+    """The explicit value lists GridSampler needs: choices, or every step of an int/float range."""
+    grid = {}
+    for name, spec in params.items():
+        if spec["type"] == "categorical":
+            grid[name] = list(spec["choices"])
+        elif spec["type"] == "int":
+            grid[name] = list(range(spec["low"], spec["high"] + 1, spec.get("step", 1)))
+        else:
+            n = int(round((spec["high"] - spec["low"]) / spec["step"])) + 1
+            grid[name] = [float(v) for v in np.linspace(spec["low"], spec["low"] + (n - 1) * spec["step"], n)]
+    return grid
+
+
+def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
+    """The sampler the space names, with its seed and options."""
+    cfg = space.study["sampler"]
+    cls = getattr(optuna.samplers, SAMPLERS[cfg["name"]])
+    options = dict(cfg["options"])
+    if cfg["name"] == "grid":
+        options["search_space"] = grid_search_space(space.params)
+    if cfg["seed"] is not None:
+        options["seed"] = cfg["seed"]
+    with warnings.catch_warnings():  # gp and qmc are "experimental" in Optuna: the user chose them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(**options)
+
+
+def build_pruner(space: Space) -> optuna.pruners.BasePruner:
+    """The pruner the space names, with its options (``none`` never prunes)."""
+    cfg = space.study["pruner"]
+    return getattr(optuna.pruners, PRUNERS[cfg["name"]])(**cfg["options"])
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def open_study(storage: Any, name: str, space: Space, warn: Any = None) -> optuna.Study:
+    """Create the study or resume it; refuse a resume that changes direction or metric (UsageError).
+
+    The resolved config is stored as study user attribute ``config:<id>`` and each trial records the
+    ``config_id`` it ran with, so export knows exactly what ran even if a later resume changed fixed values.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    direction, metric = space.study["direction"], space.study["metric"]
+    config_id = space.fingerprint()
+    if name in optuna.get_all_study_names(storage):
+        existing = optuna.load_study(study_name=name, storage=storage)
+        old_metric = existing.user_attrs.get("metric")
+        old_direction = existing.direction.name.lower()
+        if old_direction != direction or (old_metric is not None and old_metric != metric):
+            raise UsageError(
+                f"study {name!r} exists with direction={old_direction}, metric={old_metric}; this space asks for "
+                f"direction={direction}, metric={metric}. Resume with the same metric, or pass a new --study-name.")
+        old_id = existing.user_attrs.get("config_id")
+        if old_id and old_id != config_id:
+            old = existing.user_attrs.get(CONFIG_ATTR + old_id, {})
+            changed = config_changes(old, space.to_dict())
+            warn(f"note: resuming study {name!r} with a changed config ({', '.join(changed[:8]) or 'details'}); "
+                 f"each trial keeps the config it ran with")
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                sampler=build_sampler(space), pruner=build_pruner(space), load_if_exists=True)
+    study.set_user_attr(CONFIG_ATTR + config_id, space.to_dict())
+    study.set_user_attr("config_id", config_id)
+    study.set_user_attr("metric", metric)
+    study.set_user_attr("hpsearch_version", __version__)
+    for params in space.study["enqueue"]:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    """The resolved config a trial ran with (falls back to the study's latest)."""
+    attrs = study.user_attrs
+    config_id = trial.user_attrs.get("config_id") or attrs.get("config_id")
+    config = attrs.get(CONFIG_ATTR + str(config_id))
+    if config is None:
+        raise UsageError(f"study {study.study_name!r} carries no hpsearch config: was it made by hpsearch run?")
+    return config
+
+
+def run_study(space: Space, *, storage_url: str, n_trials: int, study_name: str | None = None,
+              device: str = "auto", quiet: bool = False, timeout: float | None = None,
+              progress: Any = None) -> optuna.Study:
+    """Prepare model and data, open (or resume) the study, and run ``n_trials`` more trials in this process."""
+    from .data import prepare
+    from .objective import Objective, TrialFailed
+    from .progress import make_progress
+    from .storage import open_storage
+    from .training import layer_count, load_tokenizer, resolve_device
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dev = resolve_device(device)
+    model_cfg = space.config["model"]
+    check_layers(space, layer_count(model_cfg))
+    data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+    storage = open_storage(storage_url)
+    study = open_study(storage, study_name or space.name, space)
+    progress = progress or make_progress(quiet)
+    objective = Objective(space, data, dev, progress, config_id=space.fingerprint())
+    progress.study_started(study, n_trials, space.study["metric"])
+    try:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[progress], catch=(TrialFailed,))
+    finally:
+        progress.close()
+    return study

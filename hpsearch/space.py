@@ -1,0 +1,739 @@
+"""The search-space file: read it, apply ``--set`` overrides, validate every key at once, and suggest.
+
+Validation imports neither torch nor transformers and downloads nothing: a space file can be checked
+on a laptop with only the CLI installed. The normalized config (plain dicts, every default filled in)
+is what the study stores and what ``export`` writes back, so the same schema serves both.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import difflib
+import hashlib
+import inspect
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from .errors import MISSING, ConfigError, Issue
+
+# ---------------------------------------------------------------------------------------------------------------
+# What may be searched or fixed. Each hyperparameter has a kind, a default and a valid range.
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+"""transformers' get_scheduler names that need nothing but warmup and total steps (a test checks they exist)."""
+
+SCHEDULER_KWARGS = {
+    "cosine_with_min_lr": {"min_lr_rate": 0.1},
+    "cosine_warmup_with_min_lr": {"min_lr_rate": 0.1},
+    "warmup_stable_decay": {"num_decay_steps_ratio": 0.1},
+}
+"""Defaults for schedulers whose get_scheduler call needs scheduler_specific_kwargs (ratios resolved in training)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One trainable knob: its kind (float, int or str), default and admissible range."""
+
+    kind: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not admissible, or None when it is."""
+        if self.kind == "str":
+            if value not in self.choices:
+                return f"must be one of {', '.join(self.choices)}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
+        if self.kind == "int" and not float(value).is_integer():
+            return "must be an integer"
+        if not math.isfinite(value):
+            return "must be finite"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"must be {'<' if self.high_open else '<='} {self.high}"
+        return None
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "learning_rate": Hyperparameter("float", 5e-5, low=0, low_open=True, help="AdamW peak learning rate"),
+    "batch_size": Hyperparameter("int", 32, low=1, help="training examples per optimizer step"),
+    "epochs": Hyperparameter("int", 1, low=1, high=1000, help="passes over the training set"),
+    "dropout": Hyperparameter("float", 0.1, low=0, high=1, high_open=True,
+                              help="the model's hidden and attention dropout"),
+    "weight_decay": Hyperparameter("float", 0.0, low=0, help="AdamW decoupled weight decay (not on biases/norms)"),
+    "scheduler": Hyperparameter("str", "linear", choices=SCHEDULERS, help="transformers learning-rate schedule"),
+    "warmup_ratio": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
+                                   help="fraction of the steps spent warming up"),
+    "num_frozen_layers": Hyperparameter("int", 0, low=0,
+                                        help="embeddings plus the first k encoder layers frozen (0: none)"),
+    "seed": Hyperparameter("int", 42, low=0, high=2**32 - 1, help="seeds the head's init, dropout and shuffling"),
+    "max_grad_norm": Hyperparameter("float", 1.0, low=0, help="gradient clipping norm (0 turns it off)"),
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Study-level vocabulary.
+
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+    "grid": "GridSampler",
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "none": "NopPruner",
+}
+METRICS = {
+    # name: (tasks it applies to, direction in which it improves)
+    "accuracy": (("classification",), "maximize"),
+    "f1": (("classification",), "maximize"),
+    "eval_loss": (("classification", "regression"), "minimize"),
+    "mse": (("regression",), "minimize"),
+    "mae": (("regression",), "minimize"),
+    "pearson": (("regression",), "maximize"),
+    "spearman": (("regression",), "maximize"),
+}
+TASKS = ("classification", "regression")
+FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
+
+TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
+STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch")
+SAMPLER_KEYS = ("name", "seed", "options")
+PRUNER_KEYS = ("name", "options")
+MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision")
+DATA_KEYS = ("task", "train", "validation", "text_column", "text_pair_column", "label_column",
+             "max_train_samples", "max_eval_samples")
+COLUMN_KEYS = ("text_column", "text_pair_column", "label_column")
+FILE_SOURCE_KEYS = ("path", "format") + COLUMN_KEYS
+HUB_SOURCE_KEYS = ("hub", "config", "split", "revision") + COLUMN_KEYS
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and overriding.
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file with ``yaml.safe_load``; a missing file or a syntax error is a ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [Issue("", MISSING, "no such file")]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [Issue("", MISSING, f"cannot be read: {exc.strerror}")]) from None
+    try:
+        if p.suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(str(path), [Issue("", MISSING, f"is not valid YAML/JSON: {exc}")]) from None
+
+
+def apply_overrides(raw: Any, overrides: Iterable[str], source: str = "--set") -> dict:
+    """Apply ``KEY=VALUE`` overrides (dotted path, value parsed as YAML; ``null`` deletes the key).
+
+    Returns a new dict; the input is not modified. All malformed overrides are reported together.
+    """
+    data = copy.deepcopy(raw) if isinstance(raw, dict) else {}
+    issues: list[Issue] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            issues.append(Issue("--set", item, "expected KEY=VALUE with a dotted KEY, e.g. fixed.epochs=1"))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            issues.append(Issue(key, text, f"--set value is not valid YAML: {exc.problem}"))
+            continue
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                issues.append(Issue(".".join(parts[: depth + 1]), child, f"--set {key}: is not a mapping"))
+                break
+            node = child
+        else:
+            if value is None:
+                node.pop(parts[-1], None)
+            else:
+                node[parts[-1]] = value
+    if issues:
+        raise ConfigError(source, issues)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: one pass that gathers every problem.
+
+
+class _Checker:
+    """Collects issues while walking a raw config; helpers return the normalized value or MISSING."""
+
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+
+    def add(self, key: str, value: object, message: str) -> None:
+        self.issues.append(Issue(key, value, message))
+
+    def mapping(self, value: Any, key: str, allowed: Iterable[str], required: bool = True) -> dict:
+        if value is None or value is MISSING:
+            if required:
+                self.add(key, MISSING, "is required")
+            return {}
+        if not isinstance(value, dict):
+            self.add(key, value, "must be a mapping")
+            return {}
+        allowed = tuple(allowed)
+        for k in value:
+            if k not in allowed:
+                hint = difflib.get_close_matches(str(k), allowed, n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(allowed)}"
+                self.add(_join(key, k), value[k], f"unknown key{extra}")
+        return value
+
+    def string(self, d: dict, key: str, path: str, default: Any = MISSING, choices: Iterable[str] = ()) -> Any:
+        value = d.get(key, MISSING)
+        if value is MISSING or value is None:
+            if default is MISSING:
+                self.add(_join(path, key), MISSING, "is required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            self.add(_join(path, key), value, "must be a non-empty string")
+            return MISSING
+        choices = tuple(choices)
+        if choices and value not in choices:
+            hint = difflib.get_close_matches(value, choices, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            self.add(_join(path, key), value, f"must be one of {', '.join(choices)}{extra}")
+            return MISSING
+        return value
+
+    def integer(self, d: dict, key: str, path: str, default: Any, low: int | None = None) -> Any:
+        value = d.get(key, MISSING)
+        if value is MISSING or value is None:
+            return default
+        number = _as_number(value)
+        if number is None or not float(number).is_integer():
+            self.add(_join(path, key), value, "must be an integer")
+            return MISSING
+        if low is not None and number < low:
+            self.add(_join(path, key), value, f"must be >= {low}")
+            return MISSING
+        return int(number)
+
+    def boolean(self, d: dict, key: str, path: str, default: bool) -> Any:
+        value = d.get(key, MISSING)
+        if value is MISSING or value is None:
+            return default
+        if not isinstance(value, bool):
+            self.add(_join(path, key), value, "must be true or false")
+            return MISSING
+        return value
+
+    def options(self, d: dict, key: str, path: str, target: Callable | None, reserved: Iterable[str] = ()) -> dict:
+        value = d.get(key, MISSING)
+        if value is MISSING or value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(_join(path, key), value, "must be a mapping of constructor options")
+            return {}
+        if target is not None:
+            accepted = [n for n in inspect.signature(target).parameters if n not in ("self", *reserved)]
+            for name in value:
+                if name not in accepted:
+                    self.add(_join(path, key, name), value[name],
+                             f"is not an option of {target.__qualname__}; it takes {', '.join(accepted) or 'none'}")
+        return dict(value)
+
+
+def _join(*parts: object) -> str:
+    return ".".join(str(p) for p in parts if p != "")
+
+
+def _as_number(value: Any) -> float | int | None:
+    """A number, or a string YAML left unparsed such as '1e-5' (PyYAML needs a dot in floats)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+    return None
+
+
+def _hp_value(name: str, value: Any) -> tuple[Any, str | None]:
+    """Normalize a hyperparameter value (numbers from strings, ints for int kinds); return (value, problem)."""
+    hp = HYPERPARAMETERS[name]
+    if hp.kind != "str":
+        number = _as_number(value)
+        if number is None:
+            return value, hp.check(value)
+        if hp.kind == "float":
+            value = float(number)
+        elif float(number).is_integer():
+            value = int(number)
+        else:
+            value = number
+    return value, hp.check(value)
+
+
+def _check_params(c: _Checker, raw: Any) -> dict:
+    params = c.mapping(raw, "params", HYPERPARAMETERS, required=False)
+    out: dict[str, dict] = {}
+    for name, spec in params.items():
+        if name not in HYPERPARAMETERS:
+            continue  # reported by mapping()
+        path = f"params.{name}"
+        hp = HYPERPARAMETERS[name]
+        spec = c.mapping(spec, path, PARAM_KEYS)
+        if not spec:
+            continue
+        ptype = spec.get("type", "categorical" if "choices" in spec else MISSING)
+        out[name] = {"type": ptype}  # recorded even when invalid, so later checks know it is searched
+        if ptype is MISSING:
+            c.add(f"{path}.type", MISSING, f"is required: one of {', '.join(PARAM_TYPES)}")
+            continue
+        if ptype not in PARAM_TYPES:
+            c.add(f"{path}.type", ptype, f"must be one of {', '.join(PARAM_TYPES)}")
+            continue
+        if ptype == "categorical":
+            out[name] = _check_categorical(c, path, name, spec)
+            continue
+        if hp.kind == "str" or (hp.kind == "int" and ptype == "float") or (hp.kind == "float" and ptype == "int"):
+            wanted = "categorical" if hp.kind == "str" else f"{hp.kind} or categorical"
+            c.add(f"{path}.type", ptype, f"{name} must be searched as {wanted}")
+            continue
+        if "choices" in spec:
+            c.add(f"{path}.choices", spec["choices"], "is only for type: categorical")
+        bounds = {}
+        for bound in ("low", "high"):
+            if bound not in spec:
+                c.add(f"{path}.{bound}", MISSING, f"is required for type: {ptype}")
+                continue
+            value, problem = _hp_value(name, spec[bound])
+            if problem:
+                c.add(f"{path}.{bound}", spec[bound], f"{name} {problem}")
+            else:
+                bounds[bound] = value
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            c.add(f"{path}.log", log, "must be true or false")
+            log = False
+        step = spec.get("step")
+        if step is not None:
+            number = _as_number(step)
+            if number is None or number <= 0 or (ptype == "int" and not float(number).is_integer()):
+                c.add(f"{path}.step", step, f"must be a positive {'integer' if ptype == 'int' else 'number'}")
+                step = None
+            else:
+                step = int(number) if ptype == "int" else float(number)
+            if log and step is not None:
+                c.add(f"{path}.step", step, "cannot be combined with log: true (Optuna samples one or the other)")
+        if len(bounds) == 2:
+            low, high = bounds["low"], bounds["high"]
+            if low > high:
+                c.add(f"{path}.low", low, f"must be <= high ({high})")
+            if log and low <= 0:
+                c.add(f"{path}.low", low, "must be > 0 with log: true")
+            out[name] = {"type": ptype, "low": low, "high": high, "log": log}
+            if step is not None:
+                out[name]["step"] = step
+    return out
+
+
+def _check_categorical(c: _Checker, path: str, name: str, spec: dict) -> dict:
+    for extra in ("low", "high", "log", "step"):
+        if extra in spec:
+            c.add(f"{path}.{extra}", spec[extra], "is not used with type: categorical (give choices)")
+    choices = spec.get("choices", MISSING)
+    if choices is MISSING:
+        c.add(f"{path}.choices", MISSING, "is required for type: categorical")
+        return {"type": "categorical", "choices": []}
+    if not isinstance(choices, list) or not choices:
+        c.add(f"{path}.choices", choices, "must be a non-empty list")
+        return {"type": "categorical", "choices": []}
+    normalized = []
+    for i, choice in enumerate(choices):
+        value, problem = _hp_value(name, choice)
+        if problem:
+            c.add(f"{path}.choices[{i}]", choice, f"{name} {problem}")
+        normalized.append(value)
+    if len(set(map(repr, normalized))) != len(normalized):
+        c.add(f"{path}.choices", choices, "has duplicates")
+    return {"type": "categorical", "choices": normalized}
+
+
+def _check_fixed(c: _Checker, raw: Any, params: dict) -> dict:
+    fixed = c.mapping(raw, "fixed", HYPERPARAMETERS, required=False)
+    out = {}
+    for name, value in fixed.items():
+        if name not in HYPERPARAMETERS:
+            continue
+        if name in params:
+            c.add(f"fixed.{name}", value, "is also in params: a hyperparameter is either searched or fixed")
+            continue
+        value, problem = _hp_value(name, value)
+        if problem:
+            c.add(f"fixed.{name}", value, f"{name} {problem}")
+        out[name] = value
+    full = {name: hp.default for name, hp in HYPERPARAMETERS.items() if name not in params}
+    full.update(out)
+    return full
+
+
+def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: str) -> dict:
+    import optuna  # light: no torch; needed to check sampler and pruner options against their constructors
+
+    study = c.mapping(raw, "study", STUDY_KEYS, required=False)
+    name = c.string(study, "name", "study", default=default_name)
+    metrics = [m for m, (tasks, _) in METRICS.items() if task in tasks] if task in TASKS else list(METRICS)
+    metric = c.string(study, "metric", "study", default="accuracy" if task != "regression" else "mse",
+                      choices=metrics)
+    direction = c.string(study, "direction", "study", default=None, choices=("maximize", "minimize"))
+    if metric is not MISSING:
+        natural = METRICS[metric][1]
+        if direction not in (None, MISSING) and direction != natural:
+            c.add("study.direction", direction, f"contradicts metric '{metric}', which improves by {natural[:-1]}ing")
+        direction = natural
+
+    sampler_raw = study.get("sampler", {"name": "tpe"})
+    if isinstance(sampler_raw, str):
+        sampler_raw = {"name": sampler_raw}
+    sampler = c.mapping(sampler_raw, "study.sampler", SAMPLER_KEYS)
+    sampler_name = c.string(sampler, "name", "study.sampler", default="tpe", choices=SAMPLERS)
+    seed = c.integer(sampler, "seed", "study.sampler", default=None, low=0)
+    target = getattr(optuna.samplers, SAMPLERS[sampler_name]) if sampler_name is not MISSING else None
+    reserved = ("seed", "search_space") if sampler_name == "grid" else ("seed",)
+    sampler_options = c.options(sampler, "options", "study.sampler", target, reserved)
+    if sampler_name == "grid":
+        if not params:
+            c.add("study.sampler.name", "grid", "needs at least one searched parameter in params")
+        for pname, spec in params.items():
+            if spec.get("type") == "float" and "step" not in spec:
+                c.add(f"params.{pname}.step", MISSING, "is required by the grid sampler for a float parameter")
+
+    pruner_raw = study.get("pruner", {"name": "median"})
+    if isinstance(pruner_raw, str):
+        pruner_raw = {"name": pruner_raw}
+    pruner = c.mapping(pruner_raw, "study.pruner", PRUNER_KEYS)
+    pruner_name = c.string(pruner, "name", "study.pruner", default="median", choices=PRUNERS)
+    target = getattr(optuna.pruners, PRUNERS[pruner_name]) if pruner_name is not MISSING else None
+    pruner_options = c.options(pruner, "options", "study.pruner", target)
+    if pruner_name == "percentile" and "percentile" not in pruner_options:
+        c.add("study.pruner.options.percentile", MISSING, "is required by the percentile pruner (e.g. 25.0)")
+
+    reports = c.integer(study, "reports_per_epoch", "study", default=4, low=1)
+    enqueue = _check_enqueue(c, study.get("enqueue"), params)
+    return {
+        "name": name,
+        "direction": direction,
+        "metric": metric,
+        "sampler": {"name": sampler_name, "seed": seed, "options": sampler_options},
+        "pruner": {"name": pruner_name, "options": pruner_options},
+        "reports_per_epoch": reports,
+        "enqueue": enqueue,
+    }
+
+
+def _check_enqueue(c: _Checker, raw: Any, params: dict) -> list[dict]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.add("study.enqueue", raw, "must be a list of {param: value} mappings")
+        return []
+    out = []
+    for i, entry in enumerate(raw):
+        path = f"study.enqueue[{i}]"
+        if not isinstance(entry, dict):
+            c.add(path, entry, "must be a mapping of searched params to values")
+            continue
+        norm = {}
+        for name, value in entry.items():
+            if name not in params:
+                why = "is not a searched parameter (it is fixed or unknown)"
+                c.add(f"{path}.{name}", value, why + (f"; searched: {', '.join(params)}" if params else ""))
+                continue
+            value, problem = _hp_value(name, value)
+            spec = params[name]
+            if problem:
+                c.add(f"{path}.{name}", value, f"{name} {problem}")
+            elif spec.get("type") == "categorical" and value not in spec["choices"]:
+                c.add(f"{path}.{name}", value, f"is not among choices {spec['choices']}")
+            elif "low" in spec and "high" in spec and not spec["low"] <= value <= spec["high"]:
+                c.add(f"{path}.{name}", value, f"is outside [{spec['low']}, {spec['high']}]")
+            norm[name] = value
+        out.append(norm)
+    return out
+
+
+def _check_model(c: _Checker, raw: Any) -> dict:
+    model = c.mapping(raw, "model", MODEL_KEYS)
+    name = c.string(model, "name_or_path", "model")
+    max_length = c.integer(model, "max_length", "model", default=128, low=2)
+    trust = c.boolean(model, "trust_remote_code", "model", default=False)
+    revision = c.string(model, "revision", "model", default=None)
+    layers = None
+    if isinstance(name, str):
+        local = Path(name).expanduser()
+        if local.is_dir():
+            cfg_file = local / "config.json"
+            if not cfg_file.is_file():
+                c.add("model.name_or_path", name, "is a directory without config.json: not a transformers model")
+            else:
+                layers = model_layer_count(json.loads(cfg_file.read_text(encoding="utf-8")))
+        elif _looks_like_path(name):
+            c.add("model.name_or_path", name, "no such directory (a hub id looks like 'org/name')")
+    return {"name_or_path": name, "max_length": max_length, "trust_remote_code": trust, "revision": revision,
+            "_layers": layers}
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def model_layer_count(config: dict) -> int | None:
+    """The number of encoder layers a transformers config declares, or None if it names none we know."""
+    for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def _check_data(c: _Checker, raw: Any) -> dict:
+    data = c.mapping(raw, "data", DATA_KEYS)
+    task = c.string(data, "task", "data", default="classification", choices=TASKS)
+    columns = {
+        "text_column": c.string(data, "text_column", "data", default="text"),
+        "text_pair_column": c.string(data, "text_pair_column", "data", default=None),
+        "label_column": c.string(data, "label_column", "data", default="label"),
+    }
+    out = {"task": task, **columns}
+    for split in ("train", "validation"):
+        out[split] = _check_source(c, data.get(split, MISSING), f"data.{split}", columns)
+    out["max_train_samples"] = c.integer(data, "max_train_samples", "data", default=None, low=1)
+    out["max_eval_samples"] = c.integer(data, "max_eval_samples", "data", default=None, low=1)
+    return out
+
+
+def _check_source(c: _Checker, raw: Any, path: str, defaults: dict) -> dict:
+    if isinstance(raw, str):
+        raw = {"path": raw}
+    if isinstance(raw, dict) and "hub" in raw:
+        src = c.mapping(raw, path, HUB_SOURCE_KEYS)
+        out = {"hub": c.string(src, "hub", path), "config": c.string(src, "config", path, default=None),
+               "split": c.string(src, "split", path, default=path.rsplit(".", 1)[-1]),
+               "revision": c.string(src, "revision", path, default=None)}
+    else:
+        src = c.mapping(raw, path, FILE_SOURCE_KEYS)
+        if not src:
+            return {}
+        file = c.string(src, "path", path)
+        fmt = c.string(src, "format", path, default=None, choices=sorted(set(FILE_FORMATS.values())))
+        if isinstance(file, str) and fmt is None:
+            fmt = FILE_FORMATS.get(Path(file).suffix.lower())
+            if fmt is None:
+                c.add(f"{path}.path", file,
+                      f"has an unknown extension; name the format ({', '.join(sorted(set(FILE_FORMATS.values())))})")
+        out = {"path": file, "format": fmt}
+    for key in COLUMN_KEYS:
+        out[key] = c.string(src, key, path, default=defaults[key])
+    if out.get("path") not in (None, MISSING) and out.get("format") not in (None, MISSING):
+        _check_file_columns(c, path, out)
+    return out
+
+
+def _check_file_columns(c: _Checker, path: str, src: dict) -> None:
+    file = Path(src["path"]).expanduser()
+    if not file.is_file():
+        c.add(f"{path}.path", src["path"], "no such file")
+        return
+    try:
+        header = read_columns(file, src["format"])
+    except Exception as exc:  # any parse failure is a config problem to report, not a crash
+        c.add(f"{path}.path", src["path"], f"cannot be read as {src['format']}: {exc}")
+        return
+    for key in COLUMN_KEYS:
+        col = src.get(key)
+        if isinstance(col, str) and col not in header:
+            c.add(f"{path}.{key}", col, f"is not a column of {src['path']}; its columns are: {', '.join(header)}")
+
+
+def read_columns(file: Path, fmt: str) -> list[str]:
+    """The column names of a local data file, read from its header or first record only."""
+    if fmt in ("csv", "tsv"):
+        with open(file, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t" if fmt == "tsv" else ",")
+            return next(reader, [])
+    if fmt in ("json", "jsonl"):
+        with open(file, encoding="utf-8") as fh:
+            head = fh.read(1).lstrip()
+            fh.seek(0)
+            if head == "[":
+                records = json.load(fh)
+                return list(records[0]) if records else []
+            for line in fh:
+                if line.strip():
+                    return list(json.loads(line))
+            return []
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(file).names)
+    raise ValueError(f"unknown format {fmt}")
+
+
+def _check_frozen_layers(c: _Checker, params: dict, fixed: dict, layers: int | None, model_name: Any) -> None:
+    if layers is None:
+        return
+    if "num_frozen_layers" in params:
+        spec = params["num_frozen_layers"]
+        top = max(spec["choices"], default=None) if "choices" in spec else spec.get("high")
+        key = "params.num_frozen_layers." + ("choices" if "choices" in spec else "high")
+    else:
+        top, key = fixed.get("num_frozen_layers", 0), "fixed.num_frozen_layers"
+    if isinstance(top, int) and top > layers:
+        c.add(key, top, f"exceeds the {layers} encoder layers of model {model_name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The validated space.
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space: the normalized config plus what a trial needs from it."""
+
+    config: dict
+    source: str = "<config>"
+
+    @property
+    def study(self) -> dict:
+        return self.config["study"]
+
+    @property
+    def params(self) -> dict:
+        return self.config["params"]
+
+    @property
+    def fixed(self) -> dict:
+        return self.config["fixed"]
+
+    @property
+    def name(self) -> str:
+        return self.study["name"]
+
+    def suggest(self, trial: Any) -> dict:
+        """Ask an Optuna trial for every searched parameter; return all hyperparameters (searched and fixed)."""
+        hp = dict(self.fixed)
+        for name, spec in self.params.items():
+            if spec["type"] == "categorical":
+                hp[name] = trial.suggest_categorical(name, spec["choices"])
+            elif spec["type"] == "int":
+                hp[name] = trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1),
+                                             log=spec["log"])
+            else:
+                hp[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
+                                               log=spec["log"])
+        return {name: hp[name] for name in HYPERPARAMETERS}
+
+    def with_params(self, values: dict, origin: dict | None = None) -> "Space":
+        """A space with nothing left to search: ``values`` fixed on top of this one's fixed hyperparameters."""
+        cfg = copy.deepcopy(self.config)
+        cfg["fixed"] = {name: {**self.fixed, **values}[name] for name in HYPERPARAMETERS}
+        cfg["params"] = {}
+        cfg["study"]["enqueue"] = []
+        if origin is not None:
+            cfg["origin"] = origin
+        return Space(cfg, self.source)
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the config, to tell whether a resumed study runs what it ran before."""
+        body = {k: v for k, v in self.config.items() if k != "origin"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        """The config in file form (what export writes and the study stores)."""
+        return copy.deepcopy(self.config)
+
+
+def validate(raw: Any, source: str = "<config>", default_name: str = "hpsearch") -> Space:
+    """Check a raw config (as parsed from YAML) and return a Space, or raise ConfigError listing every problem."""
+    c = _Checker()
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Issue("", raw, "must be a mapping with study, model, data, params and fixed")])
+    c.mapping(raw, "", TOP_KEYS)
+    params = _check_params(c, raw.get("params"))
+    fixed = _check_fixed(c, raw.get("fixed"), params)
+    model = _check_model(c, raw.get("model", MISSING))
+    data = _check_data(c, raw.get("data", MISSING))
+    study = _check_study(c, raw.get("study"), data.get("task"), params, default_name)
+    layers = model.pop("_layers")
+    _check_frozen_layers(c, params, fixed, layers, model.get("name_or_path"))
+    if c.issues:
+        raise ConfigError(source, c.issues)
+    config = {"study": study, "model": model, "data": data, "params": params, "fixed": fixed}
+    if isinstance(raw.get("origin"), dict):
+        config["origin"] = raw["origin"]
+    return Space(config, source)
+
+
+def load_space(path: str | Path, overrides: Iterable[str] = ()) -> Space:
+    """Read, override and validate a space file: the one entry point the CLI uses."""
+    raw = read_yaml(path)
+    raw = apply_overrides(raw, overrides, source=str(path))
+    return validate(raw, source=str(path), default_name=Path(path).stem)
+
+
+def check_layers(space: Space, layers: int | None) -> None:
+    """Raise ConfigError if num_frozen_layers exceeds ``layers`` (for hub models, once their config is read)."""
+    c = _Checker()
+    _check_frozen_layers(c, space.params, space.fixed, layers, space.config["model"]["name_or_path"])
+    if c.issues:
+        raise ConfigError(space.source, c.issues)
+
+
+def dump_yaml(config: dict, header: str = "") -> str:
+    """Render a config as YAML in schema order, with an optional leading comment block."""
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
+    lines = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return lines + body

@@ -1,0 +1,65 @@
+"""Storage: which database a study lives in, how to connect to it, and how to print its URL safely.
+
+All of Optuna's RDB storage settings live here: the URL resolution order (flag, $HPSEARCH_STORAGE,
+./studies.db), engine options per backend (SQLite busy timeout, pre-ping for servers), heartbeats that
+turn a dead worker's trial into FAIL, and the retry of such trials with the same parameters.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from .errors import HpsearchError
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+ENV_VAR = "HPSEARCH_STORAGE"
+HEARTBEAT_INTERVAL = 60
+GRACE_PERIOD = 180
+MAX_RETRY = 2
+
+
+def resolve_url(flag: str | None) -> str:
+    """``--storage`` if given, else $HPSEARCH_STORAGE, else sqlite:///studies.db in the working directory."""
+    return flag or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for logs, tables, exported files and errors."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options: wait on a locked SQLite file; detect dropped server connections."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True, "pool_recycle": 3600}
+
+
+def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, grace_period: int | None = None,
+                 max_retry: int = MAX_RETRY) -> Any:
+    """An Optuna RDBStorage for ``url`` with heartbeats on and failed (stale) trials retried ``max_retry`` times.
+
+    Connection failures become one clear HpsearchError that never shows the password.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    kwargs: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat_interval:
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if max_retry > 0 else None
+            kwargs = {"heartbeat_interval": heartbeat_interval,
+                      "grace_period": grace_period or max(GRACE_PERIOD, 2 * heartbeat_interval),
+                      "heartbeat_stale_trial_callback": retry}
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None

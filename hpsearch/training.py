@@ -1,0 +1,382 @@
+"""The fine-tuning loop: build a model from cached pretrained weights, train it, evaluate it.
+
+It knows nothing of Optuna: progress and evaluations go to a :class:`Callback`, whose ``on_evaluate`` may
+raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints).
+Pretrained weights are read from disk once per process and kept in memory, so a trial's setup costs a
+model construction and a state-dict copy, not a checkpoint load.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .data import Encoded, PreparedData
+from .errors import HpsearchError
+from .metrics import compute
+from .space import SCHEDULER_KWARGS, model_layer_count
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+"""Config attributes that different architectures use for hidden and attention dropout."""
+
+EVAL_BATCH_SIZE = 256
+
+
+class NonFiniteLoss(HpsearchError):
+    """The training loss became NaN or infinite: the trial cannot produce a meaningful result."""
+
+
+@dataclass
+class TrainingState:
+    """Where training stands; handed to callbacks and summarized in the result."""
+
+    total_steps: int
+    train_examples: int
+    reports_per_epoch: int
+    step: int = 0
+    examples_seen: int = 0
+    tokens_seen: int = 0
+    report: int = 0
+    loss: float = float("nan")
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    setup_time: float = 0.0
+
+    @property
+    def epochs_completed(self) -> float:
+        """Epochs of data seen so far (fractional)."""
+        return self.examples_seen / self.train_examples
+
+
+class Callback:
+    """Hooks the loop calls; the default does nothing. ``on_evaluate`` may raise to stop training."""
+
+    def on_step(self, state: TrainingState) -> None:
+        """After each optimizer step."""
+
+    def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
+        """After each intermediate or final evaluation; ``state.report`` numbers it comparably across trials."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced: final metrics and the cost of getting there."""
+
+    metrics: dict[str, float]
+    device: str
+    steps: int
+    epochs_completed: float
+    train_time_s: float
+    eval_time_s: float
+    setup_time_s: float
+    train_examples_per_s: float
+    train_tokens_per_s: float
+    peak_memory_mb: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one; ``cuda`` without one is an error naming the flag."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HpsearchError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model construction.
+
+_TOKENIZERS: dict[tuple, Any] = {}
+_WEIGHTS: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(model_cfg: dict) -> Any:
+    """The model's tokenizer, loaded once per process."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
+    if key not in _TOKENIZERS:
+        try:
+            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(
+                model_cfg["name_or_path"], revision=model_cfg.get("revision"),
+                trust_remote_code=model_cfg.get("trust_remote_code", False))
+        except Exception as exc:
+            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load the tokenizer: "
+                                f"{exc}") from exc
+    return _TOKENIZERS[key]
+
+
+def load_model_config(model_cfg: dict, **overrides: Any) -> Any:
+    """The model's transformers config (no weights), with ``overrides`` applied."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(model_cfg["name_or_path"], revision=model_cfg.get("revision"),
+                                          trust_remote_code=model_cfg.get("trust_remote_code", False),
+                                          **overrides)
+    except Exception as exc:
+        raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load its config: "
+                            f"{exc}") from exc
+
+
+def layer_count(model_cfg: dict) -> int | None:
+    """How many encoder layers the model has (for num_frozen_layers checks before training)."""
+    return model_layer_count(load_model_config(model_cfg).to_dict())
+
+
+def _pretrained_weights(model_cfg: dict, config: Any) -> dict[str, torch.Tensor]:
+    """The pretrained body weights (no classification head), read from disk once per process."""
+    from transformers import AutoModelForSequenceClassification
+
+    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
+    if key not in _WEIGHTS:
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"),
+                trust_remote_code=model_cfg.get("trust_remote_code", False), output_loading_info=True)
+        except Exception as exc:
+            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load weights: "
+                                f"{exc}") from exc
+        fresh = set(info.get("missing_keys", ()))
+        _WEIGHTS[key] = {k: v.detach().float().clone() for k, v in model.state_dict().items() if k not in fresh}
+    return _WEIGHTS[key]
+
+
+def set_dropout(config: Any, p: float) -> list[str]:
+    """Set every hidden/attention dropout attribute the config has to ``p``; return the names set."""
+    names = [k for k in DROPOUT_KEYS if isinstance(getattr(config, k, None), (int, float))]
+    if not names:
+        raise HpsearchError(f"model type {config.model_type!r} has none of the dropout settings "
+                            f"{', '.join(DROPOUT_KEYS)}; fix dropout out of the search")
+    for k in names:
+        setattr(config, k, p)
+    return names
+
+
+def encoder_layers(model: torch.nn.Module, count: int) -> torch.nn.ModuleList:
+    """The model's stack of encoder layers: the first ModuleList with ``count`` blocks in its base model."""
+    for module in model.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise HpsearchError(f"cannot find the {count} encoder layers of {type(model).__name__} to freeze")
+
+
+def freeze_layers(model: torch.nn.Module, k: int, count: int | None) -> int:
+    """Freeze embeddings plus the first ``k`` encoder layers; return the number of frozen parameters."""
+    if k <= 0:
+        return 0
+    if count is None or k > count:
+        raise HpsearchError(f"num_frozen_layers={k} exceeds the model's {count} encoder layers")
+    modules = [getattr(model.base_model, "embeddings", None), *list(encoder_layers(model, count))[:k]]
+    frozen = 0
+    for module in modules:
+        if module is None:
+            continue
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device) -> torch.nn.Module:
+    """A fresh classifier: pretrained body, seeded new head, the trial's dropout, frozen layers applied."""
+    from transformers import AutoModelForSequenceClassification
+
+    extra: dict[str, Any] = {"num_labels": data.num_labels}
+    if data.task == "regression":
+        extra["problem_type"] = "regression"
+    else:
+        extra["problem_type"] = "single_label_classification"
+        extra["id2label"] = dict(enumerate(data.label_names))
+        extra["label2id"] = {n: i for i, n in enumerate(data.label_names)}
+    config = load_model_config(model_cfg, **extra)
+    weights = _pretrained_weights(model_cfg, config)
+    set_dropout(config, hp["dropout"])
+    torch.manual_seed(hp["seed"])  # the head's initialization depends on the trial's seed only
+    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=model_cfg.get(
+        "trust_remote_code", False))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
+    freeze_layers(model, hp["num_frozen_layers"], model_layer_count(config.to_dict()))
+    return model.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimization pieces.
+
+
+def make_optimizer(model: torch.nn.Module, hp: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and norms; fused on CUDA, foreach on CPU."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=hp["learning_rate"], **fast)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, hp: dict, total_steps: int) -> Any:
+    """transformers' learning-rate schedule by name, with warmup as a ratio of the total steps."""
+    from transformers import get_scheduler
+
+    warmup = math.ceil(hp["warmup_ratio"] * total_steps)
+    kwargs = dict(SCHEDULER_KWARGS.get(hp["scheduler"], {}))
+    if "num_decay_steps_ratio" in kwargs:
+        kwargs = {"num_decay_steps": max(1, math.ceil(kwargs.pop("num_decay_steps_ratio") * total_steps))}
+    return get_scheduler(hp["scheduler"], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
+                         scheduler_specific_kwargs=kwargs or None)
+
+
+def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
+                           group: int = 50) -> list[torch.Tensor]:
+    """Random batches of similar length: shuffle, sort within chunks of ``group`` batches, shuffle batch order.
+
+    Padding shrinks to almost nothing while every epoch still sees a fresh random grouping.
+    """
+    order = torch.randperm(len(lengths), generator=generator)
+    chunk = batch_size * group
+    batches = []
+    for start in range(0, len(order), chunk):
+        idx = order[start:start + chunk]
+        idx = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
+        batches.extend(idx.split(batch_size))
+    perm = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in perm]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    if task == "regression":
+        return torch.nn.functional.mse_loss(logits.float().squeeze(-1), labels)
+    return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, enc: Encoded, task: str, device: torch.device,
+             batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
+    """Metrics over a whole split, batched by sorted length so that padding is minimal."""
+    was_training = model.training
+    model.eval()
+    order = torch.argsort(enc.lengths, descending=True, stable=True)
+    outputs = torch.empty((len(enc), model.config.num_labels), dtype=torch.float32)
+    with _autocast(device):
+        for idx in order.split(batch_size):
+            logits = model(**enc.batch(idx, device)).logits
+            outputs[idx] = logits.float().cpu()
+    model.train(was_training)
+    out = outputs.squeeze(-1) if task == "regression" else outputs
+    return compute(task, out, enc.labels)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.device,
+          reports_per_epoch: int = 4, callback: Callback | None = None, setup_time: float = 0.0) -> TrainResult:
+    """Fine-tune ``model`` on ``data.train`` with ``hp``; evaluate ``reports_per_epoch`` times per epoch.
+
+    Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been
+    seen, so reports are comparable across trials with different batch sizes and epoch counts.
+    """
+    callback = callback or Callback()
+    n = len(data.train)
+    per_epoch = steps_per_epoch(n, hp["batch_size"])
+    state = TrainingState(total_steps=per_epoch * hp["epochs"], train_examples=n,
+                          reports_per_epoch=reports_per_epoch, setup_time=setup_time)
+    optimizer = make_optimizer(model, hp, device)
+    scheduler = make_scheduler(optimizer, hp, state.total_steps)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(hp["seed"])
+    torch.manual_seed(hp["seed"])  # dropout masks
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    history: list[dict[str, Any]] = []
+    metrics: dict[str, float] = {}
+    labels_all = data.train.labels
+    model.train()
+    for epoch in range(hp["epochs"]):
+        seen_in_epoch = 0
+        next_report = 1
+        t0 = time.perf_counter()
+        for idx in length_grouped_batches(data.train.lengths, hp["batch_size"], generator):
+            batch = data.train.batch(idx, device)
+            labels = labels_all[idx].to(device, non_blocking=True)
+            with _autocast(device):
+                logits = model(**batch).logits
+            loss = _loss(logits, labels, data.task)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
+            loss.backward()
+            if hp["max_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, hp["max_grad_norm"], foreach=True)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.examples_seen += len(idx)
+            state.tokens_seen += int(data.train.lengths[idx].sum())
+            seen_in_epoch += len(idx)
+            state.loss = loss.item()
+            callback.on_step(state)
+            crossed = 0
+            while next_report <= reports_per_epoch and seen_in_epoch * reports_per_epoch >= next_report * n:
+                crossed = next_report
+                next_report += 1
+            if crossed:
+                state.train_time += time.perf_counter() - t0
+                t_eval = time.perf_counter()
+                metrics = evaluate(model, data.validation, data.task, device)
+                state.eval_time += time.perf_counter() - t_eval
+                state.report = epoch * reports_per_epoch + crossed
+                history.append({"report": state.report, "step": state.step,
+                                "epoch": round(state.epochs_completed, 4), **metrics})
+                callback.on_evaluate(state, metrics)
+                t0 = time.perf_counter()
+        state.train_time += time.perf_counter() - t0
+    return TrainResult(
+        metrics=metrics,
+        device=str(device),
+        steps=state.step,
+        epochs_completed=state.epochs_completed,
+        train_time_s=state.train_time,
+        eval_time_s=state.eval_time,
+        setup_time_s=setup_time,
+        train_examples_per_s=state.examples_seen / max(state.train_time, 1e-9),
+        train_tokens_per_s=state.tokens_seen / max(state.train_time, 1e-9),
+        peak_memory_mb=peak_memory_mb(device),
+        history=history,
+    )

@@ -1,0 +1,125 @@
+"""Shared fixtures: a tiny random BERT saved to disk, a small learnable sentiment dataset, space files."""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+POSITIVE = "good great fine lovely superb brilliant charming wonderful".split()
+NEGATIVE = "bad awful poor dull boring terrible weak clumsy".split()
+FILLER = "the movie film plot was is a an and very quite really acting story".split()
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def sentences(n: int, seed: int) -> list[tuple[int, str]]:
+    """Labelled sentences whose sentiment words decide the label: learnable in a few dozen steps."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILLER, rng.randint(2, 8)) + rng.sample(POSITIVE if label else NEGATIVE, rng.randint(1, 3))
+        rng.shuffle(words)
+        rows.append((label, " ".join(words)))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) with a WordPiece vocab of the test words, as safetensors."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # transformers 5 takes the vocabulary itself (a dict); 4.x took vocab_file. Support both.
+    try:
+        tokenizer = BertTokenizerFast(vocab={tok: i for i, tok in enumerate(vocab)})
+    except TypeError:
+        tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+    assert tokenizer.convert_tokens_to_ids("good") == vocab.index("good")
+    tokenizer.save_pretrained(path)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+                        attention_probs_dropout_prob=0.1)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """train.tsv (header: label, sentence) and dev.tsv (header: label, content), as in SST-2."""
+    path = tmp_path_factory.mktemp("tiny-data")
+    for name, text_col, n, seed in (("train.tsv", "sentence", 192, 1), ("dev.tsv", "content", 64, 2)):
+        with open(path / name, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar=None)
+            w.writerow(["label", text_col])
+            w.writerows(sentences(n, seed))
+    return {"train": path / "train.tsv", "dev": path / "dev.tsv"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own tokenized-data cache and working directory, and no ambient storage URL."""
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+
+
+def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
+    """A small valid space over the tiny model and data (fast trials: 192 examples, batch 16, 2 reports)."""
+    cfg = {
+        "study": {"name": "tiny", "metric": "accuracy", "sampler": {"name": "tpe", "seed": 0},
+                  "pruner": {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
+                  "reports_per_epoch": 2},
+        "model": {"name_or_path": str(model), "max_length": 32},
+        "data": {"task": "classification", "train": {"path": str(data["train"]), "text_column": "sentence"},
+                 "validation": {"path": str(data["dev"]), "text_column": "content"}, "label_column": "label"},
+        "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+                   "dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+        "fixed": {"batch_size": 16, "epochs": 2, "seed": 0, "warmup_ratio": 0.0},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return cfg
+
+
+@pytest.fixture
+def make_space(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path):
+    """Write a space file (keyword overrides use __ for nesting: study__name='x') and return its path."""
+
+    def _make(name: str = "space.yaml", **overrides: object) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(space_dict(tiny_model, tiny_data, **overrides), sort_keys=False))
+        return path
+
+    return _make
+
+
+@pytest.fixture
+def hpsearch(tmp_path: Path):
+    """Run the real CLI in a subprocess (as a user would) in tmp_path; returns CompletedProcess."""
+    import subprocess
+
+    def _run(*args: str, check: bool = False, env: dict | None = None, timeout: float = 240):
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=tmp_path, capture_output=True,
+                              text=True, env=full_env, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hpsearch {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return _run

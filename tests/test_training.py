@@ -1,0 +1,145 @@
+"""The training loop's correctness guards, on the tiny model: it learns, freezes, seeds, schedules."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpsearch import training as T
+from hpsearch.data import prepare
+from hpsearch.space import HYPERPARAMETERS, load_space
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def setup(make_space):
+    space = load_space(make_space())
+    data = prepare(space.config["data"], T.load_tokenizer(space.config["model"]), 32)
+    return space, data
+
+
+def _hp(space, **kw) -> dict:
+    hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
+    hp.update(space.fixed)
+    hp.update(learning_rate=2e-3, dropout=0.0)
+    hp.update(kw)
+    return hp
+
+
+def _run(space, data, **kw):
+    hp = _hp(space, **kw)
+    model = T.build_model(space.config["model"], hp, data, CPU)
+    return model, T.train(model, data, hp, device=CPU, reports_per_epoch=2)
+
+
+def test_the_model_learns(setup) -> None:
+    space, data = setup
+    _, result = _run(space, data, epochs=4)
+    assert result.history[0]["eval_loss"] > result.history[-1]["eval_loss"]
+    assert result.metrics["accuracy"] >= 0.8, result.history
+
+
+def test_reports_are_numbered_by_epoch_fraction(setup) -> None:
+    space, data = setup
+    _, a = _run(space, data, epochs=2, batch_size=16)
+    _, b = _run(space, data, epochs=1, batch_size=64)
+    assert [h["report"] for h in a.history] == [1, 2, 3, 4]
+    assert [h["report"] for h in b.history] == [1, 2]
+    # report k fires at the first step with at least k/2 epochs seen, so within one batch of k/2 epochs
+    for result, batch in ((a, 16), (b, 64)):
+        for h in result.history:
+            assert h["report"] / 2 <= h["epoch"] < h["report"] / 2 + batch / len(data.train)
+
+
+def test_frozen_parameters_do_not_change_and_trainable_ones_do(setup) -> None:
+    space, data = setup
+    hp = _hp(space, num_frozen_layers=1, epochs=1)
+    model = T.build_model(space.config["model"], hp, data, CPU)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    T.train(model, data, hp, device=CPU, reports_per_epoch=1)
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p.detach())
+        frozen = name.startswith(("bert.embeddings", "bert.encoder.layer.0."))
+        assert p.requires_grad is not frozen, name
+        assert changed is not frozen, name
+
+
+def test_too_many_frozen_layers_is_refused(setup) -> None:
+    space, data = setup
+    with pytest.raises(T.HpsearchError, match="exceeds"):
+        T.build_model(space.config["model"], _hp(space, num_frozen_layers=3), data, CPU)
+
+
+def test_dropout_reaches_the_model(setup) -> None:
+    space, data = setup
+    model = T.build_model(space.config["model"], _hp(space, dropout=0.27), data, CPU)
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.27}
+    assert model.config.hidden_dropout_prob == 0.27 and model.config.attention_probs_dropout_prob == 0.27
+
+
+def _lr_curve(name: str, warmup: float = 0.0, total: int = 20) -> list[float]:
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    sched = T.make_scheduler(opt, {"scheduler": name, "warmup_ratio": warmup}, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_scheduler_curves_have_the_right_shape() -> None:
+    linear = _lr_curve("linear", warmup=0.2)
+    assert linear[0] == 0.0 and max(linear) == pytest.approx(1.0) and linear.index(max(linear)) == 4
+    assert all(a >= b for a, b in zip(linear[4:], linear[5:])) and linear[-1] < 0.1
+    assert _lr_curve("constant") == [1.0] * 20
+    cosine = _lr_curve("cosine")
+    assert cosine[10] == pytest.approx(0.5, abs=0.05) and cosine[-1] < 0.01
+    assert _lr_curve("constant_with_warmup", warmup=0.5)[10:] == [1.0] * 10
+
+
+@pytest.mark.parametrize("name", ["cosine_with_restarts", "polynomial", "inverse_sqrt", "cosine_with_min_lr",
+                                  "cosine_warmup_with_min_lr", "warmup_stable_decay"])
+def test_every_listed_scheduler_builds(name: str) -> None:
+    lrs = _lr_curve(name, warmup=0.1)
+    assert all(lr >= 0 for lr in lrs) and max(lrs) > 0
+
+
+def test_a_trial_does_not_depend_on_earlier_trials(setup) -> None:
+    space, data = setup
+    _, alone = _run(space, data, learning_rate=1e-3, dropout=0.1, epochs=1)
+    _run(space, data, learning_rate=3e-3, dropout=0.2, epochs=1, seed=5)  # a different trial in between
+    _, again = _run(space, data, learning_rate=1e-3, dropout=0.1, epochs=1)
+    assert again.history == alone.history
+
+
+def test_length_grouped_batches_cover_every_example_once_and_reshuffle() -> None:
+    lengths = torch.randint(3, 60, (1000,))
+    g = torch.Generator().manual_seed(0)
+    e1 = T.length_grouped_batches(lengths, 16, g, group=4)
+    e2 = T.length_grouped_batches(lengths, 16, g, group=4)
+    for epoch in (e1, e2):
+        assert sorted(torch.cat(epoch).tolist()) == list(range(1000))
+    assert [b.tolist() for b in e1] != [b.tolist() for b in e2]
+    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in e1) / len(e1)
+    random_spread = sum(int(lengths[b].max() - lengths[b].min()) for b in torch.randperm(1000).split(16)) / 63
+    assert spread < random_spread / 2  # grouped batches pad far less than random ones
+
+
+def test_non_finite_loss_stops_training(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    space, data = setup
+    monkeypatch.setattr(T, "_loss", lambda logits, labels, task: logits.sum() * float("nan"))
+    with pytest.raises(T.NonFiniteLoss, match="step 1"):
+        _run(space, data, epochs=1)
+
+
+def test_device_flag_errors_name_the_flag() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(T.HpsearchError, match="--device cuda"):
+        T.resolve_device("cuda")
+    assert T.resolve_device("auto").type == "cpu"
