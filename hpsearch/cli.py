@@ -75,28 +75,85 @@ def validate(space_file: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False), help="Search-space YAML file.")
-@click.option("--trials", "n_trials", required=True, type=click.IntRange(min=1),
+@click.option("--trials", "n_trials", type=click.IntRange(min=1), default=None,
               help="Trials to run in THIS invocation; re-running the command resumes the study and adds N more.")
+@click.option("--total", type=click.IntRange(min=1), default=None,
+              help="Stop once the study as a whole has N finished (complete or pruned) trials, across all workers.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--storage", default=None, help=STORAGE_HELP)
 @click.option("--study-name", default=None, help="Study name. Default: study.name in the space file (or its stem).")
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True,
               help="Where trials train: the GPU when there is one (auto), or force cpu / cuda.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Start N local worker processes on the study (CPU cores split between them).")
+@click.option("--gpus", default=None, metavar="0,1,..", help="One worker per listed GPU (CUDA_VISIBLE_DEVICES).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting new trials after SECONDS.")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=None,
+              help="Seconds between a running trial's heartbeats (default 60).")
+@click.option("--grace-period", type=click.IntRange(min=1), default=None,
+              help="Seconds without a heartbeat before a trial counts as dead: FAIL, then retried (default 180).")
+@click.option("--max-retry", type=click.IntRange(min=0), default=None,
+              help="Times a dead worker's trial is retried with the same params (default 2).")
 @click.option("--quiet", is_flag=True, help="Plain log lines instead of the live view.")
-def run(space_file: str, n_trials: int, overrides: tuple[str, ...], storage: str | None, study_name: str | None,
-        device: str, timeout: float | None, quiet: bool) -> None:
-    """Run N trials of a search space into a (new or resumed) study."""
+def run(space_file: str, n_trials: int | None, total: int | None, overrides: tuple[str, ...], storage: str | None,
+        study_name: str | None, device: str, workers: int | None, gpus: str | None, timeout: float | None,
+        heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, quiet: bool) -> None:
+    """Run trials of a search space into a (new or resumed) study."""
+    if n_trials is None and total is None:
+        raise click.UsageError("give --trials N (trials in this invocation) or --total N (finished trials in the study)")
+    if grace_period and heartbeat_interval and grace_period <= heartbeat_interval:
+        raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--grace-period")
+    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    if gpu_list and workers and workers != len(gpu_list):
+        raise click.BadParameter(f"{workers} workers for {len(gpu_list)} GPUs", param_hint="--workers")
     from .storage import redact, resolve_url
 
     space = _load(space_file, overrides)
     url = resolve_url(storage)
+    name = study_name or space.name
+    signal.signal(signal.SIGTERM, _sigterm)
+    count = len(gpu_list) if gpu_list else workers or 1
+    if count > 1:
+        _run_workers(space_file, overrides, url, name, device, count, gpu_list, n_trials, total, timeout,
+                     heartbeat_interval, grace_period, max_retry, space)
+        return
     from .runner import run_study
 
-    signal.signal(signal.SIGTERM, _sigterm)
-    study = run_study(space, storage_url=url, n_trials=n_trials, study_name=study_name, device=device, quiet=quiet,
-                      timeout=timeout)
+    study = run_study(space, storage_url=url, n_trials=n_trials, study_name=name, device=device, quiet=quiet,
+                      timeout=timeout, total=total, heartbeat_interval=heartbeat_interval,
+                      grace_period=grace_period, max_retry=max_retry)
     _print_best(study, redact(url))
+
+
+def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: str, device: str, count: int,
+                 gpus: list[str] | None, n_trials: int | None, total: int | None, timeout: float | None,
+                 heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, space: Any) -> None:
+    """Prepare once here (data cache, study), then start the workers with one shared --total."""
+    import os
+
+    from .runner import FINISHED, open_study, prepare_run
+    from .storage import open_storage, redact
+    from .workers import check_storage_for_workers, launch
+
+    check_storage_for_workers(url, count)
+    prepare_run(space, "cpu" if device == "auto" else device)
+    study = open_study(open_storage(url, heartbeat_interval=None), name, space)
+    if total is None:
+        total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (n_trials or 0)
+    args = ["--space", space_file, "--study-name", name, "--device", device]
+    for o in overrides:
+        args += ["--set", o]
+    for flag, value in (("--timeout", timeout), ("--heartbeat-interval", heartbeat_interval),
+                        ("--grace-period", grace_period), ("--max-retry", max_retry)):
+        if value is not None:
+            args += [flag, str(value)]
+    os.environ["HPSEARCH_STORAGE"] = url  # passed by environment: a password never shows in a process list
+    click.echo(f"[hpsearch] {count} workers on study {name} in {redact(url)}, until {total} finished trials",
+               err=True)
+    code = launch(args, count, gpus, total)
+    _print_best(study, redact(url))
+    if code:
+        raise SystemExit(code)
 
 
 def _print_best(study: Any, where: str) -> None:
@@ -185,6 +242,25 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
     signal.signal(signal.SIGTERM, _sigterm)
     result = retrain(space, output_dir, device=device, progress=_Echo())
     click.echo(json.dumps({"output_dir": output_dir, **result["metrics"]}))
+
+
+@cli.command()
+@click.option("--storage", default=None, help=STORAGE_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 exposes the dashboard to the network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to listen on.")
+def dashboard(storage: str | None, host: str, port: int) -> None:
+    """Serve optuna-dashboard on the study storage (trials, their user attributes, the study's config)."""
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise HpsearchError("optuna-dashboard is not installed: pip install 'hpsearch[dashboard]'") from None
+    from .storage import open_storage, redact, resolve_url
+
+    url = resolve_url(storage)
+    storage_obj = open_storage(url, heartbeat_interval=None)
+    click.echo(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    run_server(storage_obj, host=host, port=port)
 
 
 def main() -> None:

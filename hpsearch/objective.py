@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import time
+import traceback
 from typing import Any
 
 import optuna
@@ -22,6 +23,13 @@ from .training import Callback, NonFiniteLoss, TrainingState, build_model, peak_
 
 class TrialFailed(HpsearchError):
     """A trial that could not finish (out of memory, non-finite loss); the study goes on without it."""
+
+
+class BudgetReached(HpsearchError):
+    """Other workers filled the study's --total while this trial was being created: it is closed untrained."""
+
+
+LIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
 
 
 class _Reporter(Callback):
@@ -66,15 +74,33 @@ class Objective:
     """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
 
     def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
-                 config_id: str | None = None) -> None:
+                 config_id: str | None = None, total: int | None = None) -> None:
         self.space = space
         self.data = data
         self.device = device
         self.progress = progress or Progress()
         self.config_id = config_id or space.fingerprint()
         self.metric = space.study["metric"]
+        self.total = total
+
+    def _start(self, trial: optuna.Trial) -> None:
+        """Check the shared budget and note a retry, from one read of the study's trials.
+
+        Trial numbers are unique and ordered: the first ``total`` live trials own the budget; a later one
+        (created while other workers filled it) yields without training.
+        """
+        trials = trial.study.get_trials(deepcopy=False)
+        if self.total is not None:
+            ahead = [t for t in trials if t.number < trial.number and t.state in LIVE]
+            if len(ahead) >= self.total:
+                trial.set_user_attr("status", f"skipped: the study reached --total {self.total} (other workers)")
+                raise BudgetReached(f"trial {trial.number} skipped: budget of {self.total} reached")
+        me = next((t for t in trials if t.number == trial.number), None)
+        if me is not None and "failed_trial" in me.system_attrs:  # retry of a trial whose worker died
+            trial.set_user_attr("retry_of", me.system_attrs["failed_trial"])
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self._start(trial)
         hp = self.space.suggest(trial)
         trial.set_user_attr("config_id", self.config_id)
         trial.set_user_attr("hyperparameters", hp)
@@ -100,8 +126,11 @@ class Objective:
         except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
             reason = "out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "non-finite loss"
             self._record(trial, reporter, status=f"failed: {reason}")
-            trial.set_user_attr("fail_reason", f"{reason}: {str(exc).splitlines()[0][:300]}")
-            raise TrialFailed(f"trial {trial.number} failed: {reason}") from exc
+            detail = f"{reason}: {str(exc).splitlines()[0][:300]}"
+            trial.set_user_attr("fail_reason", detail)
+            # The traceback's frames hold the model, optimizer and activations: drop them so memory is freed now.
+            traceback.clear_frames(exc.__traceback__)
+            raise TrialFailed(f"trial {trial.number} failed: {detail}") from None
         finally:
             del model
             gc.collect()

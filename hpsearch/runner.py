@@ -7,6 +7,7 @@ metric is refused before any attribute is written.
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from typing import Any
 
@@ -18,6 +19,7 @@ from .errors import UsageError
 from .space import PRUNERS, SAMPLERS, Space, check_layers
 
 CONFIG_ATTR = "config:"
+MAX_CONSECUTIVE_FAILURES = 10
 
 
 def grid_search_space(params: dict) -> dict[str, list]:
@@ -100,7 +102,23 @@ def open_study(storage: Any, name: str, space: Space, warn: Any = None) -> optun
     study.set_user_attr("hpsearch_version", __version__)
     for params in space.study["enqueue"]:
         study.enqueue_trial(params, skip_if_exists=True)
+    _describe_for_dashboard(study, space)
     return study
+
+
+def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
+    """Name the objective after the metric and put the resolved config in the study's dashboard note."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.study["metric"]])
+    try:
+        import optuna_dashboard
+    except ImportError:
+        return
+    from .space import dump_yaml
+
+    body = f"## hpsearch config `{space.fingerprint()}`\n\n```yaml\n{dump_yaml(space.to_dict())}```\n"
+    optuna_dashboard.save_note(study, body)
 
 
 def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
@@ -113,28 +131,88 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
     return config
 
 
-def run_study(space: Space, *, storage_url: str, n_trials: int, study_name: str | None = None,
-              device: str = "auto", quiet: bool = False, timeout: float | None = None,
-              progress: Any = None) -> optuna.Study:
-    """Prepare model and data, open (or resume) the study, and run ``n_trials`` more trials in this process."""
+def prepare_run(space: Space, device: str) -> tuple[Any, Any]:
+    """Everything checked and loaded before the storage is touched: device, layer count, tokenized data."""
     from .data import prepare
-    from .objective import Objective, TrialFailed
-    from .progress import make_progress
-    from .storage import open_storage
     from .training import layer_count, load_tokenizer, resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dev = resolve_device(device)
     model_cfg = space.config["model"]
     check_layers(space, layer_count(model_cfg))
-    data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
-    storage = open_storage(storage_url)
+    return dev, prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def budget(study: optuna.Study) -> tuple[int, int]:
+    """(finished, running) trial counts, after failing trials whose worker stopped sending heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL, and is retried
+    trials = study.get_trials(deepcopy=False, states=FINISHED + (optuna.trial.TrialState.RUNNING,))
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished, len(trials) - finished
+
+
+def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_name: str | None = None,
+              device: str = "auto", quiet: bool = False, timeout: float | None = None, total: int | None = None,
+              heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None,
+              progress: Any = None) -> optuna.Study:
+    """Prepare model and data, open (or resume) the study, and run trials in this process.
+
+    ``n_trials`` caps the trials this process runs; ``total`` stops once the study as a whole has that many
+    finished (complete or pruned) trials, counting other workers' running trials, so several workers share
+    one budget without overshooting.
+    """
+    from . import storage as st
+    from .objective import BudgetReached, Objective, TrialFailed
+    from .progress import make_progress
+    from .storage import open_storage
+
+    dev, data = prepare_run(space, device)
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval or st.HEARTBEAT_INTERVAL,
+                           grace_period=grace_period, max_retry=st.MAX_RETRY if max_retry is None else max_retry)
     study = open_study(storage, study_name or space.name, space)
     progress = progress or make_progress(quiet)
-    objective = Objective(space, data, dev, progress, config_id=space.fingerprint())
-    progress.study_started(study, n_trials, space.study["metric"])
+    objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total)
+    planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study))))
+    progress.study_started(study, planned, space.study["metric"])
+    kwargs = {"timeout": timeout, "callbacks": [progress], "catch": (TrialFailed, BudgetReached)}
     try:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=[progress], catch=(TrialFailed,))
+        if total is None:
+            study.optimize(objective, n_trials=n_trials, **kwargs)
+        else:
+            _run_to_total(study, objective, total, n_trials, timeout, kwargs,
+                          poll=heartbeat_interval or st.HEARTBEAT_INTERVAL)
     finally:
         progress.close()
     return study
+
+
+def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int | None, timeout: float | None,
+                  kwargs: dict, poll: float) -> None:
+    """Run trials until the study has ``total`` finished ones (or this worker's ``n_trials`` or ``timeout``).
+
+    When the running trials of other workers would complete the budget, wait for them instead of exiting:
+    if one of those workers dies, its trial goes stale, is failed and retried, and this worker runs it.
+    """
+    ran, failures = 0, 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while n_trials is None or ran < n_trials:
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        finished, running = budget(study)
+        if finished >= total:
+            return
+        if finished + running >= total:
+            time.sleep(min(poll, 5.0))
+            continue
+        study.optimize(objective, n_trials=1, **kwargs)
+        ran += 1
+        last = study.get_trials(deepcopy=False)[-1]
+        skipped = str(last.user_attrs.get("status", "")).startswith("skipped")
+        failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL and not skipped else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise UsageError(f"{failures} trials failed in a row (see their fail_reason); stopping")

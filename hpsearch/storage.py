@@ -59,7 +59,27 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
                       "grace_period": grace_period or max(GRACE_PERIOD, 2 * heartbeat_interval),
                       "heartbeat_stale_trial_callback": retry}
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
+            if url.startswith("sqlite"):
+                _sqlite_wal(storage)
+            return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+
+
+def _sqlite_wal(storage: Any) -> None:
+    """Put every connection to an SQLite study file in WAL mode, so readers never block the worker that writes.
+
+    Set per connection (an event on connect) and the pool emptied, because connections Optuna opened while
+    creating its tables would otherwise keep the old journal mode.
+    """
+    import sqlalchemy
+
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", _on_connect)
+    storage.engine.dispose()

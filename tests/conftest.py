@@ -123,3 +123,47 @@ def hpsearch(tmp_path: Path):
         return proc
 
     return _run
+
+
+def _server_url(env: str, default: str) -> str:
+    """A database URL from the environment, if its server answers; skip otherwise (fail when CI requires it)."""
+    import sqlalchemy
+
+    url = os.environ.get(env, default)
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # driver missing or server down
+        message = f"{env}: no server at {url} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+        if os.environ.get("HPSEARCH_TEST_REQUIRE_SERVICES"):
+            pytest.fail(message + "; CI requires it (HPSEARCH_TEST_REQUIRE_SERVICES)")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return _server_url("HPSEARCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def mysql_url() -> str:
+    return _server_url("HPSEARCH_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Real storage for fault tests: a fresh SQLite file, and the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/faults.db"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def study_name(request: pytest.FixtureRequest) -> str:
+    """A study name no other test (or earlier run against the same server) uses."""
+    import uuid
+
+    return f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"

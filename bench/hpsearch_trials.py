@@ -1,0 +1,100 @@
+"""Run enqueued configs through hpsearch's own objective, in one process, as `hpsearch run` would.
+
+Takes the anchor's configs format (Trainer argument names) and writes a JSON result comparable to
+trainer_baseline.py's: per-trial wall time, accuracy, setup before the first training step, tokens/s.
+Usage: python bench/hpsearch_trials.py --train TSV --eval TSV --model DIR --configs JSON --out JSON
+       [--n-train N] [--n-eval N] [--max-length L] [--set KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ANCHOR_NAMES = {"per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
+                "lr_scheduler_type": "scheduler"}
+"""Trainer argument names in the anchor's configs, and the hpsearch hyperparameter each one is."""
+
+
+def space_for(args: argparse.Namespace, configs: list[dict]) -> dict:
+    """A space whose params admit every config, with the configs enqueued, matching the anchor's settings."""
+    converted = [{ANCHOR_NAMES.get(k, k): v for k, v in c.items()} for c in configs]
+    params = {}
+    for name in converted[0]:
+        values = sorted({c[name] for c in converted}, key=str)
+        params[name] = {"type": "categorical", "choices": values}
+    return {
+        "study": {"name": "bench", "metric": "accuracy", "sampler": {"name": "random", "seed": 0},
+                  "pruner": {"name": "none"}, "enqueue": converted},
+        "model": {"name_or_path": args.model, "max_length": args.max_length},
+        "data": {"task": "classification", "label_column": "label",
+                 "train": {"path": args.train, "format": "tsv", "text_column": header(args.train)[1]},
+                 "validation": {"path": args.eval, "format": "tsv", "text_column": header(args.eval)[1]},
+                 "max_train_samples": args.n_train, "max_eval_samples": args.n_eval},
+        "params": params,
+        "fixed": {"seed": 0, "warmup_ratio": 0.0, "max_grad_norm": 1.0},
+    }
+
+
+def header(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().rstrip("\n").split("\t")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--eval", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--configs", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-eval", type=int, default=500)
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    import optuna
+
+    from hpsearch.data import prepare
+    from hpsearch.objective import Objective
+    from hpsearch.progress import Progress
+    from hpsearch.runner import open_study
+    from hpsearch.space import apply_overrides, validate
+    from hpsearch.training import load_tokenizer, resolve_device
+
+    configs = json.load(open(a.configs))
+    raw = apply_overrides(space_for(a, configs), a.overrides)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        yaml.safe_dump(raw, fh)
+    space = validate(raw, fh.name)
+    data = prepare(space.config["data"], load_tokenizer(space.config["model"]), space.config["model"]["max_length"])
+    device = resolve_device("auto")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(optuna.storages.InMemoryStorage(), "bench", space, warn=lambda m: None)
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    study.optimize(Objective(space, data, device, Progress()), n_trials=len(configs))
+    total = time.perf_counter() - t1
+    trials = study.trials
+    res = {
+        "setup_s": setup, "search_s": total, "per_trial_s": total / len(configs), "device": str(device),
+        "values": [t.value for t in trials], "params": [t.params for t in trials],
+        "durations_s": [t.duration.total_seconds() for t in trials],
+        "trial_setup_s": [t.user_attrs.get("setup_time_s") for t in trials],
+        "tokens_per_s": [t.user_attrs.get("tokens_per_s") for t in trials],
+        "train_time_s": [t.user_attrs.get("train_time_s") for t in trials],
+        "eval_time_s": [t.user_attrs.get("eval_time_s") for t in trials],
+        "train_tokens": int(data.train.lengths.sum()), "eval_tokens": int(data.validation.lengths.sum()),
+    }
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: res[k] for k in ("setup_s", "per_trial_s", "values")}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

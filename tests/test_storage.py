@@ -1,0 +1,77 @@
+"""Storage: URL resolution, password masking everywhere, SQLite WAL, unreachable and dropped connections."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+
+from hpsearch import runner, storage
+from hpsearch.errors import HpsearchError
+from hpsearch.progress import Progress
+from hpsearch.space import load_space
+
+
+def test_url_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert storage.resolve_url(None) == "sqlite:///studies.db"
+    monkeypatch.setenv("HPSEARCH_STORAGE", "sqlite:///env.db")
+    assert storage.resolve_url(None) == "sqlite:///env.db"
+    assert storage.resolve_url("sqlite:///flag.db") == "sqlite:///flag.db"
+
+
+def test_redact_hides_passwords_only() -> None:
+    assert storage.redact("postgresql://bob:pw@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert storage.redact("mysql+pymysql://root@h/x") == "mysql+pymysql://root@h/x"
+    assert storage.redact("sqlite:///studies.db") == "sqlite:///studies.db"
+
+
+def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+    st = storage.open_storage(f"sqlite:///{tmp_path}/s.db")
+    with st.engine.connect() as conn:
+        assert conn.execute(sqlalchemy.text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_unreachable_server_is_one_clear_error() -> None:
+    with pytest.raises(HpsearchError) as info:
+        storage.open_storage("postgresql://u:topsecret@127.0.0.1:9/db")
+    text = str(info.value)
+    assert text.startswith("cannot open storage postgresql://u:***@127.0.0.1:9/db") and "topsecret" not in text
+    assert len(text.splitlines()) == 1
+
+
+def test_dropped_connections_are_replaced(postgres_url: str, make_space, study_name: str) -> None:
+    """Kill every server-side connection of the study mid-run: pool_pre_ping reconnects and the study goes on."""
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+
+    class DropAfterFirst(Progress):
+        def __call__(self, study, trial) -> None:
+            if trial.number == 0:
+                with admin.connect() as conn:
+                    killed = conn.execute(sqlalchemy.text(
+                        "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                        "where datname = current_database() and pid <> pg_backend_pid()")).scalar()
+                assert killed >= 1
+
+    study = runner.run_study(load_space(make_space(fixed__epochs=1)), storage_url=postgres_url, n_trials=3,
+                             study_name=study_name, progress=DropAfterFirst())
+    assert [t.state.name for t in study.trials if t.state.is_finished()].count("COMPLETE") + \
+        [t.state.name for t in study.trials].count("PRUNED") == 3
+    admin.dispose()
+
+
+def test_password_never_shown(postgres_url: str, make_space, hpsearch, tmp_path: Path, study_name: str) -> None:
+    """PostgreSQL here trusts local connections, so any password works: use one and look for it everywhere."""
+    url = sqlalchemy.engine.make_url(postgres_url).set(password="Hunter2Secret")
+    url_text = url.render_as_string(hide_password=False)
+    run = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "2", "--quiet",
+                   "--storage", url_text, "--study-name", study_name, check=True)
+    export = hpsearch("export", "--study", study_name, "--output", "best.yaml", "--storage", url_text, check=True)
+    missing = hpsearch("export", "--study", study_name + "-nope", "--output", "x.yaml", "--storage", url_text)
+    listing = hpsearch("trials", "--study", study_name, "--storage", url_text, check=True)
+    studies = hpsearch("studies", "--storage", url_text, check=True)
+    seen = "".join(p.stdout + p.stderr for p in (run, export, missing, listing, studies))
+    seen += (tmp_path / "best.yaml").read_text()
+    assert "***" in seen and "Hunter2Secret" not in seen
+    study = optuna.load_study(study_name=study_name, storage=url_text)
+    assert "Hunter2Secret" not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
