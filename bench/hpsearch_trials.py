@@ -41,6 +41,13 @@ def space_for(args: argparse.Namespace, configs: list[dict]) -> dict:
     }
 
 
+def as_anchor_runs(config: dict) -> dict:
+    """What trainer_baseline.py really trains under transformers 5: Trainer.train() calls model_init(trial)
+    before hp_space(trial) has suggested anything, so model_init sees empty trial.params and falls back to
+    dropout 0.1 and no frozen layers for every trial (the other five values do reach TrainingArguments)."""
+    return {**config, "dropout": 0.1, "num_frozen_layers": 0}
+
+
 def header(path: str) -> list[str]:
     with open(path, encoding="utf-8") as fh:
         return fh.readline().rstrip("\n").split("\t")
@@ -57,25 +64,25 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--as-anchor-runs", action="store_true",
+                    help="run each config as the anchor really executes it: dropout 0.1, no frozen layers")
     a = ap.parse_args()
     t0 = time.perf_counter()
     import optuna
 
-    from hpsearch.data import prepare
     from hpsearch.objective import Objective
     from hpsearch.progress import Progress
-    from hpsearch.runner import open_study
+    from hpsearch.runner import open_study, prepare_run
     from hpsearch.space import apply_overrides, validate
-    from hpsearch.training import load_tokenizer, resolve_device
 
     configs = json.load(open(a.configs))
+    if a.as_anchor_runs:
+        configs = [as_anchor_runs(c) for c in configs]
     raw = apply_overrides(space_for(a, configs), a.overrides)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(raw, fh)
     space = validate(raw, fh.name)
-    data = prepare(space.config["data"], load_tokenizer(space.config["model"]), space.config["model"]["max_length"])
-    device = resolve_device("auto")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device, data = prepare_run(space, "auto")  # exactly what `hpsearch run` does before its first trial
     study = open_study(optuna.storages.InMemoryStorage(), "bench", space, warn=lambda m: None)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()

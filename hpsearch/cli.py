@@ -216,6 +216,20 @@ def export(study_name: str, output: str, top: int, storage: str | None) -> None:
 
 
 @cli.command()
+@click.option("--study", "study_name", required=True, help="Study name.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="HTML file to write.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows in the top-trials table.")
+@click.option("--storage", default=None, help=STORAGE_HELP)
+def report(study_name: str, output: str, top: int, storage: str | None) -> None:
+    """Write a self-contained HTML report (opens offline): history, learning curves, importances, pruning savings."""
+    from .export import load_study
+    from .report import write_report
+    from .storage import resolve_url
+
+    click.echo(str(write_report(load_study(resolve_url(storage), study_name), output, top=top)))
+
+
+@cli.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
               help="A config with nothing left to search, e.g. from hpsearch export.")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False),

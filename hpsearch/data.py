@@ -35,19 +35,30 @@ class Encoded:
         return int(self.labels.shape[0])
 
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        """The rows ``index`` trimmed to their longest sequence (dynamic padding), on ``device``."""
+        """The rows ``index`` (a CPU tensor) trimmed to their longest sequence (dynamic padding), on ``device``."""
         width = int(self.lengths[index].max())
-        ids = self.input_ids[index, :width]
-        out = {"input_ids": ids.to(device, non_blocking=True),
-               "attention_mask": (torch.arange(width) < self.lengths[index, None]).to(device, non_blocking=True)}
+        rows = index.to(self.input_ids.device)
+        lengths = self.lengths[index].to(device, non_blocking=True)
+        out = {"input_ids": self.input_ids[rows, :width].to(device, non_blocking=True),
+               "attention_mask": torch.arange(width, device=device) < lengths[:, None]}
         if self.token_type_ids is not None:
-            out["token_type_ids"] = self.token_type_ids[index, :width].to(device, non_blocking=True)
+            out["token_type_ids"] = self.token_type_ids[rows, :width].to(device, non_blocking=True)
         return out
 
+    def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The labels of rows ``index`` on ``device``."""
+        return self.labels[index.to(self.labels.device)].to(device, non_blocking=True)
+
+    def head(self, n: int) -> "Encoded":
+        """The first ``n`` rows (a fixed subset, identical in every trial)."""
+        tt = None if self.token_type_ids is None else self.token_type_ids[:n]
+        return Encoded(self.input_ids[:n], self.lengths[:n], self.labels[:n], tt)
+
     def to(self, device: torch.device) -> "Encoded":
-        """A copy with every tensor on ``device`` (keeps the whole set resident, e.g. on a GPU)."""
+        """A copy whose ids and labels live on ``device`` (the whole set resident on a GPU); lengths stay on the
+        CPU, where batches are planned."""
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return Encoded(self.input_ids.to(device), self.lengths.to(device), self.labels.to(device), tt)
+        return Encoded(self.input_ids.to(device), self.lengths, self.labels.to(device), tt)
 
 
 @dataclass
@@ -58,6 +69,10 @@ class PreparedData:
     validation: Encoded
     task: str
     label_names: list[str]
+
+    def to(self, device: torch.device) -> "PreparedData":
+        """Both splits resident on ``device`` (a few MB of token ids: no host-to-device copy per batch)."""
+        return PreparedData(self.train.to(device), self.validation.to(device), self.task, self.label_names)
 
     @property
     def num_labels(self) -> int:

@@ -113,6 +113,8 @@ class Objective:
             setup = time.perf_counter() - t0
             result = train(model, self.data, hp, device=self.device,
                            reports_per_epoch=self.space.study["reports_per_epoch"], callback=reporter,
+                           intermediate_eval_samples=self.space.study["intermediate_eval_samples"],
+                           precision=self.space.config["model"]["precision"],
                            setup_time=setup)
         except optuna.TrialPruned:
             self._record(trial, reporter, status="pruned")

@@ -29,7 +29,9 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     t0 = time.perf_counter()
     model = build_model(model_cfg, hp, data, dev)
     result = train(model, data, hp, device=dev, reports_per_epoch=space.study["reports_per_epoch"],
-                   callback=progress or Callback(), setup_time=time.perf_counter() - t0)
+                   callback=progress or Callback(), setup_time=time.perf_counter() - t0,
+                   intermediate_eval_samples=space.study["intermediate_eval_samples"],
+                   precision=model_cfg["precision"])
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

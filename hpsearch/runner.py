@@ -134,13 +134,15 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
 def prepare_run(space: Space, device: str) -> tuple[Any, Any]:
     """Everything checked and loaded before the storage is touched: device, layer count, tokenized data."""
     from .data import prepare
-    from .training import layer_count, load_tokenizer, resolve_device
+    from .training import layer_count, load_tokenizer, preload, resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dev = resolve_device(device)
     model_cfg = space.config["model"]
     check_layers(space, layer_count(model_cfg))
-    return dev, prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+    data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+    preload(model_cfg, data)
+    return dev, data.to(dev)  # on a GPU the whole tokenized set stays resident
 
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

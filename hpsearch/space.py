@@ -126,10 +126,12 @@ TASKS = ("classification", "regression")
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
-STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch")
+STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
+              "intermediate_eval_samples")
 SAMPLER_KEYS = ("name", "seed", "options")
 PRUNER_KEYS = ("name", "options")
-MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision")
+MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision")
+PRECISIONS = ("auto", "fp32", "bf16")
 DATA_KEYS = ("task", "train", "validation", "text_column", "text_pair_column", "label_column",
              "max_train_samples", "max_eval_samples")
 COLUMN_KEYS = ("text_column", "text_pair_column", "label_column")
@@ -463,6 +465,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         c.add("study.pruner.options.percentile", MISSING, "is required by the percentile pruner (e.g. 25.0)")
 
     reports = c.integer(study, "reports_per_epoch", "study", default=4, low=1)
+    subset = c.integer(study, "intermediate_eval_samples", "study", default=256, low=1)
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
     return {
         "name": name,
@@ -471,6 +474,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "sampler": {"name": sampler_name, "seed": seed, "options": sampler_options},
         "pruner": {"name": pruner_name, "options": pruner_options},
         "reports_per_epoch": reports,
+        "intermediate_eval_samples": subset,
         "enqueue": enqueue,
     }
 
@@ -512,6 +516,7 @@ def _check_model(c: _Checker, raw: Any) -> dict:
     max_length = c.integer(model, "max_length", "model", default=128, low=2)
     trust = c.boolean(model, "trust_remote_code", "model", default=False)
     revision = c.string(model, "revision", "model", default=None)
+    precision = c.string(model, "precision", "model", default="auto", choices=PRECISIONS)
     layers = None
     if isinstance(name, str):
         local = Path(name).expanduser()
@@ -524,7 +529,7 @@ def _check_model(c: _Checker, raw: Any) -> dict:
         elif _looks_like_path(name):
             c.add("model.name_or_path", name, "no such directory (a hub id looks like 'org/name')")
     return {"name_or_path": name, "max_length": max_length, "trust_remote_code": trust, "revision": revision,
-            "_layers": layers}
+            "precision": precision, "_layers": layers}
 
 
 def _looks_like_path(name: str) -> bool:
