@@ -136,7 +136,7 @@ def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: st
     from .workers import check_storage_for_workers, launch
 
     check_storage_for_workers(url, count)
-    prepare_run(space, "cpu" if device == "auto" else device)
+    prepare_run(space, "cpu" if device == "auto" else device, weights=False)  # fills the tokenized-data cache
     study = open_study(open_storage(url, heartbeat_interval=None), name, space)
     if total is None:
         total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (n_trials or 0)
@@ -181,7 +181,7 @@ def studies(storage: str | None) -> None:
     from .listing import studies_table
     from .storage import open_storage, resolve_url
 
-    Console().print(studies_table(open_storage(resolve_url(storage), heartbeat_interval=None)))
+    Console().print(studies_table(open_storage(resolve_url(storage), read_only=True)))
 
 
 @cli.command()
@@ -272,7 +272,7 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     from .storage import open_storage, redact, resolve_url
 
     url = resolve_url(storage)
-    storage_obj = open_storage(url, heartbeat_interval=None)
+    storage_obj = open_storage(url, read_only=True)
     click.echo(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     run_server(storage_obj, host=host, port=port)
 

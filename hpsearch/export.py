@@ -16,7 +16,7 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
     """Load an existing study or raise a UsageError that lists the studies the storage has."""
     from .storage import open_storage
 
-    storage = open_storage(storage_url, heartbeat_interval=None)
+    storage = open_storage(storage_url, read_only=True)
     names = optuna.get_all_study_names(storage)
     if name not in names:
         have = ", ".join(names) if names else "none"

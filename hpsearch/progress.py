@@ -90,10 +90,12 @@ class LiveProgress(Progress):
         self.n_trials = 0
         self.started = time.monotonic()
         self.current: dict[str, Any] | None = None
+        self.best: tuple[float | None, int | None] = (None, None)
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
 
     def study_started(self, study: Any, n_trials: int, metric: str) -> None:
         self.study, self.n_trials, self.metric = study, n_trials, metric
+        self.best = _best(study)  # read here and on each finished trial, never from the refresh thread
         self.started = time.monotonic()
         self.live.start()
 
@@ -111,13 +113,14 @@ class LiveProgress(Progress):
 
     def __call__(self, study: Any, trial: Any) -> None:
         self.finished.append(trial)
+        self.best = _best(study)
         self.current = None
 
     def close(self) -> None:
         self.live.stop()
 
     def __rich__(self) -> Group:
-        value, number = _best(self.study) if self.study is not None else (None, None)
+        value, number = self.best
         elapsed = time.monotonic() - self.started
         name = self.study.study_name if self.study is not None else ""
         head = Text.assemble(("hpsearch ", "bold"), (name, "cyan"),

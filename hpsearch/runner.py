@@ -131,8 +131,9 @@ def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
     return config
 
 
-def prepare_run(space: Space, device: str) -> tuple[Any, Any]:
-    """Everything checked and loaded before the storage is touched: device, layer count, tokenized data."""
+def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, Any]:
+    """Everything checked and loaded before the storage is touched: device, layer count, tokenized data,
+    and (``weights``) the pretrained weights, read into memory once for all of this process's trials."""
     from .data import prepare
     from .training import layer_count, load_tokenizer, preload, resolve_device
 
@@ -141,7 +142,8 @@ def prepare_run(space: Space, device: str) -> tuple[Any, Any]:
     model_cfg = space.config["model"]
     check_layers(space, layer_count(model_cfg))
     data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
-    preload(model_cfg, data)
+    if weights:
+        preload(model_cfg, data)
     return dev, data.to(dev)  # on a GPU the whole tokenized set stays resident
 
 

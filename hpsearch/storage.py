@@ -42,11 +42,14 @@ def engine_kwargs(url: str) -> dict[str, Any]:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, grace_period: int | None = None,
-                 max_retry: int = MAX_RETRY) -> Any:
+                 max_retry: int = MAX_RETRY, read_only: bool = False) -> Any:
     """An Optuna RDBStorage for ``url`` with heartbeats on and failed (stale) trials retried ``max_retry`` times.
 
-    Connection failures become one clear HpsearchError that never shows the password.
+    ``read_only`` (listing, export, report, dashboard): no heartbeats and no journal-mode change, so reading a
+    study file leaves it as it was. Connection failures become one clear HpsearchError without the password.
     """
+    if read_only:
+        heartbeat_interval = None
     import optuna
     import sqlalchemy.exc
 
@@ -60,7 +63,7 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
                       "heartbeat_stale_trial_callback": retry}
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
-            if url.startswith("sqlite"):
+            if url.startswith("sqlite") and not read_only:
                 _sqlite_wal(storage)
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:

@@ -75,3 +75,14 @@ def test_password_never_shown(postgres_url: str, make_space, hpsearch, tmp_path:
     assert "***" in seen and "Hunter2Secret" not in seen
     study = optuna.load_study(study_name=study_name, storage=url_text)
     assert "Hunter2Secret" not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
+
+
+def test_reading_a_study_file_leaves_it_unchanged(tmp_path: Path) -> None:
+    """report / export / trials on a shipped example must not switch it to WAL or otherwise rewrite it."""
+    path = tmp_path / "example.db"
+    url = f"sqlite:///{path}"
+    optuna.create_study(study_name="s", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    before = path.read_bytes()
+    study = optuna.load_study(study_name="s", storage=storage.open_storage(url, read_only=True))
+    assert len(study.trials) == 2
+    assert path.read_bytes() == before and not (tmp_path / "example.db-wal").exists()
