@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 a runtime failure (storage unreachable, a model that wi
 from __future__ import annotations
 
 import signal
-import sys
 from typing import Any
 
 import click

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
 from hpsearch.space import load_space
 
@@ -102,6 +101,10 @@ def test_run_resume_refuse_list_export_train(make_space, hpsearch, tmp_path: Pat
     assert exported.fixed["batch_size"] == 16 and exported.fixed["epochs"] == 2
     hpsearch("export", "--study", "tiny", "--output", "best.json", check=True)
     assert json.loads((tmp_path / "best.json").read_text())["fixed"] == exported.fixed
+    top = hpsearch("export", "--study", "tiny", "--output", "top.yaml", "--top", "3", check=True).stdout.split()
+    assert top == ["top-1.yaml", "top-2.yaml", "top-3.yaml"]
+    values = [load_space(tmp_path / name).config["origin"]["value"] for name in top]
+    assert values[0] == best.value and values == sorted(values, reverse=True)
 
     trained = hpsearch("train", "--config", "best.yaml", "--output-dir", "best-model", check=True)
     metrics = json.loads((tmp_path / "best-model" / "metrics.json").read_text())

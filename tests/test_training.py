@@ -1,7 +1,6 @@
 """The training loop's correctness guards, on the tiny model: it learns, freezes, seeds, schedules."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
