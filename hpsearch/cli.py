@@ -156,12 +156,11 @@ def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: st
 
 
 def _print_best(study: Any, where: str) -> None:
+    from .listing import state_counts
     from .progress import fmt_params
 
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    click.echo(f"study {study.study_name} in {where}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = state_counts(study)
+    click.echo(f"study {study.study_name} in {where}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     try:
         best = study.best_trial
     except ValueError:

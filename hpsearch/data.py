@@ -36,9 +36,10 @@ class Encoded:
 
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         """The rows ``index`` (a CPU tensor) trimmed to their longest sequence (dynamic padding), on ``device``."""
-        width = int(self.lengths[index].max())
+        lengths = self.lengths[index]
+        width = int(lengths.max())
         rows = index.to(self.input_ids.device)
-        lengths = self.lengths[index].to(device, non_blocking=True)
+        lengths = lengths.to(device, non_blocking=True)
         out = {"input_ids": self.input_ids[rows, :width].to(device, non_blocking=True),
                "attention_mask": torch.arange(width, device=device) < lengths[:, None]}
         if self.token_type_ids is not None:

@@ -30,7 +30,7 @@ class Issue:
 
 
 def _short(value: object) -> str:
-    if value is _MISSING:
+    if value is MISSING:
         return ""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -41,8 +41,7 @@ class _Missing:
         return "<missing>"
 
 
-_MISSING = _Missing()
-MISSING: object = _MISSING
+MISSING: object = _Missing()
 """Sentinel for an Issue about an absent key: nothing is shown as the value."""
 
 

@@ -24,17 +24,22 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials, best first (by the study's direction)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(done, key=lambda t: t.value, reverse=maximize)
+
+
 def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
     """The k best completed trials, best first; a UsageError when there is none."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    if not done:
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        summary = ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "no trials"
+    ranked = ranked_trials(study)
+    if not ranked:
+        from .listing import state_counts
+
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in state_counts(study).items()) or "no trials"
         raise UsageError(f"study {study.study_name!r} has no completed trial yet ({summary}); run more trials first")
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value, reverse=maximize)[:k]
+    return ranked[:k]
 
 
 def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> Space:

@@ -9,16 +9,21 @@ from rich.table import Table
 from .progress import fmt_params, fmt_value
 
 
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name (COMPLETE, PRUNED, ...), in the order the states first occur."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
 def studies_table(storage: Any) -> Table:
     """One row per study: direction, metric, trial counts by state, best value and when it started."""
     table = Table(title="studies", header_style="bold")
     for col in ("study", "direction", "metric", "complete", "pruned", "fail", "running", "best", "started"):
         table.add_column(col, justify="right" if col in ("complete", "pruned", "fail", "running", "best") else "left")
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
-        counts: dict[str, int] = {}
-        for t in study.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        counts = state_counts(optuna.load_study(study_name=s.study_name, storage=storage))
         best = s.best_trial.value if s.best_trial is not None else None
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
         table.add_row(s.study_name, s.direction.name.lower(), str(s.user_attrs.get("metric", "-")),

@@ -65,8 +65,8 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
         "train_time_s": round(state.train_time, 3),
         "eval_time_s": round(state.eval_time, 3),
         "setup_time_s": round(state.setup_time, 3),
-        "examples_per_s": round(state.examples_seen / max(state.train_time, 1e-9), 2),
-        "tokens_per_s": round(state.tokens_seen / max(state.train_time, 1e-9), 1),
+        "examples_per_s": round(state.examples_per_s, 2),
+        "tokens_per_s": round(state.tokens_per_s, 1),
     }
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import optuna
 
+from .export import ranked_trials
+from .listing import state_counts
 from .progress import fmt_params, fmt_value
 
 
@@ -74,9 +76,7 @@ def _figures(study: optuna.Study) -> list[tuple[str, Any, str]]:
 
 
 def _top_table(study: optuna.Study, k: int) -> str:
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    done.sort(key=lambda t: t.value, reverse=maximize)
+    done = ranked_trials(study)
     metric = study.user_attrs.get("metric", "value")
     rows = []
     for t in done[:k]:
@@ -99,9 +99,7 @@ text-align:left}th{background:#f5f5f5}.note{color:#666;font-size:.9rem}.cards{di
 
 def render(study: optuna.Study, top: int = 10) -> str:
     """The report as one HTML document (plotly.js inlined once)."""
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    counts = state_counts(study)
     metric = study.user_attrs.get("metric", "value")
     try:
         best = study.best_trial

@@ -203,6 +203,8 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
     if one of those workers dies, its trial goes stale, is failed and retried, and this worker runs it.
     """
     ran, failures = 0, 0
+    mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials: with others on the study, not the study's last
+    kwargs = {**kwargs, "callbacks": [*kwargs["callbacks"], lambda study, trial: mine.append(trial)]}
     deadline = None if timeout is None else time.monotonic() + timeout
     while n_trials is None or ran < n_trials:
         if deadline is not None and time.monotonic() > deadline:
@@ -215,7 +217,7 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
             continue
         study.optimize(objective, n_trials=1, **kwargs)
         ran += 1
-        last = study.get_trials(deepcopy=False)[-1]
+        last = mine[-1]
         skipped = str(last.user_attrs.get("status", "")).startswith("skipped")
         failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL and not skipped else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:

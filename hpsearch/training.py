@@ -53,6 +53,16 @@ class TrainingState:
         """Epochs of data seen so far (fractional)."""
         return self.examples_seen / self.train_examples
 
+    @property
+    def examples_per_s(self) -> float:
+        """Training throughput (evaluation time excluded)."""
+        return self.examples_seen / max(self.train_time, 1e-9)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Real (unpadded) training tokens per second."""
+        return self.tokens_seen / max(self.train_time, 1e-9)
+
 
 class Callback:
     """Hooks the loop calls; the default does nothing. ``on_evaluate`` may raise to stop training."""
@@ -415,8 +425,8 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch
         train_time_s=state.train_time,
         eval_time_s=state.eval_time,
         setup_time_s=state.setup_time,
-        train_examples_per_s=state.examples_seen / max(state.train_time, 1e-9),
-        train_tokens_per_s=state.tokens_seen / max(state.train_time, 1e-9),
+        train_examples_per_s=state.examples_per_s,
+        train_tokens_per_s=state.tokens_per_s,
         peak_memory_mb=peak_memory_mb(device),
         history=history,
     )
