@@ -29,8 +29,10 @@ def space_for(args: argparse.Namespace, configs: list[dict]) -> dict:
         values = sorted({c[name] for c in converted}, key=str)
         params[name] = {"type": "categorical", "choices": values}
     return {
+        # Like the anchor: no pruner, so one evaluation per epoch (the default without a pruner), on the whole
+        # validation set every time (the anchor's eval_strategy="epoch").
         "study": {"name": "bench", "metric": "accuracy", "sampler": {"name": "random", "seed": 0},
-                  "pruner": {"name": "none"}, "enqueue": converted},
+                  "pruner": {"name": "none"}, "intermediate_eval_samples": args.n_eval, "enqueue": converted},
         "model": {"name_or_path": args.model, "max_length": args.max_length},
         "data": {"task": "classification", "label_column": "label",
                  "train": {"path": args.train, "format": "tsv", "text_column": header(args.train)[1]},

@@ -17,6 +17,7 @@ import optuna
 from . import __version__
 from .errors import UsageError
 from .space import PRUNERS, SAMPLERS, Space, check_layers
+from .storage import retry_transient
 
 CONFIG_ATTR = "config:"
 MAX_CONSECUTIVE_FAILURES = 10
@@ -78,6 +79,10 @@ def open_study(storage: Any, name: str, space: Space, warn: Any = None) -> optun
     ``config_id`` it ran with, so export knows exactly what ran even if a later resume changed fixed values.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    return retry_transient(lambda: _open_study(storage, name, space, warn))
+
+
+def _open_study(storage: Any, name: str, space: Space, warn: Any) -> optuna.Study:
     direction, metric = space.study["direction"], space.study["metric"]
     config_id = space.fingerprint()
     if name in optuna.get_all_study_names(storage):

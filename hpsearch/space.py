@@ -464,7 +464,9 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     if pruner_name == "percentile" and "percentile" not in pruner_options:
         c.add("study.pruner.options.percentile", MISSING, "is required by the percentile pruner (e.g. 25.0)")
 
-    reports = c.integer(study, "reports_per_epoch", "study", default=4, low=1)
+    # Intermediate evaluations exist for the pruner: without one, evaluate once per epoch (as Trainer's
+    # eval_strategy="epoch" does) unless the file asks for more (learning curves).
+    reports = c.integer(study, "reports_per_epoch", "study", default=1 if pruner_name == "none" else 4, low=1)
     subset = c.integer(study, "intermediate_eval_samples", "study", default=256, low=1)
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
     return {

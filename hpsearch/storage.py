@@ -7,10 +7,14 @@ turn a dead worker's trial into FAIL, and the retry of such trials with the same
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from .errors import HpsearchError
+
+T = TypeVar("T")
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 ENV_VAR = "HPSEARCH_STORAGE"
@@ -86,3 +90,22 @@ def _sqlite_wal(storage: Any) -> None:
 
     sqlalchemy.event.listen(storage.engine, "connect", _on_connect)
     storage.engine.dispose()
+
+
+def retry_transient(fn: Callable[[], T], attempts: int = 5, first_wait: float = 0.2) -> T:
+    """Call ``fn``, retrying when a commit fails for a transient reason (Optuna's StorageInternalError).
+
+    Several workers opening one study at the same moment write the same rows; MySQL/MariaDB's InnoDB may answer
+    one of them with a deadlock ("try restarting transaction"), PostgreSQL with a serialization failure. What
+    ``fn`` does must be idempotent (opening a study is). Waits grow 2x per attempt, with jitter.
+    """
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except optuna.exceptions.StorageInternalError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(first_wait * 2**attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")

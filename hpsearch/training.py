@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from .data import Encoded, PreparedData
+from .dropout import install as install_cheap_dropout
 from .errors import HpsearchError
 from .metrics import compute
 from .space import SCHEDULER_KWARGS, model_layer_count
+from .vocab import SmallVocabulary, shrink_vocabulary
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
                 "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
@@ -238,6 +240,8 @@ def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.dev
     if unexpected:
         raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
     freeze_layers(model, hp["num_frozen_layers"], model_layer_count(config.to_dict()))
+    if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
+        install_cheap_dropout(model)
     return model.to(device)
 
 
@@ -348,23 +352,45 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.device,
           reports_per_epoch: int = 4, callback: Callback | None = None, setup_time: float = 0.0,
-          intermediate_eval_samples: int | None = None, precision: str = "auto") -> TrainResult:
+          intermediate_eval_samples: int | None = None, precision: str = "auto",
+          shrink_vocab: bool = True) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with ``hp``; evaluate ``reports_per_epoch`` times per epoch.
 
     Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been
     seen, so reports are comparable across trials with different batch sizes and epoch counts. Intermediate
     evaluations (the pruner's) may use the first ``intermediate_eval_samples`` validation examples, the same
     fixed subset in every trial; the final one always uses the whole validation set.
+
+    ``shrink_vocab`` trains only the embedding rows the data uses and puts the full table back at the end, also
+    when a callback stops training (:mod:`hpsearch.vocab`): the same model without per-step work on rows whose
+    gradient is zero.
     """
     entered = time.perf_counter()
+    vocab = shrink_vocabulary(model, data) if shrink_vocab else None
+    try:
+        return _fit(model, vocab.data if vocab else data, hp, device=device, vocab=vocab,
+                    reports_per_epoch=reports_per_epoch, callback=callback or Callback(),
+                    setup_time=setup_time + time.perf_counter() - entered,
+                    intermediate_eval_samples=intermediate_eval_samples, precision=precision)
+    finally:
+        if vocab is not None:
+            vocab.restore(model)
+
+
+def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.device,
+         vocab: SmallVocabulary | None, reports_per_epoch: int, callback: Callback, setup_time: float,
+         intermediate_eval_samples: int | None, precision: str) -> TrainResult:
+    """The loop behind :func:`train`, on data already renumbered for ``vocab`` when there is one."""
+    entered = time.perf_counter()
     bf16 = use_bf16(precision, device)
-    callback = callback or Callback()
     n = len(data.train)
     per_epoch = steps_per_epoch(n, hp["batch_size"])
     state = TrainingState(total_steps=per_epoch * hp["epochs"], train_examples=n,
                           reports_per_epoch=reports_per_epoch, setup_time=setup_time)
     optimizer = make_optimizer(model, hp, device)
     scheduler = make_scheduler(optimizer, hp, state.total_steps)
+    if vocab is not None:
+        vocab.track(optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(hp["seed"])
     torch.manual_seed(hp["seed"])  # dropout masks

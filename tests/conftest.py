@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 POSITIVE = "good great fine lovely superb brilliant charming wonderful".split()
 NEGATIVE = "bad awful poor dull boring terrible weak clumsy".split()
 FILLER = "the movie film plot was is a an and very quite really acting story".split()
@@ -37,7 +39,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(POSITIVE + NEGATIVE + FILLER))
+    # As in BERT, some rows no text of the data ever uses ([UNK], [MASK], [unused*]).
+    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"[unused{i}]" for i in range(8)]
+             + sorted(set(POSITIVE + NEGATIVE + FILLER)))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     # transformers 5 takes the vocabulary itself (a dict); 4.x took vocab_file. Support both.
     try:
@@ -49,7 +53,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
                         attention_probs_dropout_prob=0.1)
-    import torch
 
     torch.manual_seed(0)
     BertModel(config).save_pretrained(path, safe_serialization=True)
@@ -167,3 +170,26 @@ def study_name(request: pytest.FixtureRequest) -> str:
     import uuid
 
     return f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def setup(make_space):
+    """A space over the tiny model and data, and that data tokenized (max_length 32): what a trial gets."""
+    from hpsearch import training
+    from hpsearch.data import prepare
+    from hpsearch.space import load_space
+
+    space = load_space(make_space())
+    data = prepare(space.config["data"], training.load_tokenizer(space.config["model"]), 32)
+    return space, data
+
+
+def trial_hp(space, **kw: object) -> dict:
+    """Every hyperparameter for one trial: defaults, the space's fixed values, a quick-learning lr, then ``kw``."""
+    from hpsearch.space import HYPERPARAMETERS
+
+    hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
+    hp.update(space.fixed)
+    hp.update(learning_rate=2e-3, dropout=0.0)
+    hp.update(kw)
+    return hp

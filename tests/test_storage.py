@@ -86,3 +86,34 @@ def test_reading_a_study_file_leaves_it_unchanged(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="s", storage=storage.open_storage(url, read_only=True))
     assert len(study.trials) == 2
     assert path.read_bytes() == before and not (tmp_path / "example.db-wal").exists()
+
+
+def test_opening_a_study_retries_a_transient_commit_failure(tmp_path: Path, make_space,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """As when InnoDB picks one of several workers opening the same study as a deadlock victim."""
+    space = load_space(make_space())
+    real = optuna.Study.set_user_attr
+    failures = iter([True, True])
+
+    def flaky(self: optuna.Study, key: str, value: object) -> None:
+        if key == "metric" and next(failures, False):
+            raise optuna.exceptions.StorageInternalError("Deadlock found when trying to get lock")
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", flaky)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    study = runner.open_study(storage.open_storage(f"sqlite:///{tmp_path}/s.db"), "s", space)
+    assert study.user_attrs["metric"] == "accuracy" and len(optuna.get_all_study_names(study._storage)) == 1
+
+
+def test_a_persistent_commit_failure_is_not_retried_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise optuna.exceptions.StorageInternalError("disk full")
+
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        storage.retry_transient(broken, attempts=3)
+    assert len(calls) == 3

@@ -6,25 +6,7 @@ import pytest
 import torch
 
 from hpsearch import training as T
-from hpsearch.data import prepare
-from hpsearch.space import HYPERPARAMETERS, load_space
-
-CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def setup(make_space):
-    space = load_space(make_space())
-    data = prepare(space.config["data"], T.load_tokenizer(space.config["model"]), 32)
-    return space, data
-
-
-def _hp(space, **kw) -> dict:
-    hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
-    hp.update(space.fixed)
-    hp.update(learning_rate=2e-3, dropout=0.0)
-    hp.update(kw)
-    return hp
+from tests.conftest import CPU, trial_hp as _hp
 
 
 def _run(space, data, **kw):
