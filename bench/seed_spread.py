@@ -67,8 +67,8 @@ def main() -> None:
                 extra = ["--group-by-length"] if kind == "grouped" else []
                 values[kind][seed] = run([sys.executable, str(script), *common, "--out", str(out), *extra], out)["values"]
     lines = ["# Accuracy spread over seeds (hpsearch vs the anchor)", "",
-             f"Command: `python bench/seed_spread.py --seeds {a.seeds} --anchor-seeds {a.anchor_seeds}"
-             + (f" --results {a.results}" if a.results else "") + "`; configs `" + a.configs + "`; hpsearch runs the "
+             f"Command: `python bench/seed_spread.py --configs {a.configs} --seeds {a.seeds} --anchor-seeds "
+             f"{a.anchor_seeds}" + (f" --results {a.results}" if a.results else "") + f" --out {a.out}`; hpsearch runs the "
              "configs as the anchor really runs them (dropout 0.1, nothing frozen). Accuracy on the 500 validation "
              "examples; one example is 0.2 points.", "",
              "| config | system | accuracy per seed | mean | sd (pts) |", "|---|---|---|---|---|"]
