@@ -7,6 +7,7 @@ so :func:`install` is only called for the CPU.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -76,10 +77,16 @@ def install(model: torch.nn.Module) -> bool:
     if (config is None or getattr(config, "is_decoder", False) or not getattr(model, "_supports_attention_backend", False)
             or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager")):
         return False
+    _register()
+    model.set_attn_implementation(ATTENTION)
+    return True
+
+
+@functools.cache
+def _register() -> None:
+    """Make :data:`ATTENTION` known to transformers, once per process."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
     AttentionInterface.register(ATTENTION, attention)
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA takes: boolean, or none at all
-    model.set_attn_implementation(ATTENTION)
-    return True

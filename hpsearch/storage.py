@@ -101,11 +101,9 @@ def retry_transient(fn: Callable[[], T], attempts: int = 5, first_wait: float = 
     """
     import optuna
 
-    for attempt in range(attempts):
+    for attempt in range(attempts - 1):
         try:
             return fn()
         except optuna.exceptions.StorageInternalError:
-            if attempt == attempts - 1:
-                raise
             time.sleep(first_wait * 2**attempt * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    return fn()  # the last attempt: its failure is the caller's

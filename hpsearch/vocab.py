@@ -41,7 +41,7 @@ class SmallVocabulary:
         with torch.no_grad():
             weight = self.full.weight
             weight.mul_(self.decay)
-            weight[self.ids.to(weight.device)] = self.small.weight.to(weight.dtype)
+            weight[self.ids] = self.small.weight  # ids live on the table's device (shrink_vocabulary)
         model.set_input_embeddings(self.full)
 
 
