@@ -6,11 +6,13 @@ turn a dead worker's trial into FAIL, and the retry of such trials with the same
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
 import time
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import HpsearchError
 
@@ -66,13 +68,78 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
                       "grace_period": grace_period or max(GRACE_PERIOD, 2 * heartbeat_interval),
                       "heartbeat_stale_trial_callback": retry}
         try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
+            storage = _create_rdb_storage(url, kwargs)
             if url.startswith("sqlite") and not read_only:
                 _sqlite_wal(storage)
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+
+
+SCHEMA_LOCK_KEY = 0x6870736561726368  # "hpsearch" in ASCII: one PostgreSQL advisory lock for every hpsearch
+SCHEMA_LOCK_NAME = "hpsearch_optuna_schema"
+SCHEMA_LOCK_TIMEOUT = 120
+_SCHEMA_RACE = re.compile(r"already exists|duplicate|unique constraint|deadlock|database is locked", re.IGNORECASE)
+"""What a losing process sees when several create Optuna's tables at once (PostgreSQL: duplicate pg_type key;
+MySQL/MariaDB: 1050 table exists, 1062 duplicate alembic version; SQLite: table exists or locked)."""
+
+
+def _create_rdb_storage(url: str, kwargs: dict[str, Any], attempts: int = 5) -> Any:
+    """Optuna's RDBStorage, safe when many processes (on one machine or many) open an empty database at once.
+
+    Optuna creates its tables, then inserts its version rows, without a lock: on a fresh database all but one of
+    the processes that start together can fail. Construction runs under a server-side lock (PostgreSQL advisory
+    lock, MySQL/MariaDB GET_LOCK), and an error of that race is retried, since creation is idempotent (SQLite,
+    or a server where the lock could not be had in time).
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    def create() -> Any:
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), **kwargs)
+
+    for attempt in range(attempts - 1):
+        try:
+            return create()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if not _SCHEMA_RACE.search(str(exc)):
+                raise
+            time.sleep(0.2 * 2**attempt * (0.5 + random.random()))
+    return create()  # the last attempt: its failure is the caller's
+
+
+@contextlib.contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a database-wide lock for the block on PostgreSQL and MySQL/MariaDB (no-op elsewhere).
+
+    The lock lives on its own connection, so it spans every connection Optuna opens meanwhile, and it is released
+    when that connection closes, also if this process dies.
+    """
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    backend = make_url(url).get_backend_name()
+    if backend == "postgresql":
+        take, give = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
+        args: dict[str, Any] = {"key": SCHEMA_LOCK_KEY}
+    elif backend in ("mysql", "mariadb"):
+        take, give = f"SELECT GET_LOCK(:name, {SCHEMA_LOCK_TIMEOUT})", "SELECT RELEASE_LOCK(:name)"
+        args = {"name": SCHEMA_LOCK_NAME}
+    else:
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(take), args)
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(give), args)
+    finally:
+        engine.dispose()
 
 
 def _sqlite_wal(storage: Any) -> None:

@@ -193,3 +193,24 @@ def trial_hp(space, **kw: object) -> dict:
     hp.update(learning_rate=2e-3, dropout=0.0)
     hp.update(kw)
     return hp
+
+
+@pytest.fixture(params=["postgres_url", "mysql_url"])
+def empty_database(request: pytest.FixtureRequest):
+    """A new, empty database on the PostgreSQL or MariaDB server (as on a new CI machine), dropped afterwards."""
+    import uuid
+
+    import sqlalchemy
+
+    server = sqlalchemy.engine.make_url(request.getfixturevalue(request.param))
+    name = f"hpsearch_fresh_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        force = " WITH (FORCE)" if server.get_backend_name() == "postgresql" else ""
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name}{force}"))
+        admin.dispose()

@@ -77,6 +77,61 @@ def test_password_never_shown(postgres_url: str, make_space, hpsearch, tmp_path:
     assert "Hunter2Secret" not in repr(study.user_attrs) + repr([t.user_attrs for t in study.trials])
 
 
+_OPEN_AT = """
+import sys, time
+from hpsearch.storage import open_storage
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+open_storage(sys.argv[1])
+"""
+
+
+def _open_together(url: str, n: int) -> list[str]:
+    """Start ``n`` processes that open ``url`` at the same instant; return the last error line of each failure."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 6  # after every process has imported optuna
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(start)], stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(n)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    return [e.strip().splitlines()[-1] for p, e in zip(procs, errors) if p.returncode]
+
+
+def test_many_processes_create_the_tables_of_an_empty_database_at_once(empty_database: str) -> None:
+    """Optuna creates its tables without a lock: unguarded, most of 6 processes failed here with 'already exists'
+    (MariaDB 1050) or a duplicate pg_type / alembic version key (PostgreSQL, MariaDB 1062)."""
+    assert _open_together(empty_database, 6) == []
+    study = optuna.create_study(storage=empty_database, study_name="after")
+    assert optuna.get_all_study_names(empty_database) == ["after"] and study.trials == []
+
+
+def test_many_processes_create_an_sqlite_file_at_once(tmp_path: Path) -> None:
+    assert _open_together(f"sqlite:///{tmp_path}/new.db", 6) == []
+
+
+def test_a_race_error_is_retried_and_any_other_is_not(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = []
+    real = optuna.storages.RDBStorage
+
+    def losing_once(url: str, **kwargs: object) -> object:
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, Exception("(1050, 'Table "
+                                                  "\\'studies\\' already exists')"))
+        return real(url, **kwargs)
+
+    waits: list[float] = []
+    monkeypatch.setattr(optuna.storages, "RDBStorage", losing_once)
+    monkeypatch.setattr(storage.time, "sleep", waits.append)
+    storage.open_storage(f"sqlite:///{tmp_path}/s.db")
+    assert len(calls) == 2 and len(waits) == 1
+    with pytest.raises(HpsearchError, match="cannot open storage"):
+        storage.open_storage("postgresql://u@127.0.0.1:9/db")  # connection refused: not retried
+    assert len(waits) == 1
+
+
 def test_reading_a_study_file_leaves_it_unchanged(tmp_path: Path) -> None:
     """report / export / trials on a shipped example must not switch it to WAL or otherwise rewrite it."""
     path = tmp_path / "example.db"
