@@ -93,10 +93,20 @@ def validate(space_file: str, overrides: tuple[str, ...]) -> None:
               help="Seconds without a heartbeat before a trial counts as dead: FAIL, then retried (default 180).")
 @click.option("--max-retry", type=click.IntRange(min=0), default=None,
               help="Times a dead worker's trial is retried with the same params (default 2).")
+@click.option("--keep-best", type=click.IntRange(min=1), is_flag=False, flag_value=1, default=None, metavar="[K]",
+              help="Keep the weights of the study's K best trials (default 1) in the artifact store, removing "
+                   "those that drop out; 'hpsearch export --model DIR' then writes one without retraining.")
+@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET|gs://BUCKET",
+              help="Artifact store for --keep-best. Default: beside an SQLite study file (x.db -> x-artifacts/), "
+                   "else ./hpsearch-artifacts.")
+@click.option("--warm-start", default=None, metavar="STUDY",
+              help="Enqueue the best configs of an earlier study in the same storage (another dataset or model "
+                   "too) so that this search starts where that one ended.")
 @click.option("--quiet", is_flag=True, help="Plain log lines instead of the live view.")
 def run(space_file: str, n_trials: int | None, total: int | None, overrides: tuple[str, ...], storage: str | None,
         study_name: str | None, device: str, workers: int | None, gpus: str | None, timeout: float | None,
-        heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, quiet: bool) -> None:
+        heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, keep_best: int | None,
+        artifacts: str | None, warm_start: str | None, quiet: bool) -> None:
     """Run trials of a search space into a (new or resumed) study."""
     if n_trials is None and total is None:
         raise click.UsageError("give --trials N (trials in this invocation) or --total N (finished trials in the study)")
@@ -112,22 +122,25 @@ def run(space_file: str, n_trials: int | None, total: int | None, overrides: tup
     name = study_name or space.name
     signal.signal(signal.SIGTERM, _sigterm)
     count = len(gpu_list) if gpu_list else workers or 1
+    extra = {"--keep-best": keep_best, "--artifacts": artifacts}
     if count > 1:
         _run_workers(space_file, overrides, url, name, device, count, gpu_list, n_trials, total, timeout,
-                     heartbeat_interval, grace_period, max_retry, space)
+                     heartbeat_interval, grace_period, max_retry, space, extra, warm_start)
         return
     from .runner import run_study
 
     study = run_study(space, storage_url=url, n_trials=n_trials, study_name=name, device=device, quiet=quiet,
                       timeout=timeout, total=total, heartbeat_interval=heartbeat_interval,
-                      grace_period=grace_period, max_retry=max_retry)
+                      grace_period=grace_period, max_retry=max_retry, keep_best=keep_best, artifacts=artifacts,
+                      warm_start=warm_start)
     _print_best(study, redact(url))
 
 
 def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: str, device: str, count: int,
                  gpus: list[str] | None, n_trials: int | None, total: int | None, timeout: float | None,
-                 heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, space: Any) -> None:
-    """Prepare once here (data cache, study), then start the workers with one shared --total."""
+                 heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, space: Any,
+                 extra: dict[str, Any], warm_start: str | None) -> None:
+    """Prepare once here (data cache, study, warm start), then start the workers with one shared --total."""
     import os
 
     from .runner import FINISHED, open_study, prepare_run
@@ -136,14 +149,14 @@ def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: st
 
     check_storage_for_workers(url, count)
     prepare_run(space, "cpu" if device == "auto" else device, weights=False)  # fills the tokenized-data cache
-    study = open_study(open_storage(url, heartbeat_interval=None), name, space)
+    study = open_study(open_storage(url, heartbeat_interval=None), name, space, warm_start=warm_start)
     if total is None:
         total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (n_trials or 0)
     args = ["--space", space_file, "--study-name", name, "--device", device]
     for o in overrides:
         args += ["--set", o]
     for flag, value in (("--timeout", timeout), ("--heartbeat-interval", heartbeat_interval),
-                        ("--grace-period", grace_period), ("--max-retry", max_retry)):
+                        ("--grace-period", grace_period), ("--max-retry", max_retry), *extra.items()):
         if value is not None:
             args += [flag, str(value)]
     os.environ["HPSEARCH_STORAGE"] = url  # passed by environment: a password never shows in a process list
@@ -203,13 +216,19 @@ def trials(study_name: str, storage: str | None, last: int | None) -> None:
               help="File to write: .yaml/.yml or .json (format by extension).")
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True,
               help="Export the K best trials as OUTPUT-1 ... OUTPUT-K.")
+@click.option("--model", "model_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write the trial's kept weights (run --keep-best) to this new directory: from_pretrained "
+                   "loads it, with its tokenizer, label names and metrics.json. With --top K: MODEL-1 ... MODEL-K.")
+@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET|gs://BUCKET",
+              help="Where the kept weights are, if not where the study recorded them.")
 @click.option("--storage", default=None, help=STORAGE_HELP)
-def export(study_name: str, output: str, top: int, storage: str | None) -> None:
+def export(study_name: str, output: str, top: int, model_dir: str | None, artifacts: str | None,
+           storage: str | None) -> None:
     """Write the best trial's full config (same schema as a space file, nothing left to search)."""
     from .export import export as do_export
     from .storage import resolve_url
 
-    for path in do_export(resolve_url(storage), study_name, output, top=top):
+    for path in do_export(resolve_url(storage), study_name, output, top=top, model=model_dir, artifacts=artifacts):
         click.echo(str(path))
 
 

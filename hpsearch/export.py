@@ -62,16 +62,35 @@ def render(space: Space, path: Path) -> str:
     return dump_yaml(config, header)
 
 
-def export(storage_url: str, study_name: str, output: str | Path, top: int = 1) -> list[Path]:
-    """Write the best (or top ``top``) trial configs; K > 1 writes NAME-1.yaml ... NAME-K.yaml."""
+def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, model: str | Path | None = None,
+           artifacts: str | None = None) -> list[Path]:
+    """Write the best (or top ``top``) trial configs; K > 1 writes NAME-1.yaml ... NAME-K.yaml.
+
+    ``model``: also unpack each trial's kept weights (``run --keep-best``) into a directory that
+    ``from_pretrained`` loads (K > 1: MODEL-1 ... MODEL-K), from the study's artifact store or ``artifacts``.
+    Everything is checked before anything is written: a trial without kept weights writes no file.
+    """
+    from .artifacts import download_model
+    from .modeldir import CONFIG_FILE, check_new_dir
+
     out = Path(output)
     if out.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise UsageError(f"--output {output}: use a .yaml, .yml or .json file name")
     study = load_study(storage_url, study_name)
     trials = best_trials(study, top)
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(trials) + 1)]
-    for path, trial in zip(paths, trials):
+    dirs: list[Path] = []
+    if model is not None:
+        base = check_new_dir(model, "--model")
+        dirs = [base] if top == 1 else [check_new_dir(f"{base}-{i}", "--model") for i in range(1, len(trials) + 1)]
+        for trial, directory in zip(trials, dirs):  # all unpacked first: a missing model writes nothing
+            download_model(study, trial, artifacts, directory)
+    for i, (path, trial) in enumerate(zip(paths, trials)):
+        text = render(trial_space(study, trial, storage_url), path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(trial_space(study, trial, storage_url), path), encoding="utf-8")
-    return paths
+        path.write_text(text, encoding="utf-8")
+        if dirs:
+            (dirs[i] / CONFIG_FILE).write_text(render(trial_space(study, trial, storage_url), Path(CONFIG_FILE)),
+                                                encoding="utf-8")
+    return paths + dirs
 

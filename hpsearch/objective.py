@@ -1,7 +1,8 @@
 """The Optuna objective: one trial = suggest hyperparameters, fine-tune, report, prune, record.
 
 Everything a person looking at a trial in optuna-dashboard wants is stored as user attributes: the
-metrics of its last evaluation, times, throughput, device, steps and epochs completed, where it was
+metrics of the evaluation it reports (its best checkpoint or its last, per ``study.trial_value``), times,
+throughput, device, steps and epochs completed, its best checkpoint and whether it stopped early, where it was
 pruned or why it failed, and peak memory.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -17,8 +18,12 @@ import torch
 from .data import PreparedData
 from .errors import HpsearchError
 from .progress import Progress
+from .selection import Selection
 from .space import Space
 from .training import Callback, NonFiniteLoss, TrainingState, build_model, peak_memory_mb, train
+
+if TYPE_CHECKING:
+    from .artifacts import ModelKeeper
 
 
 class TrialFailed(HpsearchError):
@@ -74,7 +79,7 @@ class Objective:
     """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
 
     def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
-                 config_id: str | None = None, total: int | None = None) -> None:
+                 config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None) -> None:
         self.space = space
         self.data = data
         self.device = device
@@ -82,6 +87,8 @@ class Objective:
         self.config_id = config_id or space.fingerprint()
         self.metric = space.study["metric"]
         self.total = total
+        self.selection = Selection.from_study(space.study)
+        self.keeper = keeper
 
     def _start(self, trial: optuna.Trial) -> None:
         """Check the shared budget and note a retry, from one read of the study's trials.
@@ -115,7 +122,11 @@ class Objective:
                            reports_per_epoch=self.space.study["reports_per_epoch"], callback=reporter,
                            intermediate_eval_samples=self.space.study["intermediate_eval_samples"],
                            precision=self.space.config["model"]["precision"],
-                           setup_time=setup)
+                           setup_time=setup, selection=self.selection)
+            value = result.metrics[self.metric]
+            self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
+            if self.keeper is not None:
+                self._keep(trial, model, hp, result, value)
         except optuna.TrialPruned:
             self._record(trial, reporter, status="pruned")
             s = reporter.state
@@ -138,12 +149,32 @@ class Objective:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        self._record(trial, reporter, status="completed", final=result.metrics)
-        return result.metrics[self.metric]
+        return value
+
+    def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: dict, result: Any, value: float) -> None:
+        """Offer the trained model to the keeper (``--keep-best``); a failure to store it never fails the trial."""
+        from .modeldir import write_model_dir
+        from .training import load_tokenizer
+
+        origin = {"study": trial.study.study_name, "trial": trial.number, "value": value, "metric": self.metric}
+        config = self.space.with_params(trial.params, origin=origin).to_dict()
+        metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": origin,
+                   **{k: v for k, v in result.as_dict().items() if k not in ("metrics", "history")}}
+        tokenizer = load_tokenizer(self.space.config["model"])
+        try:
+            kept = self.keeper.offer(trial, value, lambda out: write_model_dir(out, model, tokenizer, metrics, config))
+        except (OSError, HpsearchError) as exc:
+            trial.set_user_attr("keep_error", str(exc)[:300])
+            kept = False
+        trial.set_user_attr("model_kept", kept)
 
     def _record(self, trial: optuna.Trial, reporter: _Reporter, status: str,
-                final: dict[str, float] | None = None) -> None:
+                final: dict[str, float] | None = None, selection: dict[str, Any] | None = None) -> None:
+        if selection and selection.get("stopped_early"):
+            status += f" (stopped early at epoch {reporter.state.epochs_completed:.2f})"
         trial.set_user_attr("status", status)
+        for key, value in (selection or {}).items():
+            trial.set_user_attr(key, value)
         for key, value in _state_attrs(reporter.state, self.device).items():
             trial.set_user_attr(key, value)
         for key, value in (final or reporter.metrics).items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 import warnings
 from typing import Any
 
@@ -21,6 +22,8 @@ from .storage import retry_transient
 
 CONFIG_ATTR = "config:"
 MAX_CONSECUTIVE_FAILURES = 10
+WARM_START_TOP = 3
+"""How many of an earlier study's best configs ``--warm-start`` enqueues."""
 
 
 def grid_search_space(params: dict) -> dict[str, list]:
@@ -72,17 +75,50 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def open_study(storage: Any, name: str, space: Space, warn: Any = None) -> optuna.Study:
+def open_study(storage: Any, name: str, space: Space, warn: Any = None, warm_start: str | None = None) -> optuna.Study:
     """Create the study or resume it; refuse a resume that changes direction or metric (UsageError).
 
     The resolved config is stored as study user attribute ``config:<id>`` and each trial records the
     ``config_id`` it ran with, so export knows exactly what ran even if a later resume changed fixed values.
+    ``warm_start`` names an earlier study in the same storage whose best configs are enqueued first.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
-    return retry_transient(lambda: _open_study(storage, name, space, warn))
+    seeds = warm_start_params(storage, warm_start, space) if warm_start else []
+    return retry_transient(lambda: _open_study(storage, name, space, warn, seeds))
 
 
-def _open_study(storage: Any, name: str, space: Space, warn: Any) -> optuna.Study:
+def warm_start_params(storage: Any, source: str, space: Space, top: int = WARM_START_TOP) -> list[dict]:
+    """The searched params of ``source``'s ``top`` best completed trials, as this space can take them.
+
+    The earlier study may have searched other parameters or ranges (another dataset or model): parameters this
+    space does not search are dropped, values outside its ranges or choices are left to the sampler, and
+    duplicates are enqueued once. Its direction must match this study's.
+    """
+    if source not in optuna.get_all_study_names(storage):
+        raise UsageError(f"--warm-start {source}: no such study in this storage")
+    earlier = optuna.load_study(study_name=source, storage=storage)
+    if earlier.direction.name.lower() != space.study["direction"]:
+        raise UsageError(f"--warm-start {source}: it {earlier.direction.name.lower()}s, this study "
+                         f"{space.study['direction']}s {space.study['metric']}")
+    done = earlier.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    done.sort(key=lambda t: t.value, reverse=space.study["direction"] == "maximize")
+    out: list[dict] = []
+    for t in done:
+        params = {k: v for k, v in t.params.items() if k in space.params and _admits(space.params[k], v)}
+        if params and params not in out:
+            out.append(params)
+        if len(out) == top:
+            break
+    return out
+
+
+def _admits(spec: dict, value: Any) -> bool:
+    if spec["type"] == "categorical":
+        return value in spec["choices"]
+    return spec["low"] <= value <= spec["high"]
+
+
+def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[dict]) -> optuna.Study:
     direction, metric = space.study["direction"], space.study["metric"]
     config_id = space.fingerprint()
     if name in optuna.get_all_study_names(storage):
@@ -105,7 +141,7 @@ def _open_study(storage: Any, name: str, space: Space, warn: Any) -> optuna.Stud
     study.set_user_attr("config_id", config_id)
     study.set_user_attr("metric", metric)
     study.set_user_attr("hpsearch_version", __version__)
-    for params in space.study["enqueue"]:
+    for params in [*space.study["enqueue"], *seeds]:
         study.enqueue_trial(params, skip_if_exists=True)
     _describe_for_dashboard(study, space)
     return study
@@ -168,12 +204,14 @@ def budget(study: optuna.Study) -> tuple[int, int]:
 def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_name: str | None = None,
               device: str = "auto", quiet: bool = False, timeout: float | None = None, total: int | None = None,
               heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None,
-              progress: Any = None) -> optuna.Study:
+              progress: Any = None, keep_best: int | None = None, artifacts: str | None = None,
+              warm_start: str | None = None) -> optuna.Study:
     """Prepare model and data, open (or resume) the study, and run trials in this process.
 
     ``n_trials`` caps the trials this process runs; ``total`` stops once the study as a whole has that many
     finished (complete or pruned) trials, counting other workers' running trials, so several workers share
-    one budget without overshooting.
+    one budget without overshooting. ``keep_best`` keeps the weights of the study's best K trials in the
+    artifact store at ``artifacts`` (:mod:`hpsearch.artifacts`); ``warm_start`` enqueues an earlier study's best.
     """
     from . import storage as st
     from .objective import BudgetReached, Objective, TrialFailed
@@ -183,12 +221,14 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
     dev, data = prepare_run(space, device)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval or st.HEARTBEAT_INTERVAL,
                            grace_period=grace_period, max_retry=st.MAX_RETRY if max_retry is None else max_retry)
-    study = open_study(storage, study_name or space.name, space)
+    study = open_study(storage, study_name or space.name, space, warm_start=warm_start)
+    keeper = make_keeper(study, storage_url, keep_best, artifacts)
     progress = progress or make_progress(quiet)
-    objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total)
+    objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total, keeper=keeper)
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study))))
     progress.study_started(study, planned, space.study["metric"])
-    kwargs = {"timeout": timeout, "callbacks": [progress], "catch": (TrialFailed, BudgetReached)}
+    callbacks = [progress] if keeper is None else [progress, lambda study, trial: keeper.prune(study)]
+    kwargs = {"timeout": timeout, "callbacks": callbacks, "catch": (TrialFailed, BudgetReached)}
     try:
         if total is None:
             study.optimize(objective, n_trials=n_trials, **kwargs)
@@ -198,6 +238,21 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
     finally:
         progress.close()
     return study
+
+
+def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, artifacts: str | None) -> Any:
+    """The ModelKeeper for ``--keep-best K`` (None without it); its store's location is recorded on the study."""
+    if not keep_best:
+        return None
+    from .artifacts import LOCATION_ATTR, ModelKeeper, default_location, open_store
+
+    location = artifacts or study.user_attrs.get(LOCATION_ATTR) or default_location(storage_url)
+    if not location.startswith(("s3://", "gs://")):
+        location = str(Path(location).expanduser().resolve())
+    keeper = ModelKeeper(open_store(location), location, keep_best)
+    if study.user_attrs.get(LOCATION_ATTR) != location:
+        study.set_user_attr(LOCATION_ATTR, location)
+    return keeper
 
 
 def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int | None, timeout: float | None,

@@ -127,7 +127,12 @@ FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"
 
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
 STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
-              "intermediate_eval_samples")
+              "intermediate_eval_samples", "early_stopping", "trial_value")
+EARLY_STOPPING_KEYS = ("patience", "min_delta")
+TRIAL_VALUES = ("best", "last")
+DEFAULT_TRIAL_VALUE = "best"
+"""What a trial reports: its best whole-validation checkpoint (and those weights kept), or its last evaluation.
+bench/README.md has the measurement behind the default."""
 SAMPLER_KEYS = ("name", "seed", "options")
 PRUNER_KEYS = ("name", "options")
 MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision")
@@ -469,6 +474,8 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     reports = c.integer(study, "reports_per_epoch", "study", default=1 if pruner_name == "none" else 4, low=1)
     subset = c.integer(study, "intermediate_eval_samples", "study", default=256, low=1)
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
+    trial_value = c.string(study, "trial_value", "study", default=DEFAULT_TRIAL_VALUE, choices=TRIAL_VALUES)
+    early_stopping = _check_early_stopping(c, study.get("early_stopping"))
     return {
         "name": name,
         "direction": direction,
@@ -478,7 +485,26 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "reports_per_epoch": reports,
         "intermediate_eval_samples": subset,
         "enqueue": enqueue,
+        "trial_value": trial_value,
+        "early_stopping": early_stopping,
     }
+
+
+def _check_early_stopping(c: _Checker, raw: Any) -> dict | None:
+    """``{patience, min_delta}`` or null (off): stop after ``patience`` checkpoints without a gain > min_delta."""
+    if raw is None or raw is False:
+        return None
+    stop = c.mapping(raw, "study.early_stopping", EARLY_STOPPING_KEYS)
+    if not stop:
+        return None
+    patience = c.integer(stop, "patience", "study.early_stopping", default=MISSING, low=1)
+    if "patience" not in stop:
+        c.add("study.early_stopping.patience", MISSING, "is required (checkpoints without improvement, e.g. 2)")
+    min_delta = _as_number(stop.get("min_delta", 0.0))
+    if min_delta is None or min_delta < 0 or not math.isfinite(min_delta):
+        c.add("study.early_stopping.min_delta", stop.get("min_delta"), "must be a number >= 0")
+        min_delta = 0.0
+    return {"patience": patience, "min_delta": float(min_delta)}
 
 
 def _check_enqueue(c: _Checker, raw: Any, params: dict) -> list[dict]:

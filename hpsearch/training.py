@@ -19,6 +19,7 @@ from .data import Encoded, PreparedData
 from .dropout import install as install_cheap_dropout
 from .errors import HpsearchError
 from .metrics import compute
+from .selection import Selection, Tracker, restore
 from .space import SCHEDULER_KWARGS, model_layer_count
 from .vocab import SmallVocabulary, shrink_vocabulary
 
@@ -91,6 +92,8 @@ class TrainResult:
     train_tokens_per_s: float
     peak_memory_mb: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    selection: dict[str, Any] = field(default_factory=dict)
+    """Where the best checkpoint was and whether training stopped early (empty without a Selection)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,7 +356,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.device,
           reports_per_epoch: int = 4, callback: Callback | None = None, setup_time: float = 0.0,
           intermediate_eval_samples: int | None = None, precision: str = "auto",
-          shrink_vocab: bool = True) -> TrainResult:
+          shrink_vocab: bool = True, selection: Selection | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with ``hp``; evaluate ``reports_per_epoch`` times per epoch.
 
     Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been
@@ -364,6 +367,10 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch
     ``shrink_vocab`` trains only the embedding rows the data uses and puts the full table back at the end, also
     when a callback stops training (:mod:`hpsearch.vocab`): the same model without per-step work on rows whose
     gradient is zero.
+
+    ``selection`` (:mod:`hpsearch.selection`) turns on early stopping and/or keeping the best checkpoint: epoch
+    ends are then evaluated on the whole validation set, and with ``keep: best`` the model ends with the weights
+    of its best checkpoint and the result reports that checkpoint's metrics.
     """
     entered = time.perf_counter()
     vocab = shrink_vocabulary(model, data) if shrink_vocab else None
@@ -371,7 +378,8 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch
         return _fit(model, vocab.data if vocab else data, hp, device=device, vocab=vocab,
                     reports_per_epoch=reports_per_epoch, callback=callback or Callback(),
                     setup_time=setup_time + time.perf_counter() - entered,
-                    intermediate_eval_samples=intermediate_eval_samples, precision=precision)
+                    intermediate_eval_samples=intermediate_eval_samples, precision=precision,
+                    selection=selection)
     finally:
         if vocab is not None:
             vocab.restore(model)
@@ -379,7 +387,7 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch
 
 def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.device,
          vocab: SmallVocabulary | None, reports_per_epoch: int, callback: Callback, setup_time: float,
-         intermediate_eval_samples: int | None, precision: str) -> TrainResult:
+         intermediate_eval_samples: int | None, precision: str, selection: Selection | None) -> TrainResult:
     """The loop behind :func:`train`, on data already renumbered for ``vocab`` when there is one."""
     entered = time.perf_counter()
     bf16 = use_bf16(precision, device)
@@ -401,6 +409,9 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
     subset = data.validation
     if intermediate_eval_samples is not None and intermediate_eval_samples < len(data.validation):
         subset = data.validation.head(intermediate_eval_samples)
+    tracker = Tracker(selection) if selection is not None else None
+    every_epoch = tracker is not None and selection.active  # epoch ends become whole-validation checkpoints
+    stop = False
     model.train()
     state.setup_time = setup_time + (time.perf_counter() - entered)  # everything before the first training step
     for epoch in range(hp["epochs"]):
@@ -435,14 +446,27 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
                 state.train_time += time.perf_counter() - t0
                 t_eval = time.perf_counter()
                 last = epoch == hp["epochs"] - 1 and crossed == reports_per_epoch
-                metrics = evaluate(model, data.validation if last else subset, data.task, device, bf16=bf16)
+                full = last or subset is data.validation or (every_epoch and crossed == reports_per_epoch)
+                metrics = evaluate(model, data.validation if full else subset, data.task, device, bf16=bf16)
                 state.eval_time += time.perf_counter() - t_eval
                 state.report = epoch * reports_per_epoch + crossed
                 history.append({"report": state.report, "step": state.step,
-                                "epoch": round(state.epochs_completed, 4), **metrics})
+                                "epoch": round(state.epochs_completed, 4), "full": full, **metrics})
                 callback.on_evaluate(state, metrics)
+                if tracker is not None and full:
+                    extra = vocab.decay if vocab is not None else None
+                    stop = tracker.update(model, metrics, state.report, state.epochs_completed, extra) and not last
                 t0 = time.perf_counter()
+                if stop:
+                    break
         state.train_time += time.perf_counter() - t0
+        if stop:
+            break
+    if tracker is not None and tracker.policy.keep == "best" and tracker.weights is not None:
+        restore(model, tracker.weights)
+        if vocab is not None:
+            vocab.decay = tracker.extra
+        metrics = tracker.best_metrics
     return TrainResult(
         metrics=metrics,
         device=str(device),
@@ -455,4 +479,5 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
         train_tokens_per_s=state.tokens_per_s,
         peak_memory_mb=peak_memory_mb(device),
         history=history,
+        selection=tracker.attrs() if tracker is not None else {},
     )
