@@ -92,3 +92,29 @@ def test_enqueued_configs_are_not_repeated_on_resume(make_space, tmp_path: Path)
     runner.open_study(storage, "s", space)
     study = runner.open_study(storage, "s", space)
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+
+
+def test_warm_start_enqueues_an_earlier_studys_best_configs_as_this_space_takes_them(make_space,
+                                                                                     tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/w.db")
+    earlier = optuna.create_study(study_name="earlier", storage=storage, direction="maximize")
+    dists = {"learning_rate": optuna.distributions.FloatDistribution(1e-6, 1.0, log=True),
+             "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+             "batch_size": optuna.distributions.CategoricalDistribution([8, 16])}
+    for value, lr, drop in ((0.9, 1e-3, 0.1), (0.8, 2e-3, 0.4), (0.95, 5e-4, 0.15), (0.7, 1e-3, 0.05),
+                            (0.85, 1e-5, 0.1)):
+        earlier.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": lr, "dropout": drop, "batch_size": 8}, distributions=dists, value=value))
+    space = load_space(make_space())  # searches learning_rate in [1e-4, 3e-3] and dropout in [0, 0.2]
+    seeds = runner.warm_start_params(storage, "earlier", space)
+    # best first; batch_size is not searched here; dropout 0.4 and learning rate 1e-5 are out of range: left out
+    assert seeds == [{"learning_rate": 5e-4, "dropout": 0.15}, {"learning_rate": 1e-3, "dropout": 0.1},
+                     {"dropout": 0.1}]
+    study = runner.open_study(storage, "new", space, warm_start="earlier")
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [dict(w) for w in waiting] == seeds
+    with pytest.raises(UsageError, match="no such study"):
+        runner.warm_start_params(storage, "nope", space)
+    optuna.create_study(study_name="minimizing", storage=storage, direction="minimize")
+    with pytest.raises(UsageError, match="minimizes"):
+        runner.warm_start_params(storage, "minimizing", space)

@@ -1,0 +1,334 @@
+"""Search benchmark: whole studies side by side, hpsearch and the anchor study, per sampler seed, on one machine.
+
+    python bench/search.py --seeds 0,1,2                       # SST-2, the anchor's space: writes bench/SEARCH.md
+
+For each seed it runs the anchor (``../shared/bench/anchor_search.py``, unchanged: HF Trainer.hyperparameter_search
+with TPE and MedianPruner) and ``hpsearch run`` on the same space (``--space``, default bench/search_space.yaml),
+data rows and sampler seed, one after the other. Then, for each study's chosen config (its best trial), it
+retrains from the config ``--retrain-seeds`` times and measures accuracy on held-out rows that neither training
+nor validation used (the train file's rows after the training rows), so a search that only found validation
+noise shows. It writes a markdown report, the raw numbers (JSON) and one figure: best-so-far validation
+accuracy against wall time, every run. Any data in the anchor's TSV layout (label, text; a header line) works.
+
+The anchor's trials all ran with dropout 0.1 and no frozen layers (transformers 5 calls its model_init before
+the parameters are suggested; bench/README.md), so its chosen config is retrained as it ran. Both chosen configs
+are retrained by hpsearch's loop, so the held-out comparison measures the configs, not the two training loops
+(whose accuracy agrees over seeds: bench/SEEDS.md).
+
+Lever runs: ``--set KEY=VALUE`` changes hpsearch's space (e.g. ``--set study.pruner.options.n_warmup_steps=4``),
+``--anchor-json FILE`` reuses anchor runs of an earlier invocation instead of running them again (exploration
+only: the targets are read from a run that ran both).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared"
+ANCHOR_NAMES = {"per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
+                "lr_scheduler_type": "scheduler"}
+ANCHOR_AS_RUN = {"dropout": 0.1, "num_frozen_layers": 0}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--space", default=str(REPO / "bench" / "search_space.yaml"))
+    ap.add_argument("--train", default=str(SHARED / "data" / "sst2" / "train.tsv"))
+    ap.add_argument("--validation", default=str(SHARED / "data" / "sst2" / "dev.tsv"))
+    ap.add_argument("--model", default=str(REPO / "models" / "all-MiniLM-L6-v2"))
+    ap.add_argument("--n-train", type=int, default=2000)
+    ap.add_argument("--n-eval", type=int, default=500)
+    ap.add_argument("--heldout", type=int, default=2000, help="held-out rows: the train file's rows after --n-train")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--trials", type=int, default=20, help="trials per anchor study")
+    ap.add_argument("--hp-trials", type=int, default=None, help="trials per hpsearch study (default: --trials)")
+    ap.add_argument("--retrain-seeds", type=int, default=3, help="retrains of each chosen config (training seeds)")
+    ap.add_argument("--anchor", default=str(SHARED / "bench" / "anchor_search.py"))
+    ap.add_argument("--anchor-json", default=None, help="reuse the anchor runs recorded in this earlier JSON")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--label", default="hpsearch")
+    ap.add_argument("--out", default=str(REPO / "bench" / "SEARCH.md"))
+    ap.add_argument("--json", default=None, help="raw results (default: bench/raw/<out stem>.json)")
+    ap.add_argument("--plot", default=None, help="figure, .png or .html (default: bench/<out stem>.png)")
+    ap.add_argument("--workdir", default=str(REPO / "bench" / "out"))
+    return ap.parse_args()
+
+
+def read_rows(path: str, start: int, stop: int) -> tuple[list[str], list[list[str]]]:
+    """Header and rows [start, stop) of a TSV file, read as the anchor reads it (no quoting)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    return rows[0], rows[1:][start:stop]
+
+
+def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two studies.
+
+
+def run_anchor(a: argparse.Namespace, seed: int, work: Path) -> dict:
+    out = work / f"anchor-s{seed}.json"
+    cmd = [sys.executable, a.anchor, "--train", a.train, "--eval", a.validation, "--model", a.model,
+           "--n-train", str(a.n_train), "--n-eval", str(a.n_eval), "--trials", str(a.trials), "--seed", str(seed),
+           "--out", str(out), "--max-length", str(a.max_length)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    res = json.loads(out.read_text())
+    res["wall_s"] = time.perf_counter() - t0
+    done = [(v, p) for v, p, s in zip(res["values"], res["params"], res["states"]) if s == "COMPLETE" and v is not None]
+    best_params = max(done, key=lambda vp: vp[0])[1]
+    res["chosen"] = {ANCHOR_NAMES.get(k, k): v for k, v in best_params.items()}
+    res["pruned"] = res["states"].count("PRUNED")
+    return res
+
+
+def space_overrides(a: argparse.Namespace, seed: int) -> list[str]:
+    """The data rows and sampler seed the anchor uses, then the user's lever overrides."""
+    train_col = read_rows(a.train, 0, 0)[0][1]
+    eval_col = read_rows(a.validation, 0, 0)[0][1]
+    label = read_rows(a.train, 0, 0)[0][0]
+    return [f"data.train={json.dumps({'path': a.train, 'text_column': train_col, 'format': 'tsv'})}",
+            f"data.validation={json.dumps({'path': a.validation, 'text_column': eval_col, 'format': 'tsv'})}",
+            f"data.label_column={label}", f"data.max_train_samples={a.n_train}",
+            f"data.max_eval_samples={a.n_eval}", f"model.name_or_path={a.model}",
+            f"model.max_length={a.max_length}", f"study.sampler.seed={seed}", *a.overrides]
+
+
+def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
+    import optuna
+
+    storage = f"sqlite:///{work / 'search.db'}"
+    name = f"{a.label}-s{seed}"
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    cmd = [sys.executable, "-m", "hpsearch", "run", "--space", a.space, "--trials", str(a.hp_trials or a.trials),
+           "--storage", storage, "--study-name", name, "--quiet"]
+    for o in space_overrides(a, seed):
+        cmd += ["--set", o]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = sorted(study.trials, key=lambda t: t.datetime_complete or t.datetime_start)
+    start = min(t.datetime_start for t in trials)
+    best, t_best, curve = -1.0, None, []
+    for t in trials:
+        if t.datetime_complete is None:
+            continue
+        at = (t.datetime_complete - start).total_seconds()
+        if t.state.name == "COMPLETE" and t.value > best:
+            best, t_best = t.value, at
+        curve.append((at, best))
+    from hpsearch.export import ranked_trials
+
+    chosen = ranked_trials(study)[0]
+    states = [t.state.name for t in trials]
+    return {"search_s": curve[-1][0], "wall_s": wall, "best": best, "time_to_best_s": t_best, "curve": curve,
+            "chosen": chosen.params, "chosen_trial": chosen.number, "pruned": states.count("PRUNED"),
+            "states": states, "study": name, "storage": storage}
+
+
+def time_to_reach(curve: list, target: float) -> float | None:
+    """The first time a best-so-far curve reaches ``target``, or None."""
+    return next((t for t, best in curve if best >= target - 1e-12), None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Held-out accuracy of a chosen config.
+
+
+def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anchor: bool) -> list[float]:
+    """Retrain ``chosen`` (the search's data and settings) once per training seed; accuracy on ``heldout`` each."""
+    from hpsearch import training
+    from hpsearch.data import prepare
+    from hpsearch.selection import Selection
+    from hpsearch.space import apply_overrides, read_yaml, validate
+
+    raw = apply_overrides(read_yaml(a.space), space_overrides(a, 0))
+    if as_anchor:  # Trainer reported its last evaluation and trained what it ran
+        raw = apply_overrides(raw, ["study.trial_value=last", "study.early_stopping=null"])
+        chosen = {**chosen, **ANCHOR_AS_RUN}
+    base = validate(raw, source=a.space)
+    model_cfg = base.config["model"]
+    tokenizer = training.load_tokenizer(model_cfg)
+    data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
+    held_cfg = {**base.config["data"], "validation": {**base.config["data"]["train"], "path": str(heldout)},
+                "max_eval_samples": None}  # held-out rows come from the train file: its columns
+    held = prepare(held_cfg, tokenizer, model_cfg["max_length"]).validation
+    device = training.resolve_device("auto")
+    out = []
+    for seed in range(a.retrain_seeds):
+        space = base.with_params({**chosen, "seed": seed})
+        hp = dict(space.fixed)
+        model = training.build_model(model_cfg, hp, data, device)
+        training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
+                       intermediate_eval_samples=space.study["intermediate_eval_samples"],
+                       precision=model_cfg["precision"], selection=Selection.from_study(space.study))
+        out.append(training.evaluate(model, held, data.task, device)["accuracy"])
+    return out
+
+
+def mean_se(values: list[float], n_rows: int) -> tuple[float, float]:
+    """Mean over retrains, and its standard error: retrain spread plus the binomial error of n_rows rows."""
+    m = statistics.fmean(values)
+    var_seeds = statistics.variance(values) / len(values) if len(values) > 1 else 0.0
+    return m, math.sqrt(var_seeds + m * (1 - m) / n_rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report.
+
+
+def plot(runs: list[dict], path: Path) -> Path:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for i, r in enumerate(runs):
+        color = colors[i % len(colors)]
+        for side, dash in (("anchor", "dot"), ("hpsearch", "solid")):
+            pts = [(t, b) for t, b in r[side]["curve"] if b >= 0]
+            if pts:
+                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                         line={"shape": "hv", "dash": dash, "color": color},
+                                         name=f"{side if side == 'anchor' else r['label']} seed {r['seed']}"))
+    fig.update_layout(title="Best-so-far validation accuracy against wall time (from each study's first trial)",
+                      xaxis_title="seconds", yaxis_title="best validation accuracy", template="plotly_white",
+                      width=1100, height=600)
+    fig.update_xaxes(type="log")
+    html = path.with_suffix(".html")
+    fig.write_html(html, include_plotlyjs=True, full_html=True)
+    if path.suffix == ".png":
+        chrome = next((c for c in ("chromium", "chromium-browser", "google-chrome") if _which(c)), None)
+        if chrome is None:
+            return html
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([chrome, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                            "--hide-scrollbars", f"--user-data-dir={tmp}", "--virtual-time-budget=5000",
+                            "--window-size=1120,620", f"--screenshot={path.resolve()}", f"file://{html.resolve()}"],
+                           check=False, capture_output=True, timeout=120)
+        return path if path.exists() else html
+    return html
+
+
+def _which(cmd: str) -> bool:
+    import shutil
+
+    return shutil.which(cmd) is not None
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[str]) -> str:
+    import torch
+
+    lines = [f"# Search benchmark: hpsearch ({a.label}) against Trainer.hyperparameter_search", "",
+             f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch "
+             f"{torch.__version__}",
+             f"- command: `python bench/search.py {' '.join(argv)}`",
+             f"- data: {a.train} rows 1-{a.n_train} (train), {a.validation} rows 1-{a.n_eval} (validation), "
+             f"held-out: {a.train} rows {a.n_train + 1}-{a.n_train + a.heldout}; max_length {a.max_length}",
+             f"- space: `{os.path.relpath(a.space, REPO)}`"
+             + (f" with {', '.join(f'`{o}`' for o in a.overrides)}" if a.overrides else ""),
+             f"- anchor: `{os.path.relpath(a.anchor, REPO)}`, {a.trials} trials per study"
+             + (f" (reused from {a.anchor_json})" if a.anchor_json else " (run in this invocation)"),
+             f"- hpsearch: {a.hp_trials or a.trials} trials per study; held-out accuracy: each chosen config retrained "
+             f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error", "",
+             "Times are seconds from each study's first trial start. *reach* is when hpsearch's best-so-far first "
+             "reached the anchor's final best; *ratio* divides it by the anchor's time to that best (target <= 0.25).",
+             "", "| seed | anchor best | at s | anchor study s | pruned | hpsearch best | at s | hpsearch study s | "
+             "pruned | reach s | ratio | held-out anchor | held-out hpsearch | diff (pts) | within 1 SE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ratios, ok_held = [], []
+    for r in runs:
+        an, hp = r["anchor"], r["hpsearch"]
+        reach = time_to_reach(hp["curve"], an["best"])
+        ratio = None if reach is None else reach / an["time_to_best_s"]
+        ratios.append(math.inf if ratio is None else ratio)
+        (ma, sa), (mh, sh) = r["held_anchor"], r["held_hpsearch"]
+        se = math.sqrt(sa**2 + sh**2)
+        ok = mh >= ma - se
+        ok_held.append(ok)
+        lines.append(f"| {r['seed']} | {an['best']:.3f} | {an['time_to_best_s']:.0f} | {an['search_s']:.0f} | "
+                     f"{an['pruned']}/{len(an['states'])} | {hp['best']:.3f} | {hp['time_to_best_s']:.0f} | "
+                     f"{hp['search_s']:.0f} | {hp['pruned']}/{len(hp['states'])} | {fmt(reach, '.0f')} | "
+                     f"{'never' if ratio is None else f'{ratio:.2f}'} | {ma:.3f} ± {sa:.3f} | {mh:.3f} ± {sh:.3f} | "
+                     f"{100 * (mh - ma):+.1f} | {'yes' if ok else 'no'} |")
+    med = statistics.median(ratios)
+    lines += ["", f"- **Median ratio (time for hpsearch to reach the anchor's best / the anchor's time to it): "
+              f"{'never' if math.isinf(med) else f'{med:.2f}'}** (target <= 0.25)",
+              f"- **Held-out accuracy of hpsearch's chosen config >= the anchor's within one standard error: "
+              f"{sum(ok_held)} of {len(ok_held)} seeds**",
+              "", "Chosen configs (the anchor's as it ran: dropout 0.1, no frozen layers):", ""]
+    for r in runs:
+        lines.append(f"- seed {r['seed']}: anchor {r['anchor']['chosen']}; hpsearch trial {r['hpsearch']['chosen_trial']} "
+                     f"{r['hpsearch']['chosen']}")
+    lines += ["", f"![best so far against wall time]({os.path.relpath(plot_path, Path(a.out).parent)})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    a = parse_args()
+    argv = sys.argv[1:]
+    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
+        setattr(a, key, str(Path(getattr(a, key)).resolve()))
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    stem = Path(a.out).stem
+    raw_json = Path(a.json or REPO / "bench" / "raw" / f"{stem.lower()}.json")
+    plot_path = Path(a.plot or REPO / "bench" / f"{stem.lower()}.png")
+    header, rows = read_rows(a.train, a.n_train, a.n_train + a.heldout)
+    if len(rows) < a.heldout:
+        sys.exit(f"{a.train}: only {len(rows)} rows after the first {a.n_train} (--heldout {a.heldout})")
+    heldout = write_tsv(work / f"heldout-{stem.lower()}.tsv", header, rows)
+    reused = {r["seed"]: r["anchor"] for r in json.loads(Path(a.anchor_json).read_text())["runs"]} if a.anchor_json else {}
+    runs = []
+    for seed in (int(s) for s in a.seeds.split(",")):
+        print(f"[search] seed {seed}: anchor", file=sys.stderr, flush=True)
+        anchor = reused.get(seed) or run_anchor(a, seed, work)
+        print(f"[search] seed {seed}: anchor best {anchor['best']:.3f} at {anchor['time_to_best_s']:.0f} s; hpsearch",
+              file=sys.stderr, flush=True)
+        hp = run_hpsearch(a, seed, work)
+        print(f"[search] seed {seed}: hpsearch best {hp['best']:.3f} at {hp['time_to_best_s']:.0f} s; held-out",
+              file=sys.stderr, flush=True)
+        held_a = heldout_accuracy(a, anchor["chosen"], heldout, as_anchor=True)
+        held_h = heldout_accuracy(a, hp["chosen"], heldout, as_anchor=False)
+        runs.append({"seed": seed, "label": a.label, "anchor": anchor, "hpsearch": hp,
+                     "held_anchor": mean_se(held_a, len(rows)), "held_hpsearch": mean_se(held_h, len(rows)),
+                     "held_values": {"anchor": held_a, "hpsearch": held_h}})
+        raw_json.parent.mkdir(parents=True, exist_ok=True)
+        raw_json.write_text(json.dumps({"argv": argv, "runs": runs}, indent=1))
+        figure = plot(runs, plot_path)
+        Path(a.out).write_text(report(a, runs, figure, argv) + "\n", encoding="utf-8")
+        print(f"[search] seed {seed} done: {a.out}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
