@@ -220,7 +220,7 @@ def plot(runs: list[dict], path: Path) -> Path:
                       width=1100, height=600)
     fig.update_xaxes(type="log")
     html = path.with_suffix(".html")
-    fig.write_html(html, include_plotlyjs=True, full_html=True)
+    fig.write_html(html, include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
     if path.suffix == ".png":
         chrome = next((c for c in ("chromium", "chromium-browser", "google-chrome") if _which(c)), None)
         if chrome is None:
@@ -288,10 +288,15 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
               f"{sum(ok_held)} of {len(ok_held)} seeds**",
               "", "Chosen configs (the anchor's as it ran: dropout 0.1, no frozen layers):", ""]
     for r in runs:
-        lines.append(f"- seed {r['seed']}: anchor {r['anchor']['chosen']}; hpsearch trial {r['hpsearch']['chosen_trial']} "
-                     f"{r['hpsearch']['chosen']}")
+        as_run = {**r["anchor"]["chosen"], **ANCHOR_AS_RUN}
+        lines.append(f"- seed {r['seed']}: anchor {_short(as_run)}; hpsearch trial {r['hpsearch']['chosen_trial']} "
+                     f"{_short(r['hpsearch']['chosen'])}")
     lines += ["", f"![best so far against wall time]({os.path.relpath(plot_path, Path(a.out).parent)})", ""]
     return "\n".join(lines)
+
+
+def _short(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def main() -> None:

@@ -56,8 +56,17 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:
     """The pruner the space names, with its options (``none`` never prunes)."""
-    cfg = space.study["pruner"]
-    return getattr(optuna.pruners, PRUNERS[cfg["name"]])(**cfg["options"])
+    return _pruner(space.study["pruner"])
+
+
+def _pruner(cfg: dict) -> optuna.pruners.BasePruner:
+    cls = getattr(optuna.pruners, PRUNERS[cfg["name"]])
+    if cfg["name"] == "patient":
+        wrapped = _pruner(cfg["wrapped"]) if cfg.get("wrapped") else None
+        with warnings.catch_warnings():  # PatientPruner is "experimental" in Optuna: chosen knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(wrapped, **cfg["options"])
+    return cls(**cfg["options"])
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

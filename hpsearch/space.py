@@ -110,8 +110,12 @@ PRUNERS = {
     "percentile": "PercentilePruner",
     "hyperband": "HyperbandPruner",
     "successive_halving": "SuccessiveHalvingPruner",
+    "patient": "PatientPruner",
     "none": "NopPruner",
 }
+"""Optuna's pruners by name. ``patient`` wraps another (``wrapped:``) and only lets it prune a trial whose
+metric has not improved for ``options.patience`` reports. WilcoxonPruner is left out: it compares trials
+example by example (a report per validation instance), not along training."""
 METRICS = {
     # name: (tasks it applies to, direction in which it improves)
     "accuracy": (("classification",), "maximize"),
@@ -134,7 +138,7 @@ DEFAULT_TRIAL_VALUE = "best"
 """What a trial reports: its best whole-validation checkpoint (and those weights kept), or its last evaluation.
 bench/README.md has the measurement behind the default."""
 SAMPLER_KEYS = ("name", "seed", "options")
-PRUNER_KEYS = ("name", "options")
+PRUNER_KEYS = ("name", "options", "wrapped")
 MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision")
 PRECISIONS = ("auto", "fp32", "bf16")
 DATA_KEYS = ("task", "train", "validation", "text_column", "text_pair_column", "label_column",
@@ -462,12 +466,8 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     pruner_raw = study.get("pruner", {"name": "median"})
     if isinstance(pruner_raw, str):
         pruner_raw = {"name": pruner_raw}
-    pruner = c.mapping(pruner_raw, "study.pruner", PRUNER_KEYS)
-    pruner_name = c.string(pruner, "name", "study.pruner", default="median", choices=PRUNERS)
-    target = getattr(optuna.pruners, PRUNERS[pruner_name]) if pruner_name is not MISSING else None
-    pruner_options = c.options(pruner, "options", "study.pruner", target)
-    if pruner_name == "percentile" and "percentile" not in pruner_options:
-        c.add("study.pruner.options.percentile", MISSING, "is required by the percentile pruner (e.g. 25.0)")
+    pruner_cfg = _check_pruner(c, pruner_raw, "study.pruner", optuna)
+    pruner_name = pruner_cfg["name"]
 
     # Intermediate evaluations exist for the pruner: without one, evaluate once per epoch (as Trainer's
     # eval_strategy="epoch" does) unless the file asks for more (learning curves).
@@ -481,13 +481,36 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "direction": direction,
         "metric": metric,
         "sampler": {"name": sampler_name, "seed": seed, "options": sampler_options},
-        "pruner": {"name": pruner_name, "options": pruner_options},
+        "pruner": pruner_cfg,
         "reports_per_epoch": reports,
         "intermediate_eval_samples": subset,
         "enqueue": enqueue,
         "trial_value": trial_value,
         "early_stopping": early_stopping,
     }
+
+
+def _check_pruner(c: _Checker, raw: Any, path: str, optuna: Any) -> dict:
+    """``{name, options}`` (and ``wrapped``, a pruner of the same form, for ``patient``), options checked by name."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    pruner = c.mapping(raw, path, PRUNER_KEYS)
+    name = c.string(pruner, "name", path, default="median", choices=PRUNERS)
+    target = getattr(optuna.pruners, PRUNERS[name]) if name is not MISSING else None
+    options = c.options(pruner, "options", path, target, reserved=("wrapped_pruner",))
+    if name == "percentile" and "percentile" not in options:
+        c.add(f"{path}.options.percentile", MISSING, "is required by the percentile pruner (e.g. 25.0)")
+    out = {"name": name, "options": options}
+    if name == "patient":
+        if "patience" not in options:
+            c.add(f"{path}.options.patience", MISSING, "is required by the patient pruner (reports, e.g. 2)")
+        wrapped = pruner.get("wrapped")
+        out["wrapped"] = None if wrapped is None else _check_pruner(c, wrapped, f"{path}.wrapped", optuna)
+        if out["wrapped"] and out["wrapped"]["name"] == "patient":
+            c.add(f"{path}.wrapped.name", "patient", "a patient pruner wraps another kind of pruner")
+    elif "wrapped" in pruner:
+        c.add(f"{path}.wrapped", pruner["wrapped"], "is only for name: patient")
+    return out
 
 
 def _check_early_stopping(c: _Checker, raw: Any) -> dict | None:

@@ -35,9 +35,18 @@ def test_grid_covers_the_whole_grid(tiny_model: Path, tiny_data: dict) -> None:
 
 @pytest.mark.parametrize("name", sorted(PRUNERS))
 def test_every_pruner_builds(name: str, tiny_model: Path, tiny_data: dict) -> None:
-    options = {"percentile": 25.0} if name == "percentile" else {}
+    options = {"percentile": {"percentile": 25.0}, "patient": {"patience": 2}}.get(name, {})
     space = validate(space_dict(tiny_model, tiny_data, study__pruner={"name": name, "options": options}))
     assert isinstance(runner.build_pruner(space), optuna.pruners.BasePruner)
+
+
+def test_patient_pruner_wraps_the_pruner_it_names(tiny_model: Path, tiny_data: dict) -> None:
+    cfg = {"name": "patient", "options": {"patience": 1, "min_delta": 0.01},
+           "wrapped": {"name": "median", "options": {"n_warmup_steps": 3}}}
+    pruner = runner.build_pruner(validate(space_dict(tiny_model, tiny_data, study__pruner=cfg)))
+    assert isinstance(pruner, optuna.pruners.PatientPruner)
+    assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner) and pruner._patience == 1
+    assert pruner._wrapped_pruner._n_warmup_steps == 3
 
 
 def _run(make_space, tmp_path: Path, n: int, **overrides):
