@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
 import optuna
 
@@ -83,8 +84,13 @@ def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, 
     if model is not None:
         base = check_new_dir(model, "--model")
         dirs = [base] if top == 1 else [check_new_dir(f"{base}-{i}", "--model") for i in range(1, len(trials) + 1)]
-        for trial, directory in zip(trials, dirs):  # all unpacked first: a missing model writes nothing
-            download_model(study, trial, artifacts, directory)
+        try:  # all unpacked first: a missing model leaves nothing behind
+            for trial, directory in zip(trials, dirs):
+                download_model(study, trial, artifacts, directory)
+        except Exception:
+            for directory in dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
     for i, (path, trial) in enumerate(zip(paths, trials)):
         text = render(trial_space(study, trial, storage_url), path)
         path.parent.mkdir(parents=True, exist_ok=True)
