@@ -75,7 +75,8 @@ def main() -> None:
     from hpsearch.objective import Objective
     from hpsearch.progress import Progress
     from hpsearch.runner import open_study, prepare_run
-    from hpsearch.space import apply_overrides, validate
+    from hpsearch.spacefile import apply_overrides
+    from hpsearch.validation import validate
 
     configs = json.load(open(a.configs))
     if a.as_anchor_runs:

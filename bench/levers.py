@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hpsearch import model as M  # noqa: E402
 from hpsearch import training as T  # noqa: E402
 from hpsearch.runner import prepare_run  # noqa: E402
 from hpsearch.space import load_space  # noqa: E402
@@ -33,13 +34,13 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
     device = torch.device("cpu")
     hp = {"learning_rate": 5e-5, "batch_size": batch_size, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
           "dropout": 0.1, "num_frozen_layers": 0, "seed": 0, "warmup_ratio": 0.0, "max_grad_norm": 1.0}
-    installed = T.install_cheap_dropout
+    installed = M.install_cheap_dropout
     if variant not in ("dropout", "both"):
-        T.install_cheap_dropout = lambda model: False
+        M.install_cheap_dropout = lambda model: False
     try:
-        model = T.build_model(space.config["model"], hp, data, device)
+        model = M.build_model(space.config["model"], hp, data, device)
     finally:
-        T.install_cheap_dropout = installed
+        M.install_cheap_dropout = installed
     if variant in ("vocab", "both"):
         data = shrink_vocabulary(model, data).data
     optimizer = T.make_optimizer(model, hp, device)

@@ -165,7 +165,9 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
     from hpsearch import training
     from hpsearch.data import prepare
     from hpsearch.selection import Selection
-    from hpsearch.space import apply_overrides, read_yaml, validate
+    from hpsearch.model import build_model, load_tokenizer
+    from hpsearch.spacefile import apply_overrides, read_yaml
+    from hpsearch.validation import validate
 
     raw = apply_overrides(read_yaml(a.space), space_overrides(a, 0))
     if as_anchor:  # Trainer reported its last evaluation and trained what it ran
@@ -173,7 +175,7 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
         chosen = {**chosen, **ANCHOR_AS_RUN}
     base = validate(raw, source=a.space)
     model_cfg = base.config["model"]
-    tokenizer = training.load_tokenizer(model_cfg)
+    tokenizer = load_tokenizer(model_cfg)
     data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
     held_cfg = {**base.config["data"], "validation": {**base.config["data"]["train"], "path": str(heldout)},
                 "max_eval_samples": None}  # held-out rows come from the train file: its columns
@@ -183,11 +185,11 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
     for seed in range(a.retrain_seeds):
         space = base.with_params({**chosen, "seed": seed})
         hp = dict(space.fixed)
-        model = training.build_model(model_cfg, hp, data, device)
+        model = build_model(model_cfg, hp, data, device)
         training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
                        intermediate_eval_samples=space.study["intermediate_eval_samples"],
                        precision=model_cfg["precision"], selection=Selection.from_study(space.study))
-        out.append(training.evaluate(model, held, data.task, device)["accuracy"])
+        out.append(training.evaluate(model, held, data, device)["accuracy"])
     return out
 
 

@@ -1,6 +1,7 @@
-"""Data: load train/validation sources with `datasets`, encode labels, tokenize once, cache on disk.
+"""Data: load train/validation sources with `datasets`, let the task encode them, cache the tensors on disk.
 
-The result is a pair of :class:`Encoded` tensor sets that the training loop batches itself. Tokenized
+The result is a pair of :class:`Encoded` tensor sets that the training loop batches itself; what the labels are
+(a class, a number, a tag per token) is the task's business (:mod:`hpsearch.tasks`). Tokenized
 tensors are cached under ``$HPSEARCH_CACHE_DIR`` (default ``~/.cache/hpsearch``), keyed by tokenizer, data
 file identity, columns, sample limits and max_length, so that parallel workers and resumed runs skip it.
 """
@@ -11,20 +12,22 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import HpsearchError
+from .tasks import RawSplit, get_task
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
 class Encoded:
-    """One split as tensors: right-padded ids [N, L], true lengths [N], labels [N], optional token types."""
+    """One split as tensors: right-padded ids [N, L], true lengths [N], labels [N] (or [N, L] for a label per
+    token), optional token types."""
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
@@ -47,8 +50,11 @@ class Encoded:
         return out
 
     def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The labels of rows ``index`` on ``device``."""
-        return self.labels[index.to(self.labels.device)].to(device, non_blocking=True)
+        """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids)."""
+        labels = self.labels[index.to(self.labels.device)]
+        if labels.ndim == 2:
+            labels = labels[:, : int(self.lengths[index].max())]
+        return labels.to(device, non_blocking=True)
 
     def head(self, n: int) -> "Encoded":
         """The first ``n`` rows (a fixed subset, identical in every trial)."""
@@ -64,20 +70,17 @@ class Encoded:
 
 @dataclass
 class PreparedData:
-    """Both splits plus what the model head needs: the label names (classification) or one output (regression)."""
+    """Both splits, the task's name, the label names its head needs (empty for regression) and its options."""
 
     train: Encoded
     validation: Encoded
     task: str
     label_names: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device) -> "PreparedData":
         """Both splits resident on ``device`` (a few MB of token ids: no host-to-device copy per batch)."""
-        return PreparedData(self.train.to(device), self.validation.to(device), self.task, self.label_names)
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.task == "regression" else len(self.label_names)
+        return replace(self, train=self.train.to(device), validation=self.validation.to(device))
 
     @property
     def train_tokens(self) -> int:
@@ -95,6 +98,8 @@ def load_source(src: dict) -> Any:
             return datasets.load_dataset(src["hub"], src.get("config"), split=src["split"],
                                          revision=src.get("revision"))
         fmt = src["format"]
+        if fmt == "conll":
+            return read_conll(Path(src["path"]).expanduser(), src["tokens_column"], src["tags_column"])
         kwargs: dict[str, Any] = {}
         if fmt == "tsv":
             # Quoting off: SST-2 and most TSV corpora contain bare quote characters inside sentences.
@@ -107,33 +112,41 @@ def load_source(src: dict) -> Any:
         raise HpsearchError(f"cannot load data from {where}: {exc}") from exc
 
 
-def _texts(ds: Any, column: str | None, where: str) -> list[str] | None:
-    if column is None:
-        return None
-    if column not in ds.column_names:
-        raise HpsearchError(f"{where}: column '{column}' not found; columns are {', '.join(ds.column_names)}")
-    return ["" if t is None else str(t) for t in ds[column]]
+def read_conll(path: Path, tokens_column: str, tags_column: str) -> Any:
+    """A CoNLL file as a `datasets.Dataset` of word lists and tag lists: a word per line with its tag in the last
+    column, sentences separated by blank lines, ``-DOCSTART-`` lines skipped."""
+    import datasets
+
+    sentences: list[list[str]] = []
+    tags: list[list[str]] = []
+    words: list[str] = []
+    labels: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(words)
+                    tags.append(labels)
+                words, labels = [], []
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"line {number}: expected a word and a tag, got {line.strip()!r}")
+            words.append(fields[0])
+            labels.append(fields[-1])
+    if words:
+        sentences.append(words)
+        tags.append(labels)
+    return datasets.Dataset.from_dict({tokens_column: sentences, tags_column: tags})
 
 
-def encode_labels(train_raw: list, eval_raw: list, task: str, where: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Map raw labels to ids (classification: sorted distinct train values) or floats (regression)."""
-    if task == "regression":
-        try:
-            return (torch.tensor([float(v) for v in train_raw], dtype=torch.float32),
-                    torch.tensor([float(v) for v in eval_raw], dtype=torch.float32), [])
-        except (TypeError, ValueError) as exc:
-            raise HpsearchError(f"{where}: regression labels must be numbers ({exc})") from None
-    if any(v is None for v in train_raw) or any(v is None for v in eval_raw):
-        raise HpsearchError(f"{where}: the label column has empty values")
-    names = sorted(set(train_raw), key=lambda v: (isinstance(v, str), v))
-    if len(names) < 2:
-        raise HpsearchError(f"{where}: classification needs at least 2 distinct labels in train, found {names}")
-    index = {v: i for i, v in enumerate(names)}
-    unknown = sorted({str(v) for v in eval_raw if v not in index})
-    if unknown:
-        raise HpsearchError(f"{where}: validation labels not seen in train: {', '.join(unknown[:10])}")
-    return (torch.tensor([index[v] for v in train_raw]), torch.tensor([index[v] for v in eval_raw]),
-            [str(v) for v in names])
+def column_values(split: RawSplit, key: str) -> list:
+    """The values of the column that ``key`` (e.g. ``text_column``) names for this split."""
+    column = split.columns.get(key)
+    if column not in split.rows.column_names:
+        raise HpsearchError(f"{split.where}: column '{column}' ({key}) not found; columns are "
+                            f"{', '.join(split.rows.column_names)}")
+    return list(split.rows[column])
 
 
 def tokenize(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -163,7 +176,13 @@ def _source_identity(src: dict) -> dict:
 
 
 def _columns(data: dict, src: dict) -> dict:
-    return {k: src.get(k, data.get(k)) for k in ("text_column", "text_pair_column", "label_column")}
+    """The task's columns for one source: the source's own names, else the data section's."""
+    return {c.key: src.get(c.key, data.get(c.key)) for c in get_task(data["task"]).columns}
+
+
+def task_options(data: dict) -> dict[str, Any]:
+    """The task's options (``label_all_tokens`` ...), from the data section or their defaults."""
+    return {k: data.get(k, v) for k, v in get_task(data["task"]).options.items()}
 
 
 def cache_key(data: dict, tokenizer: Any, max_length: int) -> str:
@@ -174,6 +193,7 @@ def cache_key(data: dict, tokenizer: Any, max_length: int) -> str:
         "tokenizer": [type(tokenizer).__name__, vocab_hash, getattr(tokenizer, "do_lower_case", None)],
         "max_length": max_length,
         "task": data["task"],
+        "options": task_options(data),
         "train": [_source_identity(data["train"]), _columns(data, data["train"]), data.get("max_train_samples")],
         "validation": [_source_identity(data["validation"]), _columns(data, data["validation"]),
                        data.get("max_eval_samples")],
@@ -197,7 +217,8 @@ def _save(path: Path, prepared: PreparedData) -> None:
         tensors[f"{split}.labels"] = enc.labels
         if enc.token_type_ids is not None:
             tensors[f"{split}.token_type_ids"] = enc.token_type_ids
-    meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names)}
+    meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names),
+            "options": json.dumps(prepared.options)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -219,7 +240,8 @@ def _load(path: Path) -> PreparedData:
         s: Encoded(t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"))
         for s in ("train", "validation")
     }
-    return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]))
+    return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]),
+                        json.loads(meta.get("options", "{}")))
 
 
 def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True) -> PreparedData:
@@ -234,26 +256,18 @@ def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True)
     for split, limit_key in (("train", "max_train_samples"), ("validation", "max_eval_samples")):
         src = data[split]
         where = f"data.{split} ({src.get('path') or src.get('hub')})"
-        ds = load_source(src)
+        cols = _columns(data, src)
+        ds = load_source({**src, **cols})
         limit = data.get(limit_key)
         if limit is not None and limit < len(ds):
             ds = ds.select(range(limit))
         if len(ds) == 0:
             raise HpsearchError(f"{where}: no rows")
-        cols = _columns(data, src)
-        texts = _texts(ds, cols["text_column"], where)
-        pairs = _texts(ds, cols["text_pair_column"], where)
-        if cols["label_column"] not in ds.column_names:
-            raise HpsearchError(f"{where}: label column '{cols['label_column']}' not found; "
-                                f"columns are {', '.join(ds.column_names)}")
-        raw[split] = (texts, pairs, ds[cols["label_column"]], where)
-    train_labels, eval_labels, names = encode_labels(raw["train"][2], raw["validation"][2], data["task"],
-                                                     "data")
-    encoded = {}
-    for split, labels in (("train", train_labels), ("validation", eval_labels)):
-        ids, lengths, types = tokenize(tokenizer, raw[split][0], raw[split][1], max_length)
-        encoded[split] = Encoded(ids, lengths, labels, types)
-    prepared = PreparedData(encoded["train"], encoded["validation"], data["task"], names)
+        raw[split] = RawSplit(ds, cols, where)
+    task = get_task(data["task"])
+    options = task_options(data)
+    train, validation, names = task.encode(raw["train"], raw["validation"], tokenizer, max_length, options)
+    prepared = PreparedData(train, validation, data["task"], names, options)
     if use_cache:
         try:
             _save(path, prepared)

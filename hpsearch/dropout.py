@@ -56,6 +56,10 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     if n_rep > 1:
         key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is None and _causal(module, kwargs) and query.shape[2] > 1:
+        # No mask means SDPA's is_causal path (a decoder batch without padding): build the causal mask it implies.
+        q, k = query.shape[2], key.shape[2]
+        attention_mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
@@ -66,9 +70,17 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
+def _causal(module: torch.nn.Module, kwargs: dict[str, Any]) -> bool:
+    """Whether attention is causal, by the rule transformers' SDPA function uses: the call's ``is_causal``, else
+    the module's (True when the module says nothing)."""
+    flag = kwargs.get("is_causal")
+    return bool(getattr(module, "is_causal", True) if flag is None else flag)
+
+
 def install(model: torch.nn.Module) -> bool:
     """Give ``model`` these masks: swap every ``nn.Dropout`` and, where the model takes pluggable attention
-    functions and is not causal, the attention; return whether the attention was swapped."""
+    functions (encoders and decoders alike: causal masking follows SDPA's rule), the attention; return whether
+    the attention was swapped."""
     for parent in model.modules():
         for name, child in list(parent.named_children()):
             if type(child) is torch.nn.Dropout:

@@ -9,7 +9,8 @@ import optuna
 
 from .errors import UsageError
 from .runner import trial_config
-from .space import Space, dump_yaml
+from .space import Space
+from .spacefile import dump_yaml
 from .storage import redact
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .space import dump_yaml
+from .spacefile import dump_yaml
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "hpsearch_config.yaml"

@@ -20,7 +20,8 @@ from .errors import HpsearchError
 from .progress import Progress
 from .selection import Selection
 from .space import Space
-from .training import Callback, NonFiniteLoss, TrainingState, build_model, peak_memory_mb, train
+from .model import build_model
+from .training import Callback, NonFiniteLoss, TrainingState, peak_memory_mb, train
 
 if TYPE_CHECKING:
     from .artifacts import ModelKeeper
@@ -154,7 +155,7 @@ class Objective:
     def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: dict, result: Any, value: float) -> None:
         """Offer the trained model to the keeper (``--keep-best``); a failure to store it never fails the trial."""
         from .modeldir import write_model_dir
-        from .training import load_tokenizer
+        from .model import load_tokenizer
 
         origin = {"study": trial.study.study_name, "trial": trial.number, "value": value, "metric": self.metric}
         config = self.space.with_params(trial.params, origin=origin).to_dict()

@@ -18,7 +18,8 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     """
     from .data import prepare
     from .selection import Selection
-    from .training import Callback, build_model, load_tokenizer, resolve_device, train
+    from .model import build_model, load_tokenizer
+    from .training import Callback, resolve_device, train
 
     if space.params:
         raise UsageError(f"{space.source}: params {', '.join(space.params)} are still searched; "

@@ -17,7 +17,9 @@ import optuna
 
 from . import __version__
 from .errors import UsageError
-from .space import PRUNERS, SAMPLERS, Space, check_layers
+from .schema import PRUNERS, SAMPLERS
+from .space import Space
+from .validation import check_layers
 from .storage import retry_transient
 
 CONFIG_ATTR = "config:"
@@ -165,7 +167,7 @@ def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
         import optuna_dashboard
     except ImportError:
         return
-    from .space import dump_yaml
+    from .spacefile import dump_yaml
 
     body = f"## hpsearch config `{space.fingerprint()}`\n\n```yaml\n{dump_yaml(space.to_dict())}```\n"
     optuna_dashboard.save_note(study, body)
@@ -185,7 +187,8 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, A
     """Everything checked and loaded before the storage is touched: device, layer count, tokenized data,
     and (``weights``) the pretrained weights, read into memory once for all of this process's trials."""
     from .data import prepare
-    from .training import layer_count, load_tokenizer, preload, resolve_device
+    from .model import layer_count, load_tokenizer, preload
+    from .training import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dev = resolve_device(device)

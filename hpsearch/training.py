@@ -1,9 +1,8 @@
-"""The fine-tuning loop: build a model from cached pretrained weights, train it, evaluate it.
+"""The fine-tuning loop: train a model (built by :mod:`hpsearch.model`), evaluate it, keep its best checkpoint.
 
 It knows nothing of Optuna: progress and evaluations go to a :class:`Callback`, whose ``on_evaluate`` may
-raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints).
-Pretrained weights are read from disk once per process and kept in memory, so a trial's setup costs a
-model construction and a state-dict copy, not a checkpoint load.
+raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints). It knows no
+task either: the loss and the metrics come from the data's task (:mod:`hpsearch.tasks`).
 """
 from __future__ import annotations
 
@@ -16,16 +15,11 @@ from typing import Any
 import torch
 
 from .data import Encoded, PreparedData
-from .dropout import install as install_cheap_dropout
 from .errors import HpsearchError
-from .metrics import compute
 from .selection import Selection, Tracker, restore
-from .space import SCHEDULER_KWARGS, model_layer_count
+from .schema import SCHEDULER_KWARGS
+from .tasks import get_task
 from .vocab import SmallVocabulary, shrink_vocabulary
-
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
-"""Config attributes that different architectures use for hidden and attention dropout."""
 
 EVAL_BATCH_SIZE = 64
 """Measured on a 2-core CPU: batches of 32-64 length-sorted rows evaluate 1.8x faster than 256 (cache-bound)."""
@@ -109,146 +103,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Model construction.
-
-_TOKENIZERS: dict[tuple, Any] = {}
-_WEIGHTS: dict[tuple, dict[str, torch.Tensor]] = {}
-
-
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def load_tokenizer(model_cfg: dict) -> Any:
-    """The model's tokenizer, loaded once per process."""
-    from transformers import AutoTokenizer
-
-    _quiet_transformers()
-    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
-    if key not in _TOKENIZERS:
-        try:
-            _TOKENIZERS[key] = AutoTokenizer.from_pretrained(
-                model_cfg["name_or_path"], revision=model_cfg.get("revision"),
-                trust_remote_code=model_cfg.get("trust_remote_code", False))
-        except Exception as exc:
-            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load the tokenizer: "
-                                f"{exc}") from exc
-    return _TOKENIZERS[key]
-
-
-def load_model_config(model_cfg: dict, **overrides: Any) -> Any:
-    """The model's transformers config (no weights), with ``overrides`` applied."""
-    from transformers import AutoConfig
-
-    _quiet_transformers()
-    try:
-        return AutoConfig.from_pretrained(model_cfg["name_or_path"], revision=model_cfg.get("revision"),
-                                          trust_remote_code=model_cfg.get("trust_remote_code", False),
-                                          **overrides)
-    except Exception as exc:
-        raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load its config: "
-                            f"{exc}") from exc
-
-
-def layer_count(model_cfg: dict) -> int | None:
-    """How many encoder layers the model has (for num_frozen_layers checks before training)."""
-    return model_layer_count(load_model_config(model_cfg).to_dict())
-
-
-def _pretrained_weights(model_cfg: dict, config: Any) -> dict[str, torch.Tensor]:
-    """The pretrained body weights (no classification head), read from disk once per process."""
-    from transformers import AutoModelForSequenceClassification
-
-    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
-    if key not in _WEIGHTS:
-        try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"),
-                trust_remote_code=model_cfg.get("trust_remote_code", False), output_loading_info=True)
-        except Exception as exc:
-            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load weights: "
-                                f"{exc}") from exc
-        fresh = set(info.get("missing_keys", ()))
-        _WEIGHTS[key] = {k: v.detach().float().clone() for k, v in model.state_dict().items() if k not in fresh}
-    return _WEIGHTS[key]
-
-
-def set_dropout(config: Any, p: float) -> list[str]:
-    """Set every hidden/attention dropout attribute the config has to ``p``; return the names set."""
-    names = [k for k in DROPOUT_KEYS if isinstance(getattr(config, k, None), (int, float))]
-    if not names:
-        raise HpsearchError(f"model type {config.model_type!r} has none of the dropout settings "
-                            f"{', '.join(DROPOUT_KEYS)}; fix dropout out of the search")
-    for k in names:
-        setattr(config, k, p)
-    return names
-
-
-def encoder_layers(model: torch.nn.Module, count: int) -> torch.nn.ModuleList:
-    """The model's stack of encoder layers: the first ModuleList with ``count`` blocks in its base model."""
-    for module in model.base_model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise HpsearchError(f"cannot find the {count} encoder layers of {type(model).__name__} to freeze")
-
-
-def freeze_layers(model: torch.nn.Module, k: int, count: int | None) -> int:
-    """Freeze embeddings plus the first ``k`` encoder layers; return the number of frozen parameters."""
-    if k <= 0:
-        return 0
-    if count is None or k > count:
-        raise HpsearchError(f"num_frozen_layers={k} exceeds the model's {count} encoder layers")
-    modules = [getattr(model.base_model, "embeddings", None), *list(encoder_layers(model, count))[:k]]
-    frozen = 0
-    for module in modules:
-        if module is None:
-            continue
-        for p in module.parameters():
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
-
-
-def head_config(model_cfg: dict, data: PreparedData) -> Any:
-    """The model config with the classification or regression head the data needs (label names included)."""
-    extra: dict[str, Any] = {"num_labels": data.num_labels}
-    if data.task == "regression":
-        extra["problem_type"] = "regression"
-    else:
-        extra["problem_type"] = "single_label_classification"
-        extra["id2label"] = dict(enumerate(data.label_names))
-        extra["label2id"] = {n: i for i, n in enumerate(data.label_names)}
-    return load_model_config(model_cfg, **extra)
-
-
-def preload(model_cfg: dict, data: PreparedData) -> None:
-    """Read the pretrained weights into memory now, so that no trial pays for it."""
-    _pretrained_weights(model_cfg, head_config(model_cfg, data))
-
-
-def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device) -> torch.nn.Module:
-    """A fresh classifier: pretrained body, seeded new head, the trial's dropout, frozen layers applied."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = head_config(model_cfg, data)
-    weights = _pretrained_weights(model_cfg, config)
-    set_dropout(config, hp["dropout"])
-    torch.manual_seed(hp["seed"])  # the head's initialization depends on the trial's seed only
-    model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=model_cfg.get(
-        "trust_remote_code", False))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
-    freeze_layers(model, hp["num_frozen_layers"], model_layer_count(config.to_dict()))
-    if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
-        install_cheap_dropout(model)
-    return model.to(device)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Optimization pieces.
 
 
@@ -323,27 +177,22 @@ def _autocast(device: torch.device, bf16: bool) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "regression":
-        return torch.nn.functional.mse_loss(logits.float().squeeze(-1), labels)
-    return torch.nn.functional.cross_entropy(logits.float(), labels)
-
-
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, enc: Encoded, task: str, device: torch.device,
+def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device,
              batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False) -> dict[str, float]:
-    """Metrics over a whole split, batched by sorted length so that padding is minimal."""
+    """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), batched by
+    sorted length so that padding is minimal."""
+    task = get_task(data.task)
     was_training = model.training
     model.eval()
     order = torch.argsort(enc.lengths, descending=True, stable=True)
-    outputs = torch.empty((len(enc), model.config.num_labels), dtype=torch.float32)
+    parts = []
     with _autocast(device, bf16):
         for idx in order.split(batch_size):
             logits = model(**enc.batch(idx, device)).logits
-            outputs[idx] = logits.float().cpu()
+            parts.append(task.evaluate_batch(logits, enc.labels_of(idx, device)))
     model.train(was_training)
-    out = outputs.squeeze(-1) if task == "regression" else outputs
-    return compute(task, out, enc.labels.cpu())
+    return task.metrics_from(parts, data.label_names, data.options)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -390,6 +239,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
          intermediate_eval_samples: int | None, precision: str, selection: Selection | None) -> TrainResult:
     """The loop behind :func:`train`, on data already renumbered for ``vocab`` when there is one."""
     entered = time.perf_counter()
+    task = get_task(data.task)
     bf16 = use_bf16(precision, device)
     n = len(data.train)
     per_epoch = steps_per_epoch(n, hp["batch_size"])
@@ -423,7 +273,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
             labels = data.train.labels_of(idx, device)
             with _autocast(device, bf16):
                 logits = model(**batch).logits
-            loss = _loss(logits, labels, data.task)
+            loss = task.loss(logits, labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
             loss.backward()
@@ -447,7 +297,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
                 t_eval = time.perf_counter()
                 last = epoch == hp["epochs"] - 1 and crossed == reports_per_epoch
                 full = last or subset is data.validation or (every_epoch and crossed == reports_per_epoch)
-                metrics = evaluate(model, data.validation if full else subset, data.task, device, bf16=bf16)
+                metrics = evaluate(model, data.validation if full else subset, data, device, bf16=bf16)
                 state.eval_time += time.perf_counter() - t_eval
                 state.report = epoch * reports_per_epoch + crossed
                 history.append({"report": state.report, "step": state.step,

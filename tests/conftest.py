@@ -175,18 +175,18 @@ def study_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def setup(make_space):
     """A space over the tiny model and data, and that data tokenized (max_length 32): what a trial gets."""
-    from hpsearch import training
+    from hpsearch.model import load_tokenizer
     from hpsearch.data import prepare
     from hpsearch.space import load_space
 
     space = load_space(make_space())
-    data = prepare(space.config["data"], training.load_tokenizer(space.config["model"]), 32)
+    data = prepare(space.config["data"], load_tokenizer(space.config["model"]), 32)
     return space, data
 
 
 def trial_hp(space, **kw: object) -> dict:
     """Every hyperparameter for one trial: defaults, the space's fixed values, a quick-learning lr, then ``kw``."""
-    from hpsearch.space import HYPERPARAMETERS
+    from hpsearch.schema import HYPERPARAMETERS
 
     hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
     hp.update(space.fixed)
@@ -214,3 +214,96 @@ def empty_database(request: pytest.FixtureRequest):
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f"DROP DATABASE {name}{force}"))
         admin.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Token classification and decoder models.
+
+PEOPLE = "alice bob carol dave".split()
+PLACES = "paris rome oslo".split()
+TAG_FILLER = "met in visited from saw the and went to".split()
+TAG_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(PEOPLE + TAG_FILLER))
+             + ["paris", "rome", "os", "##lo", "van", "##der", "##berg"])
+"""WordPiece pieces: 'oslo' is two tokens (os ##lo) and 'vanderberg' three, so sub-word alignment is exercised."""
+
+
+def tagged_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Sentences with IOB2 tags: people (one or two words, 'alice vanderberg') and places; learnable quickly."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words: list[str] = []
+        tags: list[str] = []
+        for _ in range(rng.randint(2, 4)):
+            kind = rng.random()
+            if kind < 0.35:
+                words.append(rng.choice(PEOPLE))
+                tags.append("B-PER")
+                if rng.random() < 0.3:
+                    words.append("vanderberg")
+                    tags.append("I-PER")
+            elif kind < 0.6:
+                words.append(rng.choice(PLACES))
+                tags.append("B-LOC")
+            else:
+                words.append(rng.choice(TAG_FILLER))
+                tags.append("O")
+        rows.append((words, tags))
+    return rows
+
+
+def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
+    """A CoNLL-2003-style file: a -DOCSTART- line, then word, POS, chunk and NER tag per line, blank between."""
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in rows:
+        lines += [f"{w} NN I-NP {t}" for w, t in zip(words, tags)] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _wordpiece(vocab: list[str], **special: str):
+    """A fast WordPiece tokenizer over ``vocab`` with the given special tokens (no pad token unless named)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden 32) whose WordPiece vocab covers the tagged sentences."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-tagger")
+    BertTokenizerFast(vocab={tok: i for i, tok in enumerate(TAG_VOCAB)}).save_pretrained(path)
+    config = BertConfig(vocab_size=len(TAG_VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama (grouped-query attention) and a tiny GPT-2, sharing a WordPiece tokenizer that has an EOS
+    token and no pad token, as most decoder tokenizers."""
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    vocab = sorted(set(TAG_VOCAB + POSITIVE + NEGATIVE + FILLER), key=lambda w: (not w.startswith("["), w))
+    out = {}
+    for name, config, cls in (
+        ("llama", LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                              bos_token_id=2, eos_token_id=3, pad_token_id=None), LlamaModel),
+        ("gpt2", GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                            bos_token_id=3, eos_token_id=3), GPT2Model),
+    ):
+        path = tmp_path_factory.mktemp(f"tiny-{name}")
+        _wordpiece(vocab, eos_token="[SEP]").save_pretrained(path)
+        torch.manual_seed(0)
+        cls(config).save_pretrained(path, safe_serialization=True)
+        out[name] = path
+    return out

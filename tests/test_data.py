@@ -9,7 +9,7 @@ import torch
 
 from hpsearch import data as D
 from hpsearch.errors import HpsearchError
-from hpsearch.training import load_tokenizer
+from hpsearch.model import load_tokenizer
 from tests.conftest import sentences
 
 
@@ -69,7 +69,7 @@ def test_regression_labels_are_floats(tmp_path: Path, tiny_model: Path) -> None:
     rows = [{"text": t, "label": y * 2.5 + 0.25} for y, t in sentences(20, 5)]
     train = _write(tmp_path / "r.csv", rows, "csv")
     prepared = D.prepare(_data(train, train, "csv", task="regression"), load_tokenizer({"name_or_path": str(tiny_model)}), 16)
-    assert prepared.num_labels == 1 and prepared.train.labels.dtype == torch.float32
+    assert prepared.label_names == [] and prepared.train.labels.dtype == torch.float32
     assert set(prepared.train.labels.tolist()) == {0.25, 2.75}
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hpsearch import dropout as D
-from hpsearch import training as T
+from hpsearch import model as M
 from tests.conftest import CPU, trial_hp as _hp
 
 
@@ -39,9 +39,9 @@ def test_swapped_model_computes_what_the_original_computes(setup, monkeypatch: p
     space, data = setup
     hp = _hp(space, dropout=0.2)
     with monkeypatch.context() as m:
-        m.setattr(T, "install_cheap_dropout", lambda model: False)
-        original = T.build_model(space.config["model"], hp, data, CPU)
-    model = T.build_model(space.config["model"], hp, data, CPU)  # on the CPU: cheaper dropout installed
+        m.setattr(M, "install_cheap_dropout", lambda model: False)
+        original = M.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.config["model"], hp, data, CPU)  # on the CPU: cheaper dropout installed
     assert model.config._attn_implementation == D.ATTENTION
     assert all(type(m) is not torch.nn.Dropout for m in model.modules())
     assert original.config._attn_implementation == "sdpa"
@@ -59,7 +59,7 @@ def test_swapped_model_computes_what_the_original_computes(setup, monkeypatch: p
 
 def test_attention_dropout_is_applied(setup) -> None:
     space, data = setup
-    model = T.build_model(space.config["model"], _hp(space, dropout=0.3), data, CPU)
+    model = M.build_model(space.config["model"], _hp(space, dropout=0.3), data, CPU)
     for name, module in model.named_modules():  # leave only the attention-probability dropout on
         if isinstance(module, torch.nn.Dropout) and not name.endswith("attention.self.dropout"):
             module.p = 0.0

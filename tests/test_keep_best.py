@@ -36,12 +36,13 @@ def test_keep_best_keeps_the_top_k_and_export_writes_a_loadable_model(make_space
 
     # The kept weights are the trial's own: evaluating them gives the trial's value.
     from hpsearch import training
+    from hpsearch.model import load_tokenizer
     from hpsearch.data import prepare
     from hpsearch.space import load_space
 
     exported = load_space(tmp_path / "best.yaml")
-    data = prepare(exported.config["data"], training.load_tokenizer(exported.config["model"]), 32)
-    again = training.evaluate(model, data.validation, data.task, training.resolve_device("cpu"))
+    data = prepare(exported.config["data"], load_tokenizer(exported.config["model"]), 32)
+    again = training.evaluate(model, data.validation, data, training.resolve_device("cpu"))
     assert again["accuracy"] == pytest.approx(ranked[0].value)
 
 

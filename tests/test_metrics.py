@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from hpsearch.metrics import classification_metrics, regression_metrics
+from hpsearch.tasks.classification import classification_metrics
+from hpsearch.tasks.regression import regression_metrics
 
 
 def test_classification_metrics() -> None:

@@ -13,7 +13,8 @@ import optuna
 import pytest
 import torch
 
-from hpsearch import runner, training
+from hpsearch import model, runner
+from hpsearch.tasks.classification import SequenceClassification
 from hpsearch.progress import Progress
 from hpsearch.space import load_space
 
@@ -21,7 +22,7 @@ from hpsearch.space import load_space
 def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: str, make_space, study_name: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     models: list[weakref.ref] = []
-    real_build, real_loss = training.build_model, training._loss
+    real_build, real_loss = model.build_model, SequenceClassification.loss
     calls = {"n": 0}
 
     def build(*args, **kwargs):
@@ -29,15 +30,15 @@ def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: 
         models.append(weakref.ref(model))
         return model
 
-    def loss(logits, labels, task):
+    def loss(self, logits, labels):
         calls["n"] += 1
         if len(models) == 1:  # the first trial runs out of memory at its third step
             if calls["n"] == 3:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_loss(logits, labels, task)
+        return real_loss(self, logits, labels)
 
     monkeypatch.setattr("hpsearch.objective.build_model", build)
-    monkeypatch.setattr(training, "_loss", loss)
+    monkeypatch.setattr(SequenceClassification, "loss", loss)
     study = runner.run_study(load_space(make_space(fixed__epochs=1)), storage_url=storage_url, n_trials=2,
                              study_name=study_name, progress=Progress())
     first, second = study.trials
@@ -50,8 +51,8 @@ def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: 
 
 def test_non_finite_loss_never_completes(storage_url: str, make_space, study_name: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    real = training._loss
-    monkeypatch.setattr(training, "_loss", lambda lg, lb, task: real(lg, lb, task) * float("nan"))
+    real = SequenceClassification.loss
+    monkeypatch.setattr(SequenceClassification, "loss", lambda self, lg, lb: real(self, lg, lb) * float("nan"))
     study = runner.run_study(load_space(make_space(fixed__epochs=1)), storage_url=storage_url, n_trials=2,
                              study_name=study_name, progress=Progress())
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]

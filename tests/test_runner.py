@@ -6,11 +6,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpsearch import runner, training
+from hpsearch import runner
 from hpsearch.errors import UsageError
 from hpsearch.progress import Progress
-from hpsearch.space import PRUNERS, SAMPLERS, load_space, validate
+from hpsearch.schema import PRUNERS, SAMPLERS
+from hpsearch.space import load_space
+from hpsearch.validation import validate
 from hpsearch.storage import open_storage
+from hpsearch.tasks.classification import SequenceClassification
 from tests.conftest import space_dict
 
 
@@ -69,7 +72,7 @@ def test_pruning_prunes_a_hopeless_trial(make_space, tmp_path: Path) -> None:
 
 def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(make_space, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "_loss", lambda logits, labels, task: logits.sum() * float("inf"))
+    monkeypatch.setattr(SequenceClassification, "loss", lambda self, logits, labels: logits.sum() * float("inf"))
     study = _run(make_space, tmp_path, 2)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
     assert all("non-finite loss" in t.user_attrs["fail_reason"] for t in study.trials)

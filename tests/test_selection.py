@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpsearch import model as M
 from hpsearch import training as T
 from hpsearch.selection import Selection, Tracker
-from hpsearch.space import validate
+from hpsearch.validation import validate
 from tests.conftest import CPU, space_dict, trial_hp
 
 
@@ -64,7 +65,7 @@ def test_space_validates_early_stopping_and_trial_value(tiny_model, tiny_data) -
 
 def _train(space, data, selection: Selection, **hp):
     params = trial_hp(space, **hp)
-    model = T.build_model(space.config["model"], params, data, CPU)
+    model = M.build_model(space.config["model"], params, data, CPU)
     return model, T.train(model, data, params, device=CPU, reports_per_epoch=2, intermediate_eval_samples=16,
                           selection=selection)
 
@@ -81,7 +82,7 @@ def test_best_checkpoint_weights_and_metrics_are_what_the_run_ends_with(setup) -
     best = min(checkpoints, key=lambda h: h["eval_loss"])
     assert best["report"] < checkpoints[-1]["report"]  # so the run really went back to earlier weights
     assert result.metrics["eval_loss"] == best["eval_loss"] and result.selection["best_report"] == best["report"]
-    again = T.evaluate(model, data.validation, data.task, CPU)
+    again = T.evaluate(model, data.validation, data, CPU)
     assert again["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
     assert again["accuracy"] == best["accuracy"]
 
@@ -99,9 +100,9 @@ def test_early_stopping_ends_training_and_says_where(setup) -> None:
 def test_without_a_policy_the_loop_is_unchanged(setup) -> None:
     space, data = setup
     params = trial_hp(space, epochs=2)
-    plain = T.train(T.build_model(space.config["model"], params, data, CPU), data, params, device=CPU,
+    plain = T.train(M.build_model(space.config["model"], params, data, CPU), data, params, device=CPU,
                     reports_per_epoch=2, intermediate_eval_samples=16)
-    last = T.train(T.build_model(space.config["model"], params, data, CPU), data, params, device=CPU,
+    last = T.train(M.build_model(space.config["model"], params, data, CPU), data, params, device=CPU,
                    reports_per_epoch=2, intermediate_eval_samples=16, selection=Selection("accuracy", True))
     assert [h["full"] for h in plain.history] == [False, False, False, True]
     assert plain.metrics == last.metrics and plain.selection == {}

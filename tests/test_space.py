@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from hpsearch.errors import ConfigError
-from hpsearch.space import HYPERPARAMETERS, SCHEDULERS, apply_overrides, load_space, validate
+from hpsearch.schema import HYPERPARAMETERS, SCHEDULERS
+from hpsearch.space import load_space
+from hpsearch.spacefile import apply_overrides
+from hpsearch.validation import validate
 from tests.conftest import REPO, space_dict
 
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpsearch import model as M
+from hpsearch.tasks.classification import SequenceClassification
 from hpsearch import training as T
 from tests.conftest import CPU, trial_hp as _hp
 
 
 def _run(space, data, **kw):
     hp = _hp(space, **kw)
-    model = T.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.config["model"], hp, data, CPU)
     return model, T.train(model, data, hp, device=CPU, reports_per_epoch=2)
 
 
@@ -37,7 +39,7 @@ def test_reports_are_numbered_by_epoch_fraction(setup) -> None:
 def test_frozen_parameters_do_not_change_and_trainable_ones_do(setup) -> None:
     space, data = setup
     hp = _hp(space, num_frozen_layers=1, epochs=1)
-    model = T.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.config["model"], hp, data, CPU)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     T.train(model, data, hp, device=CPU, reports_per_epoch=1)
     for name, p in model.named_parameters():
@@ -50,12 +52,12 @@ def test_frozen_parameters_do_not_change_and_trainable_ones_do(setup) -> None:
 def test_too_many_frozen_layers_is_refused(setup) -> None:
     space, data = setup
     with pytest.raises(T.HpsearchError, match="exceeds"):
-        T.build_model(space.config["model"], _hp(space, num_frozen_layers=3), data, CPU)
+        M.build_model(space.config["model"], _hp(space, num_frozen_layers=3), data, CPU)
 
 
 def test_dropout_reaches_the_model(setup) -> None:
     space, data = setup
-    model = T.build_model(space.config["model"], _hp(space, dropout=0.27), data, CPU)
+    model = M.build_model(space.config["model"], _hp(space, dropout=0.27), data, CPU)
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.27}
     assert model.config.hidden_dropout_prob == 0.27 and model.config.attention_probs_dropout_prob == 0.27
@@ -113,7 +115,7 @@ def test_length_grouped_batches_cover_every_example_once_and_reshuffle() -> None
 
 def test_non_finite_loss_stops_training(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     space, data = setup
-    monkeypatch.setattr(T, "_loss", lambda logits, labels, task: logits.sum() * float("nan"))
+    monkeypatch.setattr(SequenceClassification, "loss", lambda self, logits, labels: logits.sum() * float("nan"))
     with pytest.raises(T.NonFiniteLoss, match="step 1"):
         _run(space, data, epochs=1)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpsearch import model as M
 from hpsearch import training as T
 from hpsearch.vocab import shrink_vocabulary, used_ids
 from tests.conftest import CPU, trial_hp as _hp
 
 
 def _train(space, data, hp, shrink: bool, callback: T.Callback | None = None):
-    model = T.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.config["model"], hp, data, CPU)
     result = T.train(model, data, hp, device=CPU, reports_per_epoch=2, shrink_vocab=shrink, callback=callback)
     return model, result
 
@@ -31,7 +32,7 @@ def test_small_table_training_equals_full_table_training(setup) -> None:
 def test_unused_rows_get_exactly_the_weight_decay(setup) -> None:
     space, data = setup
     hp = _hp(space, epochs=1, weight_decay=0.5, learning_rate=3e-3)
-    pretrained = T.build_model(space.config["model"], hp, data, CPU).get_input_embeddings().weight.detach()
+    pretrained = M.build_model(space.config["model"], hp, data, CPU).get_input_embeddings().weight.detach()
     model, _ = _train(space, data, hp, shrink=True)
     unused = torch.ones(len(pretrained), dtype=torch.bool)
     unused[used_ids(data)] = False
@@ -49,7 +50,7 @@ def test_the_whole_table_comes_back_when_training_stops_early(setup) -> None:
             raise RuntimeError("pruned")
 
     hp = _hp(space, epochs=1)
-    model = T.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.config["model"], hp, data, CPU)
     with pytest.raises(RuntimeError, match="pruned"):
         T.train(model, data, hp, device=CPU, reports_per_epoch=2, callback=Stop())
     assert model.get_input_embeddings().num_embeddings == model.config.vocab_size
@@ -57,16 +58,16 @@ def test_the_whole_table_comes_back_when_training_stops_early(setup) -> None:
 
 def test_frozen_or_tied_embeddings_are_left_alone(setup) -> None:
     space, data = setup
-    frozen = T.build_model(space.config["model"], _hp(space, num_frozen_layers=1), data, CPU)
+    frozen = M.build_model(space.config["model"], _hp(space, num_frozen_layers=1), data, CPU)
     assert shrink_vocabulary(frozen, data) is None
-    model = T.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.config["model"], _hp(space), data, CPU)
     model.get_output_embeddings = lambda: model.get_input_embeddings()  # as a language-model head would
     assert shrink_vocabulary(model, data) is None
 
 
 def test_renumbered_data_looks_up_the_same_vectors(setup) -> None:
     space, data = setup
-    model = T.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.config["model"], _hp(space), data, CPU)
     before = model.get_input_embeddings().weight.detach().clone()
     small = shrink_vocabulary(model, data)
     assert small is not None and small.small.num_embeddings < len(before)
@@ -107,6 +108,6 @@ def test_special_ids_keep_their_numbers_so_roberta_positions_stay_right() -> Non
 
 def test_special_ids_high_in_the_vocabulary_leave_the_table_alone(setup) -> None:
     space, data = setup
-    model = T.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.config["model"], _hp(space), data, CPU)
     model.config.eos_token_id = model.config.vocab_size - 1  # as GPT-2's 50256 of 50257
     assert shrink_vocabulary(model, data) is None

@@ -1,0 +1,83 @@
+"""The task protocol: everything that differs between fine-tuning tasks, and nothing else.
+
+A task says which columns its data needs and which options it takes (known to validation, which imports no
+torch), how raw rows become encoded tensors, which transformers Auto class and head config it builds, its loss,
+and its evaluation. The training loop, objective, runner, storage, export and report know no task: they call
+these methods. Adding a task is one new module in this package plus its line in ``hpsearch.tasks.TASKS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import Encoded
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric a task computes: its name and whether larger is better."""
+
+    name: str
+    maximize: bool
+    help: str = ""
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A data column a task reads: the key that names it in a space file, its default name, whether required."""
+
+    key: str
+    default: str | None
+    required: bool = True
+    help: str = ""
+
+
+@dataclass
+class RawSplit:
+    """One split as the task reads it: the loaded ``datasets.Dataset`` (or rows from a CoNLL file), the columns
+    resolved for it, and where it came from (for error messages)."""
+
+    rows: Any
+    columns: dict[str, str | None]
+    where: str
+
+
+class Task(Protocol):
+    """What a fine-tuning task provides. Implementations are stateless singletons.
+
+    Contract:
+    - ``name``, ``metrics``, ``default_metric``, ``columns`` and ``options`` are plain data; reading them (and
+      importing the module) imports no torch, so that validating a space file stays light.
+    - ``encode`` turns both raw splits into :class:`~hpsearch.data.Encoded` tensors (labels as the loss takes
+      them) and returns the label names a head needs (empty for a task without named labels).
+    - ``head_config`` returns the transformers config overrides for a model of class ``auto_class`` with
+      those labels; the model body and its construction are shared by every task (``hpsearch.model``).
+    - ``loss(logits, labels)`` is the training loss; ``evaluate_batch`` reduces one evaluation batch to what
+      ``metrics_from`` needs, so evaluation never holds a whole split's logits when it need not.
+    - ``metrics_from`` returns every metric in ``metrics`` (names as keys), and ``eval_loss``.
+    """
+
+    name: str
+    metrics: tuple[Metric, ...]
+    default_metric: str
+    columns: tuple[Column, ...]
+    options: dict[str, Any]
+    auto_class: str
+
+    def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
+               options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]: ...
+
+    def head_config(self, label_names: list[str]) -> dict[str, Any]: ...
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any: ...
+
+    def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]: ...

@@ -1,0 +1,119 @@
+"""Sequence classification: one text (or a text pair) per row, one label out of a set; cross-entropy.
+
+Labels may be strings or integers; their names are the distinct training values, sorted, and become the
+head's ``id2label``. Metrics: accuracy (default), macro F1 over the classes present, and the loss.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HpsearchError
+from .base import Column, Metric, RawSplit
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import Encoded
+
+TEXT_COLUMNS = (
+    Column("text_column", "text", help="the input text"),
+    Column("text_pair_column", None, required=False, help="a second text, for pair tasks (NLI, paraphrase)"),
+    Column("label_column", "label", help="the target"),
+)
+"""The columns of the text tasks (classification and regression)."""
+
+
+def encode_text(split: RawSplit, tokenizer: Any, max_length: int, labels: torch.Tensor) -> Encoded:
+    """One split's text (and pair) tokenized, with ``labels``: what classification and regression share."""
+    from ..data import Encoded, column_values, tokenize
+
+    texts = [("" if t is None else str(t)) for t in column_values(split, "text_column")]
+    pair_col = split.columns.get("text_pair_column")
+    pairs = None if pair_col is None else [("" if t is None else str(t)) for t in column_values(split, "text_pair_column")]
+    ids, lengths, types = tokenize(tokenizer, texts, pairs, max_length)
+    return Encoded(ids, lengths, labels, types)
+
+
+def label_names(train_raw: list, eval_raw: list, where: str) -> list:
+    """The distinct training labels, sorted (numbers before strings); every validation label among them."""
+    if any(v is None for v in train_raw) or any(v is None for v in eval_raw):
+        raise HpsearchError(f"{where}: the label column has empty values")
+    names = sorted(set(train_raw), key=lambda v: (isinstance(v, str), v))
+    if len(names) < 2:
+        raise HpsearchError(f"{where}: classification needs at least 2 distinct labels in train, found {names}")
+    unknown = sorted({str(v) for v in eval_raw if v not in set(names)})
+    if unknown:
+        raise HpsearchError(f"{where}: validation labels not seen in train: {', '.join(unknown[:10])}")
+    return names
+
+
+class SequenceClassification:
+    """``data.task: classification``."""
+
+    name = "classification"
+    metrics = (
+        Metric("accuracy", True, "share of rows whose most likely class is the label"),
+        Metric("f1", True, "macro F1 over the classes present in labels or predictions"),
+        Metric("eval_loss", False, "mean cross-entropy"),
+    )
+    default_metric = "accuracy"
+    columns = TEXT_COLUMNS
+    options: dict[str, Any] = {}
+    auto_class = "AutoModelForSequenceClassification"
+
+    def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
+               options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
+        import torch
+
+        from ..data import column_values
+
+        raw = {s.where: column_values(s, "label_column") for s in (train, validation)}
+        names = label_names(raw[train.where], raw[validation.where], "data")
+        index = {v: i for i, v in enumerate(names)}
+        enc = [encode_text(s, tokenizer, max_length, torch.tensor([index[v] for v in raw[s.where]]))
+               for s in (train, validation)]
+        return enc[0], enc[1], [str(v) for v in names]
+
+    def head_config(self, label_names: list[str]) -> dict[str, Any]:
+        return {"num_labels": len(label_names), "problem_type": "single_label_classification",
+                "id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+        return logits.float().cpu(), labels.cpu()
+
+    def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:
+        import torch
+
+        logits = torch.cat([b[0] for b in batches])
+        labels = torch.cat([b[1] for b in batches])
+        return classification_metrics(logits, labels)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, macro-averaged F1 over the classes present in labels or predictions, and cross-entropy."""
+    import torch
+
+    logits = logits.float()
+    preds = logits.argmax(-1)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    f1s = []
+    for c in range(logits.shape[-1]):
+        tp = ((preds == c) & (labels == c)).sum().item()
+        fp = ((preds == c) & (labels != c)).sum().item()
+        fn = ((preds != c) & (labels == c)).sum().item()
+        if tp + fp + fn == 0:
+            continue  # class absent from both: it does not count towards the macro average
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {
+        "accuracy": (preds == labels).float().mean().item(),
+        "f1": sum(f1s) / len(f1s) if f1s else 0.0,
+        "eval_loss": loss,
+    }
+
+
+TASK = SequenceClassification()
