@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import MISSING, ConfigError, Issue
-from .schema import (DATA_KEYS, DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS, FILE_FORMATS, FILE_SOURCE_KEYS,
+from .schema import (DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS, FILE_FORMATS, FILE_SOURCE_KEYS,
                      HUB_SOURCE_KEYS, HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
                      PRUNERS, SAMPLER_KEYS, SAMPLERS, STUDY_KEYS, TOP_KEYS, TRIAL_VALUES, model_layer_count)
 from .space import Space
@@ -283,11 +283,10 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     if isinstance(pruner_raw, str):
         pruner_raw = {"name": pruner_raw}
     pruner_cfg = _check_pruner(c, pruner_raw, "study.pruner", optuna)
-    pruner_name = pruner_cfg["name"]
 
-    # Intermediate evaluations exist for the pruner: without one, evaluate once per epoch (as Trainer's
-    # eval_strategy="epoch" does) unless the file asks for more (learning curves).
-    reports = c.integer(study, "reports_per_epoch", "study", default=1 if pruner_name == "none" else 4, low=1)
+    # One evaluation per epoch by default, pruner or not: epoch ends are whole-validation checkpoints, so the
+    # pruner decides on the same numbers a trial reports (bench/README.md, "Search levers").
+    reports = c.integer(study, "reports_per_epoch", "study", default=DEFAULT_REPORTS_PER_EPOCH, low=1)
     subset = c.integer(study, "intermediate_eval_samples", "study", default=256, low=1)
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
     trial_value = c.string(study, "trial_value", "study", default=DEFAULT_TRIAL_VALUE, choices=TRIAL_VALUES)

@@ -172,15 +172,15 @@ def test_set_overrides_nested_keys_and_validates(make_space) -> None:
     assert [i.key for i in info.value.issues] == ["fixed.epochs"]
 
 
-def test_reports_per_epoch_defaults_to_what_the_pruner_needs(tiny_model: Path, tiny_data: dict) -> None:
+def test_reports_per_epoch_defaults_to_one_whole_validation_report_per_epoch(tiny_model: Path, tiny_data: dict) -> None:
     def reports(**study: object) -> int:
         raw = space_dict(tiny_model, tiny_data)
         del raw["study"]["reports_per_epoch"]
         raw["study"].update(study)
         return validate(raw, "space.yaml").study["reports_per_epoch"]
 
-    assert reports() == 4  # median pruner: quarter-epoch evaluations to compare
-    assert reports(pruner="none") == 1  # nothing to feed: once per epoch, like Trainer's eval_strategy="epoch"
+    assert reports() == 1  # median pruner: it compares epoch-end checkpoints (bench/README.md, search levers)
+    assert reports(pruner="none") == 1  # once per epoch, like Trainer's eval_strategy="epoch"
     assert reports(pruner="none", reports_per_epoch=3) == 3  # asked for (learning curves): honored
 
 
