@@ -127,6 +127,11 @@ def _as_number(value: Any) -> float | int | None:
 def _hp_value(name: str, value: Any) -> tuple[Any, str | None]:
     """Normalize a hyperparameter value (numbers from strings, ints for int kinds); return (value, problem)."""
     hp = HYPERPARAMETERS[name]
+    if name == "lora_target_modules" and isinstance(value, list):
+        # A list in the file is stored as one comma-separated string: Optuna's categorical choices are scalars.
+        if not value or not all(isinstance(v, str) and v.strip() and "," not in v for v in value):
+            return value, "must be all-linear or a non-empty list of module names"
+        value = ",".join(v.strip() for v in value)
     if hp.kind != "str":
         number = _as_number(value)
         if number is None:
@@ -526,3 +531,28 @@ def check_layers(space: Space, layers: int | None) -> None:
         raise ConfigError(space.source, c.issues)
 
 
+
+
+def check_lora_targets(space: Space, linear_names: list[str]) -> None:
+    """Raise ConfigError if ``lora_target_modules`` (fixed, or any searched choice) names a module that is not one
+    of the model's linear layers ``linear_names`` (checked once the model's config is read, before any trial)."""
+    c = _Checker()
+    spec = space.params.get("lora_target_modules")
+    values = ([("params.lora_target_modules.choices", v) for v in spec.get("choices", [])] if spec
+              else [("fixed.lora_target_modules", space.fixed["lora_target_modules"])])
+    known = set(linear_names)
+    for key, value in values:
+        missing = [n for n in value.split(",") if value != "all-linear" and n not in known]
+        if missing:
+            c.add(key, value, f"names no linear layer of the model ({', '.join(missing)}); its linear layers are "
+                              f"{', '.join(linear_names)}, or use all-linear")
+    if c.issues:
+        raise ConfigError(space.source, c.issues)
+
+
+def uses_lora(space: Space) -> bool:
+    """Whether any trial of the space can have ``lora_r`` > 0."""
+    spec = space.params.get("lora_r")
+    if spec is None:
+        return space.fixed["lora_r"] > 0
+    return max(spec.get("choices") or [spec["high"]]) > 0
