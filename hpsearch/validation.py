@@ -422,6 +422,13 @@ def _check_data(c: _Checker, raw: Any) -> dict:
         out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()))
     for split in ("train", "validation"):
         out[split] = _check_source(c, data.get(split, MISSING), f"data.{split}", columns)
+        if task and out[split]:
+            resolved = {key: out[split].get(key) for key in column_keys}
+            own = raw.get(split) if isinstance(raw.get(split), dict) else {}
+            for key, why in task.column_problems(resolved):
+                where = f"data.{split}.{key}" if key in own else f"data.{key}"
+                if not any(i.key == where for i in c.issues):
+                    c.add(where, resolved.get(key) or MISSING, why)
     out["max_train_samples"] = c.integer(data, "max_train_samples", "data", default=None, low=1)
     out["max_eval_samples"] = c.integer(data, "max_eval_samples", "data", default=None, low=1)
     return out

@@ -11,7 +11,6 @@ import yaml
 
 from hpsearch import model as M
 from hpsearch import training as T
-from hpsearch.data import prepare
 from hpsearch.errors import ConfigError
 from hpsearch.modeldir import write_model_dir
 from hpsearch.validation import validate

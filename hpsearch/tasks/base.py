@@ -55,6 +55,7 @@ class Task(Protocol):
     Contract:
     - ``name``, ``metrics``, ``default_metric``, ``columns`` and ``options`` are plain data; reading them (and
       importing the module) imports no torch, so that validating a space file stays light.
+      ``column_problems`` says what is wrong with a combination of resolved column names (torch-free too).
     - ``encode`` turns both raw splits into :class:`~hpsearch.data.Encoded` tensors (labels as the loss takes
       them) and returns the label names a head needs (empty for a task without named labels).
     - ``head_config`` returns the transformers config overrides for a model of class ``auto_class`` with
@@ -72,6 +73,8 @@ class Task(Protocol):
     options: dict[str, Any]
     auto_class: str
     peft_task_type: str
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]: ...
 
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]: ...

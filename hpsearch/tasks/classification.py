@@ -62,6 +62,9 @@ class SequenceClassification:
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
 
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        return []
+
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
         import torch

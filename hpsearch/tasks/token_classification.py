@@ -47,6 +47,9 @@ class TokenClassification:
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
 
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        return []
+
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
         if not getattr(tokenizer, "is_fast", False):
