@@ -414,7 +414,9 @@ def _check_data(c: _Checker, raw: Any) -> dict:
     task = get_task(task_name) if task_name in TASKS else None
     column_keys = tuple(col.key for col in task.columns) if task else ()
     option_keys = tuple(task.options) if task else ()
-    data = c.mapping(raw, "data", DATA_KEYS + column_keys + option_keys)
+    # An unknown task is reported once (below), not as one "unknown key" per column it would have taken.
+    allowed = DATA_KEYS + column_keys + option_keys if task or not isinstance(raw, dict) else tuple(raw)
+    data = c.mapping(raw, "data", allowed)
     task_name = c.string(data, "task", "data", default="classification", choices=TASKS)
     columns = {col.key: c.string(data, col.key, "data", default=col.default) for col in (task.columns if task else ())}
     out = {"task": task_name, **columns}
@@ -424,7 +426,7 @@ def _check_data(c: _Checker, raw: Any) -> dict:
         out[split] = _check_source(c, data.get(split, MISSING), f"data.{split}", columns)
         if task and out[split]:
             resolved = {key: out[split].get(key) for key in column_keys}
-            own = raw.get(split) if isinstance(raw.get(split), dict) else {}
+            own = data.get(split) if isinstance(data.get(split), dict) else {}
             for key, why in task.column_problems(resolved):
                 where = f"data.{split}.{key}" if key in own else f"data.{key}"
                 if not any(i.key == where for i in c.issues):
