@@ -385,3 +385,12 @@ def test_sft_study_learns_and_exports_a_causal_lm(lora_r: int, sft_files, tiny_d
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
     assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_an_unknown_task_is_one_error_that_lists_the_tasks(tiny_model: Path, tiny_data) -> None:
+    from .conftest import space_dict
+
+    with pytest.raises(ConfigError) as err:
+        validate(space_dict(tiny_model, tiny_data, data__task="ner"))
+    assert [i.key for i in err.value.issues] == ["data.task"]
+    assert "token_classification" in str(err.value) and "causal_lm" in str(err.value)
