@@ -160,8 +160,10 @@ def time_to_reach(curve: list, target: float) -> float | None:
 # Held-out accuracy of a chosen config.
 
 
-def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anchor: bool) -> list[float]:
-    """Retrain ``chosen`` (the search's data and settings) once per training seed; accuracy on ``heldout`` each."""
+def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anchor: bool,
+                     columns_from: str = "train") -> list[float]:
+    """Retrain ``chosen`` (the search's data and settings) once per training seed; accuracy on ``heldout`` each.
+    ``heldout`` has the columns of the ``columns_from`` source (``train`` or ``validation``)."""
     from hpsearch import training
     from hpsearch.data import prepare
     from hpsearch.selection import Selection
@@ -177,8 +179,8 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
     model_cfg = base.config["model"]
     tokenizer = load_tokenizer(model_cfg)
     data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
-    held_cfg = {**base.config["data"], "validation": {**base.config["data"]["train"], "path": str(heldout)},
-                "max_eval_samples": None}  # held-out rows come from the train file: its columns
+    held_cfg = {**base.config["data"], "max_eval_samples": None,  # the held-out file has that source's columns
+                "validation": {**base.config["data"][columns_from], "path": str(heldout)}}
     held = prepare(held_cfg, tokenizer, model_cfg["max_length"]).validation
     device = training.resolve_device("auto")
     out = []

@@ -254,7 +254,10 @@ def report(study_name: str, output: str, top: int, storage: str | None) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True, help="Where to train.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device: str, quiet: bool) -> None:
+@click.option("--adapter-only", is_flag=True,
+              help="With LoRA (lora_r > 0): save the adapter and head alone, not the merged model.")
+def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device: str, quiet: bool,
+          adapter_only: bool) -> None:
     """Retrain one model from a config and save it with its tokenizer and metrics."""
     import json
 
@@ -271,7 +274,7 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
                            err=True)
 
     signal.signal(signal.SIGTERM, _sigterm)
-    result = retrain(space, output_dir, device=device, progress=_Echo())
+    result = retrain(space, output_dir, device=device, progress=_Echo(), adapter_only=adapter_only)
     click.echo(json.dumps({"output_dir": output_dir, **result["metrics"]}))
 
 

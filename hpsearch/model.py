@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from .data import PreparedData
+from . import lora
 from .dropout import install as install_cheap_dropout
 from .errors import HpsearchError
 from .schema import model_layer_count
@@ -165,7 +166,8 @@ def preload(model_cfg: dict, data: PreparedData) -> None:
 
 
 def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device) -> torch.nn.Module:
-    """A fresh model for the data's task: pretrained body, seeded new head, the trial's dropout, frozen layers."""
+    """A fresh model for the data's task: pretrained body, seeded new head, the trial's dropout, frozen layers,
+    and LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.lora`)."""
     auto = get_task(data.task).auto_class
     config = head_config(model_cfg, data)
     weights = _pretrained_weights(model_cfg, config, auto)
@@ -175,7 +177,20 @@ def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.dev
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
-    freeze_layers(model, hp["num_frozen_layers"], model_layer_count(config.to_dict()))
+    count = model_layer_count(config.to_dict())
+    freeze_layers(model, hp["num_frozen_layers"], count)
     if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
         install_cheap_dropout(model)
+    if hp.get("lora_r", 0) > 0:
+        blocks = encoder_layers(model, count) if count and hp["num_frozen_layers"] else None
+        model = lora.apply(model, hp, get_task(data.task).peft_task_type, blocks)
     return model.to(device)
+
+
+def linear_module_names(model_cfg: dict, data: PreparedData) -> list[str]:
+    """The short names of the task model's linear layers, from a model built on the meta device (no weights)."""
+    config = head_config(model_cfg, data)
+    with torch.device("meta"):
+        model = auto_class(get_task(data.task).auto_class).from_config(
+            config, trust_remote_code=model_cfg.get("trust_remote_code", False))
+    return lora.linear_module_names(model)

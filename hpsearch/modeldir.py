@@ -25,11 +25,19 @@ def check_new_dir(path: str | Path, flag: str) -> Path:
     return out
 
 
-def write_model_dir(out: str | Path, model: Any, tokenizer: Any, metrics: dict[str, Any], config: dict) -> Path:
-    """Save ``model`` and ``tokenizer`` for ``from_pretrained``, with ``metrics`` and the resolved ``config``."""
+def write_model_dir(out: str | Path, model: Any, tokenizer: Any, metrics: dict[str, Any], config: dict,
+                    adapter_only: bool = False) -> Path:
+    """Save ``model`` and ``tokenizer`` for ``from_pretrained``, with ``metrics`` and the resolved ``config``.
+
+    A LoRA model is merged first, so the directory loads without peft (this consumes its adapters); with
+    ``adapter_only`` the adapter and the task's head are saved instead, for ``PeftModel.from_pretrained``."""
+    from .lora import is_peft, merged
+
+    if adapter_only and not is_peft(model):
+        raise UsageError("--adapter-only: the model has no LoRA adapter (lora_r is 0)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    (model if adapter_only else merged(model)).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n", encoding="utf-8")
     (out / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")

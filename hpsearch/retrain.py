@@ -10,7 +10,8 @@ from .modeldir import check_new_dir, write_model_dir
 from .space import Space
 
 
-def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress: Any = None) -> dict[str, Any]:
+def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress: Any = None,
+            adapter_only: bool = False) -> dict[str, Any]:
     """Train with the space's fixed hyperparameters; write weights (safetensors), tokenizer, config, metrics.json.
 
     With ``study.trial_value: best`` the saved weights are those of the best whole-validation checkpoint (and
@@ -18,9 +19,12 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     """
     from .data import prepare
     from .selection import Selection
-    from .model import build_model, load_tokenizer
+    from .model import build_model, linear_module_names, load_tokenizer
+    from .validation import check_lora_targets, uses_lora
     from .training import Callback, resolve_device, train
 
+    if adapter_only and space.fixed["lora_r"] <= 0:
+        raise UsageError(f"{space.source}: --adapter-only needs fixed.lora_r > 0 (it is {space.fixed['lora_r']})")
     if space.params:
         raise UsageError(f"{space.source}: params {', '.join(space.params)} are still searched; "
                          f"export a trial's config with 'hpsearch export' or fix them under 'fixed:'")
@@ -29,6 +33,8 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     model_cfg = space.config["model"]
     tokenizer = load_tokenizer(model_cfg)
     data = prepare(space.config["data"], tokenizer, model_cfg["max_length"])
+    if uses_lora(space):
+        check_lora_targets(space, linear_module_names(model_cfg, data))
     hp = dict(space.fixed)
     t0 = time.perf_counter()
     model = build_model(model_cfg, hp, data, dev)
@@ -38,5 +44,5 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
                    precision=model_cfg["precision"], selection=Selection.from_study(space.study))
     metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": space.config.get("origin"),
                **{k: v for k, v in result.as_dict().items() if k != "metrics"}}
-    write_model_dir(out, model, tokenizer, metrics, space.to_dict())
+    write_model_dir(out, model, tokenizer, metrics, space.to_dict(), adapter_only=adapter_only)
     return metrics

@@ -19,7 +19,7 @@ from . import __version__
 from .errors import UsageError
 from .schema import PRUNERS, SAMPLERS
 from .space import Space
-from .validation import check_layers
+from .validation import check_layers, check_lora_targets, uses_lora
 from .storage import retry_transient
 
 CONFIG_ATTR = "config:"
@@ -187,7 +187,7 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, A
     """Everything checked and loaded before the storage is touched: device, layer count, tokenized data,
     and (``weights``) the pretrained weights, read into memory once for all of this process's trials."""
     from .data import prepare
-    from .model import layer_count, load_tokenizer, preload
+    from .model import layer_count, linear_module_names, load_tokenizer, preload
     from .training import resolve_device
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -195,6 +195,8 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, A
     model_cfg = space.config["model"]
     check_layers(space, layer_count(model_cfg))
     data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+    if uses_lora(space):
+        check_lora_targets(space, linear_module_names(model_cfg, data))
     if weights:
         preload(model_cfg, data)
     return dev, data.to(dev)  # on a GPU the whole tokenized set stays resident

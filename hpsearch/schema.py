@@ -51,8 +51,10 @@ class Hyperparameter:
     def check(self, value: Any) -> str | None:
         """Return why ``value`` is not admissible, or None when it is."""
         if self.kind == "str":
-            if value not in self.choices:
+            if self.choices and value not in self.choices:
                 return f"must be one of {', '.join(self.choices)}"
+            if not self.choices and (not isinstance(value, str) or not value.strip()):
+                return "must be a non-empty string"
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
@@ -81,7 +83,17 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
                                         help="embeddings plus the first k encoder layers frozen (0: none)"),
     "seed": Hyperparameter("int", 42, low=0, high=2**32 - 1, help="seeds the head's init, dropout and shuffling"),
     "max_grad_norm": Hyperparameter("float", 1.0, low=0, help="gradient clipping norm (0 turns it off)"),
+    "lora_r": Hyperparameter("int", 0, low=0, high=4096,
+                             help="LoRA rank (peft); 0 fine-tunes every weight, so one search can compare both"),
+    "lora_alpha": Hyperparameter("float", 16.0, low=0, low_open=True, help="LoRA scaling numerator (alpha / r)"),
+    "lora_dropout": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
+                                   help="dropout on the LoRA branch's input"),
+    "lora_target_modules": Hyperparameter("str", "all-linear",
+                                          help="modules that get adapters: all-linear, or a list of module names "
+                                               "(query, value, q_proj, ...); the task's head is always trained in full"),
 }
+LORA_PARAMS = ("lora_alpha", "lora_dropout", "lora_target_modules")
+"""Hyperparameters that only matter when ``lora_r`` > 0."""
 
 # ---------------------------------------------------------------------------------------------------------------
 # Study-level vocabulary.

@@ -127,6 +127,11 @@ def _as_number(value: Any) -> float | int | None:
 def _hp_value(name: str, value: Any) -> tuple[Any, str | None]:
     """Normalize a hyperparameter value (numbers from strings, ints for int kinds); return (value, problem)."""
     hp = HYPERPARAMETERS[name]
+    if name == "lora_target_modules" and isinstance(value, list):
+        # A list in the file is stored as one comma-separated string: Optuna's categorical choices are scalars.
+        if not value or not all(isinstance(v, str) and v.strip() and "," not in v for v in value):
+            return value, "must be all-linear or a non-empty list of module names"
+        value = ",".join(v.strip() for v in value)
     if hp.kind != "str":
         number = _as_number(value)
         if number is None:
@@ -409,7 +414,9 @@ def _check_data(c: _Checker, raw: Any) -> dict:
     task = get_task(task_name) if task_name in TASKS else None
     column_keys = tuple(col.key for col in task.columns) if task else ()
     option_keys = tuple(task.options) if task else ()
-    data = c.mapping(raw, "data", DATA_KEYS + column_keys + option_keys)
+    # An unknown task is reported once (below), not as one "unknown key" per column it would have taken.
+    allowed = DATA_KEYS + column_keys + option_keys if task or not isinstance(raw, dict) else tuple(raw)
+    data = c.mapping(raw, "data", allowed)
     task_name = c.string(data, "task", "data", default="classification", choices=TASKS)
     columns = {col.key: c.string(data, col.key, "data", default=col.default) for col in (task.columns if task else ())}
     out = {"task": task_name, **columns}
@@ -417,6 +424,13 @@ def _check_data(c: _Checker, raw: Any) -> dict:
         out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()))
     for split in ("train", "validation"):
         out[split] = _check_source(c, data.get(split, MISSING), f"data.{split}", columns)
+        if task and out[split]:
+            resolved = {key: out[split].get(key) for key in column_keys}
+            own = data.get(split) if isinstance(data.get(split), dict) else {}
+            for key, why in task.column_problems(resolved):
+                where = f"data.{split}.{key}" if key in own else f"data.{key}"
+                if not any(i.key == where for i in c.issues):
+                    c.add(where, resolved.get(key) or MISSING, why)
     out["max_train_samples"] = c.integer(data, "max_train_samples", "data", default=None, low=1)
     out["max_eval_samples"] = c.integer(data, "max_eval_samples", "data", default=None, low=1)
     return out
@@ -526,3 +540,28 @@ def check_layers(space: Space, layers: int | None) -> None:
         raise ConfigError(space.source, c.issues)
 
 
+
+
+def check_lora_targets(space: Space, linear_names: list[str]) -> None:
+    """Raise ConfigError if ``lora_target_modules`` (fixed, or any searched choice) names a module that is not one
+    of the model's linear layers ``linear_names`` (checked once the model's config is read, before any trial)."""
+    c = _Checker()
+    spec = space.params.get("lora_target_modules")
+    values = ([("params.lora_target_modules.choices", v) for v in spec.get("choices", [])] if spec
+              else [("fixed.lora_target_modules", space.fixed["lora_target_modules"])])
+    known = set(linear_names)
+    for key, value in values:
+        missing = [n for n in value.split(",") if value != "all-linear" and n not in known]
+        if missing:
+            c.add(key, value, f"names no linear layer of the model ({', '.join(missing)}); its linear layers are "
+                              f"{', '.join(linear_names)}, or use all-linear")
+    if c.issues:
+        raise ConfigError(space.source, c.issues)
+
+
+def uses_lora(space: Space) -> bool:
+    """Whether any trial of the space can have ``lora_r`` > 0."""
+    spec = space.params.get("lora_r")
+    if spec is None:
+        return space.fixed["lora_r"] > 0
+    return max(spec.get("choices") or [spec["high"]]) > 0

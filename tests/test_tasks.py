@@ -3,6 +3,7 @@ and decoder models (pad token, freezing, causal attention on the CPU dropout pat
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -292,3 +293,104 @@ def test_decoder_classifier_and_tagger_studies_complete(kind: str, tiny_decoders
         assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], [t.user_attrs for t in study.trials]
         if name == "cls":  # with and without frozen layers
             assert [t.params["num_frozen_layers"] for t in study.trials] == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Causal-LM supervised fine-tuning.
+
+
+def sft_rows(n: int, seed: int) -> list[dict]:
+    """Instruction pairs whose answer follows from the prompt: 'alice met paris' -> 'paris'."""
+    import random
+
+    rng = random.Random(seed)
+    people, places = "alice bob carol dave".split(), "paris rome oslo".split()
+    rows = []
+    for _ in range(n):
+        who, where = rng.choice(people), rng.choice(places)
+        rows.append({"instruction": f"{who} visited {where} and", "answer": f"{who} went to {where}"})
+    return rows
+
+
+def sft_space(model: Path, train: Path, dev: Path, **data: object) -> dict:
+    return {
+        "study": {"name": "sft", "sampler": {"name": "tpe", "seed": 0}, "pruner": "none"},
+        "model": {"name_or_path": str(model), "max_length": 32},
+        "data": {"task": "causal_lm", "train": {"path": str(train)}, "validation": {"path": str(dev)}, **data},
+        "params": {"learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True}},
+        "fixed": {"batch_size": 16, "epochs": 2, "seed": 0, "dropout": 0.0},
+    }
+
+
+@pytest.fixture
+def sft_files(tmp_path: Path) -> dict[str, Path]:
+    out = {}
+    for name, n, seed in (("train", 64, 1), ("dev", 16, 2)):
+        path = tmp_path / f"sft_{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(n, seed)), encoding="utf-8")
+        out[name] = path
+    return out
+
+
+def test_sft_masks_the_prompt_and_ends_with_eos(sft_files, tiny_decoders) -> None:
+    space = validate(sft_space(tiny_decoders["llama"], sft_files["train"], sft_files["dev"],
+                               prompt_column="instruction", response_column="answer"))
+    assert space.study["metric"] == "eval_loss" and space.study["direction"] == "minimize"
+    tokenizer = M.load_tokenizer(space.config["model"])
+    data = prepare(space.config["data"], tokenizer, 32, use_cache=False)
+    row = sft_rows(64, 1)[0]
+    ids = data.train.input_ids[0, : int(data.train.lengths[0])].tolist()
+    labels = data.train.labels[0, : len(ids)].tolist()
+    prompt = tokenizer(row["instruction"])["input_ids"]
+    answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
+    assert ids == prompt + answer + [tokenizer.eos_token_id]
+    assert labels == [IGNORE] * len(prompt) + answer + [tokenizer.eos_token_id]
+    # The loss counts only the answer and the EOS: predicting them from everything before.
+    task = get_task("causal_lm")
+    logits = torch.zeros(1, len(ids), len(tokenizer))
+    loss, count = task.evaluate_batch(logits, data.train.labels[:1, : len(ids)])
+    assert count == len(answer) + 1 and loss == pytest.approx(count * math.log(len(tokenizer)), rel=1e-5)
+
+
+def test_sft_columns_are_checked_before_anything_runs(sft_files, tiny_decoders) -> None:
+    with pytest.raises(ConfigError, match="data.response_column: is required with prompt_column"):
+        validate(sft_space(tiny_decoders["llama"], sft_files["train"], sft_files["dev"], prompt_column="instruction"))
+    with pytest.raises(ConfigError, match="data.train.response_column: is not a column"):
+        validate(sft_space(tiny_decoders["llama"], sft_files["train"], sft_files["dev"], prompt_column="instruction",
+                           response_column="reply"))
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_sft_study_learns_and_exports_a_causal_lm(lora_r: int, sft_files, tiny_decoders, hpsearch,
+                                                  tmp_path: Path) -> None:
+    raw = sft_space(tiny_decoders["llama"], sft_files["train"], sft_files["dev"], prompt_column="instruction",
+                    response_column="answer")
+    raw["study"]["metric"] = "perplexity"
+    raw["fixed"].update(lora_r=lora_r, lora_target_modules=["q_proj", "v_proj"] if lora_r else "all-linear")
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(raw))
+    hpsearch("run", "--space", "sft.yaml", "--trials", "2", "--quiet", check=True)
+    import optuna
+
+    study = optuna.load_study(study_name="sft", storage=f"sqlite:///{tmp_path}/studies.db")
+    assert study.direction.name == "MINIMIZE"
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2 and all(t.user_attrs["val_eval_loss"] > 0 for t in done)
+    vocab = len(M.load_tokenizer({"name_or_path": str(tiny_decoders["llama"])}))
+    # Below chance (perplexity = vocabulary size); full fine-tuning far below. (LoRA trains adapters on q/v only,
+    # next to the tiny model's random, frozen output layer: it learns, but slowly.)
+    assert study.best_value < (vocab / 2 if lora_r == 0 else vocab * 0.95), study.best_value
+    hpsearch("export", "--study", "sft", "--output", "best.yaml", check=True)
+    hpsearch("train", "--config", "best.yaml", "--output-dir", "lm", "--quiet", check=True)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    assert not any("lora" in n for n, _ in model.named_parameters())
+
+
+def test_an_unknown_task_is_one_error_that_lists_the_tasks(tiny_model: Path, tiny_data) -> None:
+    from .conftest import space_dict
+
+    with pytest.raises(ConfigError) as err:
+        validate(space_dict(tiny_model, tiny_data, data__task="ner"))
+    assert [i.key for i in err.value.issues] == ["data.task"]
+    assert "token_classification" in str(err.value) and "causal_lm" in str(err.value)

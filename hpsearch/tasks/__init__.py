@@ -13,6 +13,7 @@ TASKS = {
     "classification": "hpsearch.tasks.classification",
     "regression": "hpsearch.tasks.regression",
     "token_classification": "hpsearch.tasks.token_classification",
+    "causal_lm": "hpsearch.tasks.causal_lm",
 }
 """Adding a task: a module with a ``TASK`` object that follows :class:`~hpsearch.tasks.base.Task`, and a line here."""
 

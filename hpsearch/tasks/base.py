@@ -55,10 +55,12 @@ class Task(Protocol):
     Contract:
     - ``name``, ``metrics``, ``default_metric``, ``columns`` and ``options`` are plain data; reading them (and
       importing the module) imports no torch, so that validating a space file stays light.
+      ``column_problems`` says what is wrong with a combination of resolved column names (torch-free too).
     - ``encode`` turns both raw splits into :class:`~hpsearch.data.Encoded` tensors (labels as the loss takes
       them) and returns the label names a head needs (empty for a task without named labels).
     - ``head_config`` returns the transformers config overrides for a model of class ``auto_class`` with
       those labels; the model body and its construction are shared by every task (``hpsearch.model``).
+      ``peft_task_type`` names the task for peft's LoRA (which then trains the new head in full).
     - ``loss(logits, labels)`` is the training loss; ``evaluate_batch`` reduces one evaluation batch to what
       ``metrics_from`` needs, so evaluation never holds a whole split's logits when it need not.
     - ``metrics_from`` returns every metric in ``metrics`` (names as keys), and ``eval_loss``.
@@ -70,6 +72,9 @@ class Task(Protocol):
     columns: tuple[Column, ...]
     options: dict[str, Any]
     auto_class: str
+    peft_task_type: str
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]: ...
 
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]: ...

@@ -60,6 +60,10 @@ class SequenceClassification:
     columns = TEXT_COLUMNS
     options: dict[str, Any] = {}
     auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        return []
 
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
@@ -67,11 +71,11 @@ class SequenceClassification:
 
         from ..data import column_values
 
-        raw = {s.where: column_values(s, "label_column") for s in (train, validation)}
-        names = label_names(raw[train.where], raw[validation.where], "data")
+        raw = [column_values(s, "label_column") for s in (train, validation)]
+        names = label_names(raw[0], raw[1], "data")
         index = {v: i for i, v in enumerate(names)}
-        enc = [encode_text(s, tokenizer, max_length, torch.tensor([index[v] for v in raw[s.where]]))
-               for s in (train, validation)]
+        enc = [encode_text(s, tokenizer, max_length, torch.tensor([index[v] for v in values]))
+               for s, values in zip((train, validation), raw)]
         return enc[0], enc[1], [str(v) for v in names]
 
     def head_config(self, label_names: list[str]) -> dict[str, Any]:

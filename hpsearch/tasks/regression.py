@@ -31,6 +31,10 @@ class Regression:
     columns = TEXT_COLUMNS
     options: dict[str, Any] = {}
     auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        return []
 
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:

@@ -45,20 +45,23 @@ class TokenClassification:
     options: dict[str, Any] = {"label_all_tokens": False, "tag_scheme": "auto"}
     option_choices = {"label_all_tokens": (True, False), "tag_scheme": SCHEMES}
     auto_class = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        return []
 
     def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
         if not getattr(tokenizer, "is_fast", False):
             raise HpsearchError("token_classification needs a fast tokenizer (word ids for each sub-word token); "
                                 f"{type(tokenizer).__name__} is not one")
-        tags = {s.where: _tag_strings(s) for s in (train, validation)}
-        names = _tag_names(tags[train.where], tags[validation.where])
+        tags = [_tag_strings(s) for s in (train, validation)]
+        names = _tag_names(tags[0], tags[1])
         index = {n: i for i, n in enumerate(names)}
         inside = {i: index.get("I-" + n[2:], i) for n, i in index.items() if n.startswith("B-")}
-        out = []
-        for split in (train, validation):
-            out.append(_encode_split(split, tags[split.where], index, inside, tokenizer, max_length,
-                                     options.get("label_all_tokens", False)))
+        out = [_encode_split(split, split_tags, index, inside, tokenizer, max_length,
+                             options.get("label_all_tokens", False))
+               for split, split_tags in zip((train, validation), tags)]
         return out[0], out[1], names
 
     def head_config(self, label_names: list[str]) -> dict[str, Any]:
@@ -126,10 +129,9 @@ def _tag_strings(split: RawSplit) -> list[list[str]]:
             if names is None:
                 raise HpsearchError(f"{split.where}: the tags in '{col}' are integers and the dataset does not name "
                                     f"them (no ClassLabel feature); give the tags as strings such as B-PER")
-            try:
-                row = [names[t] if isinstance(t, int) else t for t in row]
-            except IndexError:
-                raise HpsearchError(f"{split.where}: row {r}: tag id out of range of {names}") from None
+            if any(isinstance(t, int) and not 0 <= t < len(names) for t in row):
+                raise HpsearchError(f"{split.where}: row {r}: a tag id is outside 0..{len(names) - 1} ({names})")
+            row = [names[t] if isinstance(t, int) else t for t in row]
         out.append(list(row))
     return out
 

@@ -1,0 +1,122 @@
+"""Causal-LM supervised fine-tuning (instruction tuning): a prompt and a response per row, or one text.
+
+With ``prompt_column`` and ``response_column`` the prompt is context only: its tokens are masked out of the loss
+and the metrics, and the model learns the response. With ``text_column`` alone every token is learned. An EOS
+token ends each example, so the model learns to stop. Metrics: the mean next-token loss over learned tokens
+(``eval_loss``, default, minimized) and its exponential, ``perplexity``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HpsearchError
+from .base import Column, Metric, RawSplit
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import Encoded
+
+IGNORE = -100
+"""The label of positions the loss skips (prompt tokens and padding)."""
+
+
+class CausalLM:
+    """``data.task: causal_lm``."""
+
+    name = "causal_lm"
+    metrics = (
+        Metric("eval_loss", False, "mean next-token cross-entropy over the learned (response) tokens"),
+        Metric("perplexity", False, "exp(eval_loss)"),
+    )
+    default_metric = "eval_loss"
+    columns = (
+        Column("prompt_column", None, required=False, help="the instruction / context, masked out of the loss"),
+        Column("response_column", None, required=False, help="what the model learns to answer"),
+        Column("text_column", None, required=False, help="one text learned in full (without a response column)"),
+    )
+    options: dict[str, Any] = {}
+    auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+
+    def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
+        """A response column (with or without a prompt column), or a text column; not both kinds."""
+        if columns.get("response_column") and columns.get("text_column"):
+            return [("text_column", "is for a text learned in full; with response_column, drop it (the prompt "
+                                    "goes in prompt_column)")]
+        if columns.get("prompt_column") and not columns.get("response_column"):
+            return [("response_column", "is required with prompt_column (what the model learns to answer)")]
+        if not columns.get("response_column") and not columns.get("text_column"):
+            return [("response_column", "is required (with an optional prompt_column), or give text_column")]
+        return []
+
+    def encode(self, train: RawSplit, validation: RawSplit, tokenizer: Any, max_length: int,
+               options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
+        if tokenizer.eos_token_id is None:
+            raise HpsearchError("causal_lm needs a tokenizer with an EOS token (to end each example)")
+        return _encode(train, tokenizer, max_length), _encode(validation, tokenizer, max_length), []
+
+    def head_config(self, label_names: list[str]) -> dict[str, Any]:
+        return {}
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                                                 ignore_index=IGNORE)
+
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+        """The batch's summed next-token loss and the number of learned tokens."""
+        import torch
+
+        target = labels[:, 1:].flatten()
+        keep = target != IGNORE
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1)[keep], target[keep],
+                                                 reduction="sum")
+        return float(loss), int(keep.sum())
+
+    def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:
+        import math
+
+        tokens = sum(b[1] for b in batches)
+        if tokens == 0:
+            raise HpsearchError("causal_lm: no response tokens to evaluate (every example truncated to its prompt?)")
+        loss = sum(b[0] for b in batches) / tokens
+        return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:
+    """Prompt (masked) + response + EOS, or text + EOS, truncated to ``max_length``; labels = ids where learned."""
+    import torch
+
+    from ..data import Encoded, column_values
+
+    eos = tokenizer.eos_token_id
+    if split.columns.get("response_column"):
+        responses = [str(r or "") for r in column_values(split, "response_column")]
+        prompts = ([str(p or "") for p in column_values(split, "prompt_column")] if split.columns.get("prompt_column")
+                   else [""] * len(responses))
+    else:
+        responses = [str(t or "") for t in column_values(split, "text_column")]
+        prompts = [""] * len(responses)
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+    rows, masks = [], []
+    for p, r in zip(prompt_ids, response_ids):
+        p = [t for t in p if t != eos]  # a tokenizer that appends EOS to the prompt would end the example early
+        ids = (p + r + [eos])[:max_length]
+        rows.append(ids)
+        masks.append(min(len(p), len(ids)))
+    n = len(rows)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    width = int(lengths.max()) if n else 1
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.full((n, width), pad, dtype=torch.int64)
+    labels = torch.full((n, width), IGNORE, dtype=torch.int64)
+    for i, (row, start) in enumerate(zip(rows, masks)):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        labels[i, start: len(row)] = ids[i, start: len(row)]
+    return Encoded(ids, lengths, labels)
+
+
+TASK = CausalLM()
