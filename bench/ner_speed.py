@@ -77,7 +77,7 @@ def trainer_side(a: argparse.Namespace) -> dict:
                              report_to=[], logging_strategy="no", per_device_train_batch_size=c["batch_size"],
                              per_device_eval_batch_size=64, learning_rate=c["learning_rate"],
                              num_train_epochs=c["epochs"], weight_decay=c["weight_decay"],
-                             lr_scheduler_type=c["scheduler"], warmup_ratio=c["warmup_ratio"], disable_tqdm=True,
+                             lr_scheduler_type=c["scheduler"], warmup_steps=0, disable_tqdm=True,  # warmup_ratio 0
                              use_cpu=not torch.cuda.is_available(), seed=c["seed"])
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorForTokenClassification(tok), compute_metrics=metrics)
