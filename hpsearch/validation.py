@@ -423,6 +423,9 @@ def _check_data(c: _Checker, raw: Any) -> dict:
     for key, default in (task.options.items() if task else ()):
         out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()))
     for split in ("train", "validation"):
+        if task is None:  # which columns a source may name depends on the task: fix the task first
+            out[split] = data.get(split, MISSING)
+            continue
         out[split] = _check_source(c, data.get(split, MISSING), f"data.{split}", columns)
         if task and out[split]:
             resolved = {key: out[split].get(key) for key in column_keys}
