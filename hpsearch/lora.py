@@ -12,12 +12,8 @@ import torch
 
 from .errors import HpsearchError
 
-ALL_LINEAR = "all-linear"
-
-
-def targets(value: str) -> str | list[str]:
-    """The peft ``target_modules`` for a ``lora_target_modules`` value: all-linear, or the comma-separated names."""
-    return ALL_LINEAR if value == ALL_LINEAR else [v.strip() for v in value.split(",") if v.strip()]
+from .schema import ALL_LINEAR
+from .schema import lora_targets as targets
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:

@@ -92,8 +92,12 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
                                           help="modules that get adapters: all-linear, or a list of module names "
                                                "(query, value, q_proj, ...); the task's head is always trained in full"),
 }
-LORA_PARAMS = ("lora_alpha", "lora_dropout", "lora_target_modules")
-"""Hyperparameters that only matter when ``lora_r`` > 0."""
+ALL_LINEAR = "all-linear"
+
+
+def lora_targets(value: str) -> str | list[str]:
+    """The peft ``target_modules`` for a ``lora_target_modules`` value: all-linear, or the comma-separated names."""
+    return ALL_LINEAR if value == ALL_LINEAR else [v.strip() for v in value.split(",") if v.strip()]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Study-level vocabulary.

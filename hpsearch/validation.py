@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import MISSING, ConfigError, Issue
-from .schema import (DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS, FILE_FORMATS, FILE_SOURCE_KEYS,
-                     HUB_SOURCE_KEYS, HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
-                     PRUNERS, SAMPLER_KEYS, SAMPLERS, STUDY_KEYS, TOP_KEYS, TRIAL_VALUES, model_layer_count)
+from .schema import (ALL_LINEAR, DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS,
+                     FILE_FORMATS, FILE_SOURCE_KEYS, HUB_SOURCE_KEYS, HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
+                     PRUNERS, SAMPLER_KEYS, SAMPLERS, STUDY_KEYS, TOP_KEYS, TRIAL_VALUES, lora_targets,
+                     model_layer_count)
 from .space import Space
 from .spacefile import read_columns
 from .tasks import TASKS, all_metrics, get_task
@@ -554,7 +555,8 @@ def check_lora_targets(space: Space, linear_names: list[str]) -> None:
               else [("fixed.lora_target_modules", space.fixed["lora_target_modules"])])
     known = set(linear_names)
     for key, value in values:
-        missing = [n for n in value.split(",") if value != "all-linear" and n not in known]
+        wanted = lora_targets(value)
+        missing = [] if wanted == ALL_LINEAR else [n for n in wanted if n not in known]
         if missing:
             c.add(key, value, f"names no linear layer of the model ({', '.join(missing)}); its linear layers are "
                               f"{', '.join(linear_names)}, or use all-linear")
