@@ -142,7 +142,7 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
         if t.state.name == "COMPLETE" and t.value > best:
             best, t_best = t.value, at
         curve.append((at, best))
-    from hpsearch.export import ranked_trials
+    from hpsearch.exporter import ranked_trials
 
     chosen = ranked_trials(study)[0]
     states = [t.state.name for t in trials]

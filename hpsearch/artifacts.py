@@ -27,9 +27,14 @@ PREFIX = "artifacts:"  # Optuna's system-attribute prefix for a trial's artifact
 
 
 def default_location(storage_url: str) -> str:
-    """Beside an SQLite file (``x.db`` -> ``x-artifacts``), else ``./hpsearch-artifacts`` (absolute)."""
+    """Beside an SQLite or journal file (``x.db`` -> ``x-artifacts``), else ``./hpsearch-artifacts`` (absolute)."""
     from sqlalchemy.engine import make_url
 
+    from .storage import journal_path, storage_kind
+
+    if storage_kind(storage_url) == "journal":
+        log = Path(journal_path(storage_url)).expanduser().resolve()
+        return str(log.with_name(f"{log.stem}-artifacts"))
     try:
         url = make_url(storage_url)
     except Exception:

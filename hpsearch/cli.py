@@ -12,7 +12,9 @@ import click
 
 from .errors import HpsearchError
 
-STORAGE_HELP = "SQLAlchemy URL of the study database. Default: $HPSEARCH_STORAGE, else sqlite:///studies.db."
+STORAGE_HELP = ("Storage URL: an SQLAlchemy URL (sqlite:///x.db, postgresql://...), redis://HOST:PORT/DB (journal on Redis), "
+                "journal:///x.log (journal file) or grpc://HOST:PORT (storage-proxy). "
+                "Default: $HPSEARCH_STORAGE, else sqlite:///studies.db.")
 SET_HELP = "Override a config key: dotted KEY=VALUE, repeatable (e.g. --set fixed.epochs=1). VALUE is YAML; null removes."
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -55,7 +57,7 @@ def cli() -> None:
 
 
 def _load(space: str, overrides: tuple[str, ...]) -> Any:
-    from .space import load_space
+    from .api import load_space
 
     return load_space(space, overrides)
 
@@ -102,11 +104,14 @@ def validate(space_file: str, overrides: tuple[str, ...]) -> None:
 @click.option("--warm-start", default=None, metavar="STUDY",
               help="Enqueue the best configs of an earlier study in the same storage (another dataset or model "
                    "too) so that this search starts where that one ended.")
+@click.option("--mlflow", default=None, is_flag=False, flag_value="", metavar="[URI]",
+              help="Log every trial as an MLflow run (params, reports as steps, metrics, attributes, state) in an "
+                   "experiment named after the study; without URI, $MLFLOW_TRACKING_URI.")
 @click.option("--quiet", is_flag=True, help="Plain log lines instead of the live view.")
 def run(space_file: str, n_trials: int | None, total: int | None, overrides: tuple[str, ...], storage: str | None,
         study_name: str | None, device: str, workers: int | None, gpus: str | None, timeout: float | None,
         heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, keep_best: int | None,
-        artifacts: str | None, warm_start: str | None, quiet: bool) -> None:
+        artifacts: str | None, warm_start: str | None, mlflow: str | None, quiet: bool) -> None:
     """Run trials of a search space into a (new or resumed) study."""
     if n_trials is None and total is None:
         raise click.UsageError("give --trials N (trials in this invocation) or --total N (finished trials in the study)")
@@ -115,57 +120,15 @@ def run(space_file: str, n_trials: int | None, total: int | None, overrides: tup
     gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
     if gpu_list and workers and workers != len(gpu_list):
         raise click.BadParameter(f"{workers} workers for {len(gpu_list)} GPUs", param_hint="--workers")
+    from .api import run as run_api
     from .storage import redact, resolve_url
 
-    space = _load(space_file, overrides)
-    url = resolve_url(storage)
-    name = study_name or space.name
     signal.signal(signal.SIGTERM, _sigterm)
-    count = len(gpu_list) if gpu_list else workers or 1
-    extra = {"--keep-best": keep_best, "--artifacts": artifacts}
-    if count > 1:
-        _run_workers(space_file, overrides, url, name, device, count, gpu_list, n_trials, total, timeout,
-                     heartbeat_interval, grace_period, max_retry, space, extra, warm_start)
-        return
-    from .runner import run_study
-
-    study = run_study(space, storage_url=url, n_trials=n_trials, study_name=name, device=device, quiet=quiet,
-                      timeout=timeout, total=total, heartbeat_interval=heartbeat_interval,
-                      grace_period=grace_period, max_retry=max_retry, keep_best=keep_best, artifacts=artifacts,
-                      warm_start=warm_start)
-    _print_best(study, redact(url))
-
-
-def _run_workers(space_file: str, overrides: tuple[str, ...], url: str, name: str, device: str, count: int,
-                 gpus: list[str] | None, n_trials: int | None, total: int | None, timeout: float | None,
-                 heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, space: Any,
-                 extra: dict[str, Any], warm_start: str | None) -> None:
-    """Prepare once here (data cache, study, warm start), then start the workers with one shared --total."""
-    import os
-
-    from .runner import FINISHED, open_study, prepare_run
-    from .storage import open_storage, redact
-    from .workers import check_storage_for_workers, launch
-
-    check_storage_for_workers(url, count)
-    prepare_run(space, "cpu" if device == "auto" else device, weights=False)  # fills the tokenized-data cache
-    study = open_study(open_storage(url, heartbeat_interval=None), name, space, warm_start=warm_start)
-    if total is None:
-        total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (n_trials or 0)
-    args = ["--space", space_file, "--study-name", name, "--device", device]
-    for o in overrides:
-        args += ["--set", o]
-    for flag, value in (("--timeout", timeout), ("--heartbeat-interval", heartbeat_interval),
-                        ("--grace-period", grace_period), ("--max-retry", max_retry), *extra.items()):
-        if value is not None:
-            args += [flag, str(value)]
-    os.environ["HPSEARCH_STORAGE"] = url  # passed by environment: a password never shows in a process list
-    click.echo(f"[hpsearch] {count} workers on study {name} in {redact(url)}, until {total} finished trials",
-               err=True)
-    code = launch(args, count, gpus, total)
-    _print_best(study, redact(url))
-    if code:
-        raise SystemExit(code)
+    study = run_api(space_file, trials=n_trials, total=total, storage=storage, study_name=study_name,
+                    overrides=overrides, device=device, workers=workers, gpus=gpu_list, timeout=timeout,
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
+                    keep_best=keep_best, artifacts=artifacts, warm_start=warm_start, mlflow=mlflow, quiet=quiet)
+    _print_best(study, redact(resolve_url(storage)))
 
 
 def _print_best(study: Any, where: str) -> None:
@@ -203,7 +166,7 @@ def trials(study_name: str, storage: str | None, last: int | None) -> None:
     """List a study's trials: state, value, epochs trained, duration, params."""
     from rich.console import Console
 
-    from .export import load_study
+    from .exporter import load_study
     from .listing import trials_table
     from .storage import resolve_url
 
@@ -225,10 +188,9 @@ def trials(study_name: str, storage: str | None, last: int | None) -> None:
 def export(study_name: str, output: str, top: int, model_dir: str | None, artifacts: str | None,
            storage: str | None) -> None:
     """Write the best trial's full config (same schema as a space file, nothing left to search)."""
-    from .export import export as do_export
-    from .storage import resolve_url
+    from .api import export as export_api
 
-    for path in do_export(resolve_url(storage), study_name, output, top=top, model=model_dir, artifacts=artifacts):
+    for path in export_api(study_name, output, storage=storage, top=top, model=model_dir, artifacts=artifacts):
         click.echo(str(path))
 
 
@@ -239,7 +201,7 @@ def export(study_name: str, output: str, top: int, model_dir: str | None, artifa
 @click.option("--storage", default=None, help=STORAGE_HELP)
 def report(study_name: str, output: str, top: int, storage: str | None) -> None:
     """Write a self-contained HTML report (opens offline): history, learning curves, importances, pruning savings."""
-    from .export import load_study
+    from .exporter import load_study
     from .report import write_report
     from .storage import resolve_url
 
@@ -261,10 +223,10 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
     """Retrain one model from a config and save it with its tokenizer and metrics."""
     import json
 
-    from .retrain import retrain
+    from .api import load_space, train as train_api
     from .training import Callback
 
-    space = _load(config_file, overrides)
+    space = load_space(config_file, overrides)
 
     class _Echo(Callback):
         def on_evaluate(self, state: Any, metrics: dict[str, float]) -> None:
@@ -274,7 +236,7 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
                            err=True)
 
     signal.signal(signal.SIGTERM, _sigterm)
-    result = retrain(space, output_dir, device=device, progress=_Echo(), adapter_only=adapter_only)
+    result = train_api(space, output_dir, device=device, progress=_Echo(), adapter_only=adapter_only)
     click.echo(json.dumps({"output_dir": output_dir, **result["metrics"]}))
 
 
@@ -295,6 +257,20 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     storage_obj = open_storage(url, read_only=True)
     click.echo(f"optuna-dashboard for {redact(url)} on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     run_server(storage_obj, host=host, port=port)
+
+
+@cli.command("storage-proxy")
+@click.option("--storage", default=None, help=STORAGE_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; 0.0.0.0 serves the network (the proxy has no authentication).")
+@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True, help="Port to listen on.")
+def storage_proxy(storage: str | None, host: str, port: int) -> None:
+    """Serve Optuna's gRPC storage proxy in front of a storage; workers then use --storage grpc://HOST:PORT.
+
+    One proxy holds the database connections for hundreds of workers (Optuna's advice for large studies)."""
+    from .storage import serve_proxy
+
+    serve_proxy(storage, host, port, announce=lambda text: click.echo(text, err=True))
 
 
 def main() -> None:

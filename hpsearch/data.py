@@ -27,12 +27,13 @@ CACHE_VERSION = 2
 @dataclass
 class Encoded:
     """One split as tensors: right-padded ids [N, L], true lengths [N], labels [N] (or [N, L] for a label per
-    token), optional token types."""
+    token, or [N, T] for a target sequence with its own lengths in ``label_lengths``), optional token types."""
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
     token_type_ids: torch.Tensor | None = None
+    label_lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -50,33 +51,38 @@ class Encoded:
         return out
 
     def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids)."""
+        """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids, target
+        sequences to their longest)."""
         labels = self.labels[index.to(self.labels.device)]
         if labels.ndim == 2:
-            labels = labels[:, : int(self.lengths[index].max())]
+            lengths = self.lengths if self.label_lengths is None else self.label_lengths
+            labels = labels[:, : int(lengths[index].max())]
         return labels.to(device, non_blocking=True)
 
     def head(self, n: int) -> "Encoded":
         """The first ``n`` rows (a fixed subset, identical in every trial)."""
         tt = None if self.token_type_ids is None else self.token_type_ids[:n]
-        return Encoded(self.input_ids[:n], self.lengths[:n], self.labels[:n], tt)
+        ll = None if self.label_lengths is None else self.label_lengths[:n]
+        return Encoded(self.input_ids[:n], self.lengths[:n], self.labels[:n], tt, ll)
 
     def to(self, device: torch.device) -> "Encoded":
         """A copy whose ids and labels live on ``device`` (the whole set resident on a GPU); lengths stay on the
         CPU, where batches are planned."""
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return Encoded(self.input_ids.to(device), self.lengths, self.labels.to(device), tt)
+        return Encoded(self.input_ids.to(device), self.lengths, self.labels.to(device), tt, self.label_lengths)
 
 
 @dataclass
 class PreparedData:
-    """Both splits, the task's name, the label names its head needs (empty for regression) and its options."""
+    """Both splits, the task's name, the label names its head needs (empty for regression), its options, and the
+    tokenizer (not cached: tasks that generate decode with it)."""
 
     train: Encoded
     validation: Encoded
     task: str
     label_names: list[str]
     options: dict[str, Any] = field(default_factory=dict)
+    tokenizer: Any = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device) -> "PreparedData":
         """Both splits resident on ``device`` (a few MB of token ids: no host-to-device copy per batch)."""
@@ -217,6 +223,8 @@ def _save(path: Path, prepared: PreparedData) -> None:
         tensors[f"{split}.labels"] = enc.labels
         if enc.token_type_ids is not None:
             tensors[f"{split}.token_type_ids"] = enc.token_type_ids
+        if enc.label_lengths is not None:
+            tensors[f"{split}.label_lengths"] = enc.label_lengths
     meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names),
             "options": json.dumps(prepared.options)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,7 +245,8 @@ def _load(path: Path) -> PreparedData:
         meta = fh.metadata()
         t = {k: fh.get_tensor(k) for k in fh.keys()}
     splits = {
-        s: Encoded(t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"))
+        s: Encoded(t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"),
+                   t.get(f"{s}.label_lengths"))
         for s in ("train", "validation")
     }
     return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]),
@@ -249,7 +258,7 @@ def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True)
     path = cache_dir() / f"{cache_key(data, tokenizer, max_length)}.safetensors"
     if use_cache and path.is_file():
         try:
-            return _load(path)
+            return replace(_load(path), tokenizer=tokenizer)
         except Exception:  # a corrupt or foreign cache file is rebuilt, never fatal
             pass
     raw = {}
@@ -267,7 +276,7 @@ def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True)
     task = get_task(data["task"])
     options = task_options(data)
     train, validation, names = task.encode(raw["train"], raw["validation"], tokenizer, max_length, options)
-    prepared = PreparedData(train, validation, data["task"], names, options)
+    prepared = PreparedData(train, validation, data["task"], names, options, tokenizer)
     if use_cache:
         try:
             _save(path, prepared)

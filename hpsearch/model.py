@@ -18,7 +18,7 @@ from .schema import model_layer_count
 from .tasks import get_task
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate")
 """Config attributes that different architectures use for hidden and attention dropout."""
 
 

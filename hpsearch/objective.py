@@ -25,6 +25,7 @@ from .training import Callback, NonFiniteLoss, TrainingState, peak_memory_mb, tr
 
 if TYPE_CHECKING:
     from .artifacts import ModelKeeper
+    from .liveness import Liveness
 
 
 class TrialFailed(HpsearchError):
@@ -36,6 +37,26 @@ class BudgetReached(HpsearchError):
 
 
 LIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+
+def start_trial(trial: optuna.Trial, total: int | None, liveness: Liveness | None = None) -> None:
+    """Before a trial trains: fail dead workers' trials (``liveness``, on storages without Optuna's heartbeats),
+    check the shared budget, and note a retry, from one read of the study's trials.
+
+    Trial numbers are unique and ordered: the first ``total`` live trials own the budget; a later one (created
+    while other workers filled it) yields without training.
+    """
+    if liveness is not None:  # a dead worker's trial: FAIL, and retried (Optuna does this on RDB storages)
+        liveness.fail_stale(trial.study)
+    trials = trial.study.get_trials(deepcopy=False)
+    if total is not None:
+        ahead = [t for t in trials if t.number < trial.number and t.state in LIVE]
+        if len(ahead) >= total:
+            trial.set_user_attr("status", f"skipped: the study reached --total {total} (other workers)")
+            raise BudgetReached(f"trial {trial.number} skipped: budget of {total} reached")
+    me = next((t for t in trials if t.number == trial.number), None)
+    if me is not None and "failed_trial" in me.system_attrs:  # retry of a trial whose worker died
+        trial.set_user_attr("retry_of", me.system_attrs["failed_trial"])
 
 
 class _Reporter(Callback):
@@ -80,7 +101,8 @@ class Objective:
     """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
 
     def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
-                 config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None) -> None:
+                 config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
+                 liveness: Liveness | None = None) -> None:
         self.space = space
         self.data = data
         self.device = device
@@ -90,25 +112,17 @@ class Objective:
         self.total = total
         self.selection = Selection.from_study(space.study)
         self.keeper = keeper
-
-    def _start(self, trial: optuna.Trial) -> None:
-        """Check the shared budget and note a retry, from one read of the study's trials.
-
-        Trial numbers are unique and ordered: the first ``total`` live trials own the budget; a later one
-        (created while other workers filled it) yields without training.
-        """
-        trials = trial.study.get_trials(deepcopy=False)
-        if self.total is not None:
-            ahead = [t for t in trials if t.number < trial.number and t.state in LIVE]
-            if len(ahead) >= self.total:
-                trial.set_user_attr("status", f"skipped: the study reached --total {self.total} (other workers)")
-                raise BudgetReached(f"trial {trial.number} skipped: budget of {self.total} reached")
-        me = next((t for t in trials if t.number == trial.number), None)
-        if me is not None and "failed_trial" in me.system_attrs:  # retry of a trial whose worker died
-            trial.set_user_attr("retry_of", me.system_attrs["failed_trial"])
+        self.liveness = liveness
+        """hpsearch's heartbeats, on storages Optuna gives none (journal, gRPC proxy); None elsewhere."""
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self._start(trial)
+        if self.liveness is None:
+            return self._run(trial)
+        with self.liveness.pulse(trial.storage, trial._trial_id):
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
+        start_trial(trial, self.total, self.liveness)
         hp = self.space.suggest(trial)
         trial.set_user_attr("config_id", self.config_id)
         trial.set_user_attr("hyperparameters", hp)

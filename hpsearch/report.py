@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from .export import ranked_trials
+from .exporter import ranked_trials
 from .listing import state_counts
 from .progress import fmt_params, fmt_value
 

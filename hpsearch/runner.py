@@ -205,11 +205,15 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, A
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def budget(study: optuna.Study) -> tuple[int, int]:
-    """(finished, running) trial counts, after failing trials whose worker stopped sending heartbeats."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL, and is retried
+def budget(study: optuna.Study, liveness: Any = None) -> tuple[int, int]:
+    """(finished, running) trial counts, after failing trials whose worker stopped sending heartbeats (Optuna's
+    on an RDB storage, ``liveness``'s on a journal or gRPC one)."""
+    if liveness is not None:
+        liveness.fail_stale(study)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL, and is retried
     trials = study.get_trials(deepcopy=False, states=FINISHED + (optuna.trial.TrialState.RUNNING,))
     finished = sum(t.state in FINISHED for t in trials)
     return finished, len(trials) - finished
@@ -219,36 +223,43 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
               device: str = "auto", quiet: bool = False, timeout: float | None = None, total: int | None = None,
               heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None,
               progress: Any = None, keep_best: int | None = None, artifacts: str | None = None,
-              warm_start: str | None = None) -> optuna.Study:
+              warm_start: str | None = None, mlflow: str | None = None) -> optuna.Study:
     """Prepare model and data, open (or resume) the study, and run trials in this process.
 
     ``n_trials`` caps the trials this process runs; ``total`` stops once the study as a whole has that many
     finished (complete or pruned) trials, counting other workers' running trials, so several workers share
     one budget without overshooting. ``keep_best`` keeps the weights of the study's best K trials in the
-    artifact store at ``artifacts`` (:mod:`hpsearch.artifacts`); ``warm_start`` enqueues an earlier study's best.
+    artifact store at ``artifacts`` (:mod:`hpsearch.artifacts`); ``warm_start`` enqueues an earlier study's best;
+    ``mlflow`` (a tracking URI) logs every trial this process runs as an MLflow run (:mod:`hpsearch.tracking`).
     """
     from . import storage as st
     from .objective import BudgetReached, Objective, TrialFailed
     from .progress import make_progress
-    from .storage import open_storage
+    from .storage import liveness_for, open_storage
 
     dev, data = prepare_run(space, device)
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval or st.HEARTBEAT_INTERVAL,
-                           grace_period=grace_period, max_retry=st.MAX_RETRY if max_retry is None else max_retry)
+    interval = heartbeat_interval or st.HEARTBEAT_INTERVAL
+    retries = st.MAX_RETRY if max_retry is None else max_retry
+    storage = open_storage(storage_url, heartbeat_interval=interval, grace_period=grace_period, max_retry=retries)
+    liveness = liveness_for(storage, storage_url, interval, grace_period, retries)
     study = open_study(storage, study_name or space.name, space, warm_start=warm_start)
     keeper = make_keeper(study, storage_url, keep_best, artifacts)
     progress = progress or make_progress(quiet)
-    objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total, keeper=keeper)
-    planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study))))
+    objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total, keeper=keeper,
+                          liveness=liveness)
+    planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
     progress.study_started(study, planned, space.study["metric"])
-    callbacks = [progress] if keeper is None else [progress, lambda study, trial: keeper.prune(study)]
+    callbacks: list[Any] = [progress] if keeper is None else [progress, lambda study, trial: keeper.prune(study)]
+    if mlflow:
+        from .tracking import MLflowLogger
+
+        callbacks.append(MLflowLogger(mlflow, space.study["metric"]))
     kwargs = {"timeout": timeout, "callbacks": callbacks, "catch": (TrialFailed, BudgetReached)}
     try:
         if total is None:
             study.optimize(objective, n_trials=n_trials, **kwargs)
         else:
-            _run_to_total(study, objective, total, n_trials, timeout, kwargs,
-                          poll=heartbeat_interval or st.HEARTBEAT_INTERVAL)
+            _run_to_total(study, objective, total, n_trials, timeout, kwargs, poll=interval, liveness=liveness)
     finally:
         progress.close()
     return study
@@ -270,7 +281,7 @@ def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, ar
 
 
 def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int | None, timeout: float | None,
-                  kwargs: dict, poll: float) -> None:
+                  kwargs: dict, poll: float, liveness: Any = None) -> None:
     """Run trials until the study has ``total`` finished ones (or this worker's ``n_trials`` or ``timeout``).
 
     When the running trials of other workers would complete the budget, wait for them instead of exiting:
@@ -283,7 +294,7 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
     while n_trials is None or ran < n_trials:
         if deadline is not None and time.monotonic() > deadline:
             return
-        finished, running = budget(study)
+        finished, running = budget(study, liveness)
         if finished >= total:
             return
         if finished + running >= total:

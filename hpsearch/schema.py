@@ -152,8 +152,8 @@ PARAM_TYPES = ("float", "int", "categorical")
 
 
 def model_layer_count(config: dict) -> int | None:
-    """The number of encoder layers a transformers config declares, or None if it names none we know."""
-    for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer"):
+    """The number of (encoder) layers a transformers config declares, or None if it names none we know."""
+    for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers"):
         if isinstance(config.get(key), int):
             return config[key]
     return None

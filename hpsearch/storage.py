@@ -1,8 +1,12 @@
-"""Storage: which database a study lives in, how to connect to it, and how to print its URL safely.
+"""Storage: which storage a study lives in, how to connect to it, and how to print its URL safely.
 
-All of Optuna's RDB storage settings live here: the URL resolution order (flag, $HPSEARCH_STORAGE,
-./studies.db), engine options per backend (SQLite busy timeout, pre-ping for servers), heartbeats that
-turn a dead worker's trial into FAIL, and the retry of such trials with the same parameters.
+A storage is named by URL: an SQLAlchemy URL (``sqlite:///studies.db``, ``postgresql://...``, ``mysql+pymysql://``)
+is Optuna's RDB storage; ``redis://HOST:PORT/DB`` its journal storage on Redis; ``journal:///study.log`` its journal
+storage on a file (relative path; ``journal:////abs/path.log`` absolute, as SQLite URLs); ``grpc://HOST:PORT`` a
+gRPC proxy (``hpsearch storage-proxy``) in front of any of them. Here live the URL resolution order (flag,
+$HPSEARCH_STORAGE, ./studies.db), engine options per RDB backend (SQLite busy timeout, pre-ping for servers),
+heartbeats (Optuna's on RDB storages, :mod:`hpsearch.liveness` elsewhere) that turn a dead worker's trial into
+FAIL, and the retry of such trials with the same parameters.
 """
 from __future__ import annotations
 
@@ -30,8 +34,45 @@ def resolve_url(flag: str | None) -> str:
     return flag or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
 
 
+KINDS = {"redis": "redis journal", "rediss": "redis journal", "journal": "journal file", "grpc": "gRPC proxy"}
+"""URL schemes that are not SQLAlchemy URLs, and what they open."""
+
+
+def storage_kind(url: str) -> str:
+    """``rdb``, ``redis``, ``journal`` or ``grpc``: which Optuna storage ``url`` names."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        return "redis"
+    return scheme if scheme in ("journal", "grpc") else "rdb"
+
+
+def journal_path(url: str) -> str:
+    """The file of a ``journal:`` URL: ``journal:///rel.log`` is relative, ``journal:////abs.log`` absolute."""
+    rest = url[len("journal:"):]
+    path = rest[3:] if rest.startswith("///") else rest.lstrip("/") if rest.startswith("//") else rest
+    if not path:
+        raise HpsearchError(f"storage {url}: name the journal file, e.g. journal:///studies.log")
+    return os.path.expanduser(path)
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """HOST and PORT of a ``grpc://HOST:PORT`` URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise HpsearchError(f"storage {redact(url)}: expected grpc://HOST:PORT (e.g. grpc://127.0.0.1:13000)")
+    return parts.hostname, port
+
+
 def redact(url: str) -> str:
     """The URL with any password replaced by ***, for logs, tables, exported files and errors."""
+    if storage_kind(url) == "journal":
+        return url
     try:
         from sqlalchemy.engine import make_url
 
@@ -56,6 +97,8 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
     """
     if read_only:
         heartbeat_interval = None
+    if storage_kind(url) != "rdb":
+        return _open_other(url)
     import optuna
     import sqlalchemy.exc
 
@@ -75,6 +118,85 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+
+
+def _open_other(url: str) -> Any:
+    """A journal storage (file or Redis) or a gRPC proxy client, connected (a server that does not answer is one
+    clear error, not a hang at the first trial)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # experimental in name only
+        return _connect(url)
+
+
+def _connect(url: str) -> Any:
+    kind = storage_kind(url)
+    try:
+        if kind == "journal":
+            from optuna.storages.journal import (JournalFileBackend, JournalFileOpenLock, JournalFileSymlinkLock,
+                                                 JournalStorage)
+
+            path = journal_path(url)
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Symlink creation is atomic on every NFS version (the lock for a shared file system); Windows has
+            # no unprivileged symlinks, so it gets the O_EXCL lock.
+            lock = JournalFileOpenLock(path) if os.name == "nt" else JournalFileSymlinkLock(path)
+            return JournalStorage(JournalFileBackend(path, lock_obj=lock))
+        if kind == "redis":
+            import redis
+            from optuna.storages.journal import JournalRedisBackend, JournalStorage
+
+            redis.Redis.from_url(url).ping()
+            return JournalStorage(JournalRedisBackend(url))
+        from optuna.storages import GrpcStorageProxy
+
+        host, port = grpc_address(url)
+        proxy = GrpcStorageProxy(host=host, port=port)
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT)
+        return proxy
+    except HpsearchError:
+        raise
+    except ImportError as exc:
+        extra = {"redis": "redis", "grpc": "grpc"}.get(kind)
+        hint = f": pip install 'hpsearch[{extra}]'" if extra else ""
+        raise HpsearchError(f"storage {redact(url)} needs {exc.name or exc}{hint}") from None
+    except Exception as exc:  # connection refused, timeout, unreadable file: the reason, without the password
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+
+
+def serve_proxy(storage: str | None, host: str = "127.0.0.1", port: int = 13000,
+                announce: Callable[[str], None] = print) -> None:
+    """Run Optuna's gRPC proxy server for the storage at URL ``storage`` (resolved as everywhere) until stopped."""
+    from .errors import UsageError
+
+    url = resolve_url(storage)
+    if storage_kind(url) == "grpc":
+        raise UsageError(f"--storage {redact(url)}: the proxy serves a database or journal, not another proxy")
+    backend = open_storage(url, heartbeat_interval=None)  # workers' heartbeats go through the proxy as attributes
+    try:
+        from optuna.storages import run_grpc_proxy_server
+    except ImportError as exc:
+        raise HpsearchError(f"storage-proxy needs {exc.name or exc}: pip install 'hpsearch[grpc]'") from None
+    announce(f"gRPC storage proxy for {redact(url)} on grpc://{host}:{port} (Ctrl-C to stop)")
+    run_grpc_proxy_server(backend, host=host, port=port)
+
+
+GRPC_CONNECT_TIMEOUT = 10
+"""Seconds to wait for a gRPC proxy to answer before giving up on it."""
+
+
+def liveness_for(storage: Any, url: str, heartbeat_interval: int | None, grace_period: int | None,
+                 max_retry: int) -> Any:
+    """hpsearch's own heartbeats (:class:`~hpsearch.liveness.Liveness`) for a storage Optuna gives none (journal,
+    gRPC proxy); None on an RDB storage (Optuna's heartbeats) or with heartbeats off."""
+    from .liveness import Liveness
+
+    if not heartbeat_interval or storage_kind(url) == "rdb":
+        return None
+    return Liveness(heartbeat_interval, grace_period or max(GRACE_PERIOD, 2 * heartbeat_interval), max_retry)
 
 
 SCHEMA_LOCK_KEY = 0x6870736561726368  # "hpsearch" in ASCII: one PostgreSQL advisory lock for every hpsearch

@@ -19,6 +19,7 @@ from .errors import HpsearchError
 from .selection import Selection, Tracker, restore
 from .schema import SCHEDULER_KWARGS
 from .tasks import get_task
+from .tasks.base import generates
 from .vocab import SmallVocabulary, shrink_vocabulary
 
 EVAL_BATCH_SIZE = 64
@@ -179,20 +180,31 @@ def _autocast(device: torch.device, bf16: bool) -> Any:
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device,
-             batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False) -> dict[str, float]:
+             batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False, generate: bool = False) -> dict[str, float]:
     """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), batched by
-    sorted length so that padding is minimal."""
+    sorted length so that padding is minimal. ``generate`` adds the metrics a generative task computes from
+    generated text (ROUGE), at the cost of generating."""
     task = get_task(data.task)
+    generate = generate and generates(task)
     was_training = model.training
     model.eval()
     order = torch.argsort(enc.lengths, descending=True, stable=True)
-    parts = []
+    parts, generated = [], []
     with _autocast(device, bf16):
         for idx in order.split(batch_size):
-            logits = model(**enc.batch(idx, device)).logits
-            parts.append(task.evaluate_batch(logits, enc.labels_of(idx, device)))
+            batch, labels = enc.batch(idx, device), enc.labels_of(idx, device)
+            parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels))
+            if generate:
+                generated.append(task.generate_batch(model, batch, labels, data))
     model.train(was_training)
-    return task.metrics_from(parts, data.label_names, data.options)
+    metrics = task.metrics_from(parts, data.label_names, data.options)
+    if generate:
+        metrics.update(task.generated_metrics(generated, data))
+    return metrics
+
+
+def _generated_metric(task: Any, name: str) -> bool:
+    return any(m.name == name and m.generated for m in task.metrics)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -260,6 +272,9 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
     if intermediate_eval_samples is not None and intermediate_eval_samples < len(data.validation):
         subset = data.validation.head(intermediate_eval_samples)
     tracker = Tracker(selection) if selection is not None else None
+    # Generation (ROUGE) costs far more than a forward pass: on the final evaluation only, unless the study's
+    # metric is a generated one (then the pruner and the checkpoints need it on every evaluation).
+    generate_always = selection is not None and _generated_metric(task, selection.metric)
     every_epoch = tracker is not None and selection.active  # epoch ends become whole-validation checkpoints
     stop = False
     model.train()
@@ -272,7 +287,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
             batch = data.train.batch(idx, device)
             labels = data.train.labels_of(idx, device)
             with _autocast(device, bf16):
-                logits = model(**batch).logits
+                logits = task.forward(model, batch, labels)
             loss = task.loss(logits, labels)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
@@ -297,7 +312,8 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
                 t_eval = time.perf_counter()
                 last = epoch == hp["epochs"] - 1 and crossed == reports_per_epoch
                 full = last or subset is data.validation or (every_epoch and crossed == reports_per_epoch)
-                metrics = evaluate(model, data.validation if full else subset, data, device, bf16=bf16)
+                metrics = evaluate(model, data.validation if full else subset, data, device, bf16=bf16,
+                                   generate=last or generate_always)
                 state.eval_time += time.perf_counter() - t_eval
                 state.report = epoch * reports_per_epoch + crossed
                 history.append({"report": state.report, "step": state.step,
@@ -317,6 +333,12 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
         if vocab is not None:
             vocab.decay = tracker.extra
         metrics = tracker.best_metrics
+    if generates(task) and not any(m.generated and m.name in metrics for m in task.metrics):
+        # The evaluation that counts did not generate (a kept checkpoint, or a stop before the last epoch):
+        # score the model's generations now, once.
+        t_eval = time.perf_counter()
+        metrics = {**metrics, **evaluate(model, data.validation, data, device, bf16=bf16, generate=True)}
+        state.eval_time += time.perf_counter() - t_eval
     return TrainResult(
         metrics=metrics,
         device=str(device),

@@ -422,7 +422,8 @@ def _check_data(c: _Checker, raw: Any) -> dict:
     columns = {col.key: c.string(data, col.key, "data", default=col.default) for col in (task.columns if task else ())}
     out = {"task": task_name, **columns}
     for key, default in (task.options.items() if task else ()):
-        out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()))
+        out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()),
+                                 getattr(task, "option_checks", {}).get(key))
     for split in ("train", "validation"):
         if task is None:  # which columns a source may name depends on the task: fix the task first
             out[split] = data.get(split, MISSING)
@@ -467,13 +468,17 @@ def _check_source(c: _Checker, raw: Any, path: str, defaults: dict) -> dict:
     return out
 
 
-def _check_option(c: _Checker, data: dict, key: str, default: Any, choices: tuple) -> Any:
-    """A task option (``label_all_tokens``, ``tag_scheme`` ...): its default, or a value among its choices."""
+def _check_option(c: _Checker, data: dict, key: str, default: Any, choices: tuple,
+                  check: Callable[[Any], str | None] | None = None) -> Any:
+    """A task option (``label_all_tokens``, ``num_beams`` ...): its default, or a value among its choices or
+    that passes the task's check."""
     value = data.get(key, MISSING)
     if value is MISSING or value is None:
         return default
-    if choices and value not in choices:
-        c.add(f"data.{key}", value, f"must be one of {', '.join(map(str, choices))}")
+    why = f"must be one of {', '.join(map(str, choices))}" if choices and value not in choices else None
+    why = why or (check(value) if check is not None else None)
+    if why:
+        c.add(f"data.{key}", value, why)
         return MISSING
     return value
 

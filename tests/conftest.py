@@ -307,3 +307,30 @@ def tiny_decoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cls(config).save_pretrained(path, safe_serialization=True)
         out[name] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny T5 and a tiny BART (2 + 2 layers, hidden 32) sharing a WordPiece tokenizer with pad and EOS tokens
+    that adds no special tokens itself (the seq2seq task then ends each target with EOS)."""
+    from transformers import BartConfig, BartForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    vocab = sorted(set(TAG_VOCAB + POSITIVE + NEGATIVE + FILLER), key=lambda w: (not w.startswith("["), w))
+    pad, bos, eos = vocab.index("[PAD]"), vocab.index("[CLS]"), vocab.index("[SEP]")
+    out = {}
+    for name, config, cls in (
+        ("t5", T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                        num_heads=4, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad),
+         T5ForConditionalGeneration),
+        ("bart", BartConfig(vocab_size=len(vocab), d_model=32, encoder_layers=2, decoder_layers=2,
+                            encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                            decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=pad, bos_token_id=bos,
+                            eos_token_id=eos, decoder_start_token_id=eos, forced_eos_token_id=None),
+         BartForConditionalGeneration),
+    ):
+        path = tmp_path_factory.mktemp(f"tiny-{name}")
+        _wordpiece(vocab, eos_token="[SEP]", pad_token="[PAD]").save_pretrained(path)
+        torch.manual_seed(0)
+        cls(config).save_pretrained(path, safe_serialization=True)
+        out[name] = path
+    return out

@@ -394,3 +394,32 @@ def test_an_unknown_task_is_one_error_that_lists_the_tasks(tiny_model: Path, tin
         validate(space_dict(tiny_model, tiny_data, data__task="ner"))
     assert [i.key for i in err.value.issues] == ["data.task"]
     assert "token_classification" in str(err.value) and "causal_lm" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_sft_logits_only_where_learned_give_the_full_loss_and_gradients(kind: str, sft_files, tiny_decoders) -> None:
+    """The causal-LM task asks the model for logits only at positions whose next token is learned; the loss, its
+    gradients and the evaluation are those of the full logits."""
+    from hpsearch.tasks import causal_lm as C
+
+    space = validate(sft_space(tiny_decoders[kind], sft_files["train"], sft_files["dev"], prompt_column="instruction",
+                               response_column="answer"))
+    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    model = M.build_model(space.config["model"], trial_hp(space), data, CPU)
+    task = get_task("causal_lm")
+    idx = torch.arange(8)
+    batch, labels = data.train.batch(idx, CPU), data.train.labels_of(idx, CPU)
+    keep = C.learned_positions(labels)
+    assert keep is not None and 0 < len(keep) < labels.shape[1] - 1  # the prompts are skipped
+    small = task.forward(model, batch, labels)
+    assert small.shape[1] == len(keep)
+    full = model(**batch).logits
+    loss_small, loss_full = task.loss(small, labels), task.loss(full, labels)
+    assert loss_small.item() == pytest.approx(loss_full.item(), rel=1e-5)
+    grads = []
+    for loss in (loss_small, loss_full):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert task.evaluate_batch(small, labels) == pytest.approx(task.evaluate_batch(full, labels), rel=1e-5)

@@ -106,11 +106,11 @@ def test_compose_and_dockerfile_are_consistent_with_the_cli(hpsearch) -> None:
     root = Path(__file__).resolve().parents[1]
     compose = yaml.safe_load((root / "docker" / "compose.yaml").read_text())
     services = compose["services"]
-    assert {"postgres", "dashboard", "worker"} <= set(services)
+    assert {"postgres", "dashboard", "worker", "redis", "proxy"} <= set(services)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert services["dashboard"]["ports"][0].startswith("${DASHBOARD_BIND:-127.0.0.1}:")
-    for service, sub in (("worker", "run"), ("dashboard", "dashboard")):
+    for service, sub in (("worker", "run"), ("dashboard", "dashboard"), ("proxy", "storage-proxy")):
         command = services[service]["command"]
         assert command[0] == sub
         help_text = hpsearch(sub, "--help", check=True).stdout

@@ -14,6 +14,7 @@ TASKS = {
     "regression": "hpsearch.tasks.regression",
     "token_classification": "hpsearch.tasks.token_classification",
     "causal_lm": "hpsearch.tasks.causal_lm",
+    "seq2seq": "hpsearch.tasks.seq2seq",
 }
 """Adding a task: a module with a ``TASK`` object that follows :class:`~hpsearch.tasks.base.Task`, and a line here."""
 

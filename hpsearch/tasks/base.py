@@ -23,6 +23,8 @@ class Metric:
     name: str
     maximize: bool
     help: str = ""
+    generated: bool = False
+    """Computed from generated text (ROUGE): only on evaluations that generate (see :class:`Task`)."""
 
     @property
     def direction(self) -> str:
@@ -49,6 +51,11 @@ class RawSplit:
     where: str
 
 
+def generates(task: Task) -> bool:
+    """Whether ``task`` has metrics computed from generated text."""
+    return any(m.generated for m in task.metrics)
+
+
 class Task(Protocol):
     """What a fine-tuning task provides. Implementations are stateless singletons.
 
@@ -61,9 +68,16 @@ class Task(Protocol):
     - ``head_config`` returns the transformers config overrides for a model of class ``auto_class`` with
       those labels; the model body and its construction are shared by every task (``hpsearch.model``).
       ``peft_task_type`` names the task for peft's LoRA (which then trains the new head in full).
+    - ``forward(model, batch, labels)`` runs the model on a batch and returns its logits (an encoder-decoder
+      also needs the labels, shifted right, as decoder input).
     - ``loss(logits, labels)`` is the training loss; ``evaluate_batch`` reduces one evaluation batch to what
       ``metrics_from`` needs, so evaluation never holds a whole split's logits when it need not.
-    - ``metrics_from`` returns every metric in ``metrics`` (names as keys), and ``eval_loss``.
+    - ``metrics_from`` returns every metric in ``metrics`` that is not ``generated`` (names as keys), and
+      ``eval_loss``.
+    - A task with ``generated`` metrics also has ``generate_batch(model, batch, labels, data)``, which generates
+      for one batch (the data carries the tokenizer and the task's options), and ``generated_metrics(parts,
+      data)``, which scores those parts. The loop generates on the final evaluation, and on every evaluation when
+      the study's metric is a generated one.
     """
 
     name: str
@@ -80,6 +94,8 @@ class Task(Protocol):
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]: ...
 
     def head_config(self, label_names: list[str]) -> dict[str, Any]: ...
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor: ...
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 

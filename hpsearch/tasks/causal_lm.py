@@ -59,20 +59,31 @@ class CausalLM:
     def head_config(self, label_names: list[str]) -> dict[str, Any]:
         return {}
 
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """Logits at the positions whose next token some row of the batch learns (``logits_to_keep``), or at
+        every position when that is all of them or the model takes no ``logits_to_keep``.
+
+        The output layer over the vocabulary is as costly as the whole body of a small decoder; prompt tokens,
+        masked out of the loss, need none of it (bench/README.md has the measurement)."""
+        keep = learned_positions(labels)
+        if keep is None or not takes_logits_to_keep(model):
+            return model(**batch).logits
+        return model(**batch, logits_to_keep=keep).logits
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch
 
-        return torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
-                                                 ignore_index=IGNORE)
+        logits, target = next_token_pairs(logits, labels)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
     def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
         """The batch's summed next-token loss and the number of learned tokens."""
         import torch
 
-        target = labels[:, 1:].flatten()
+        logits, target = next_token_pairs(logits, labels)
+        target = target.flatten()
         keep = target != IGNORE
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1)[keep], target[keep],
-                                                 reduction="sum")
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1)[keep], target[keep], reduction="sum")
         return float(loss), int(keep.sum())
 
     def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:
@@ -83,6 +94,36 @@ class CausalLM:
             raise HpsearchError("causal_lm: no response tokens to evaluate (every example truncated to its prompt?)")
         loss = sum(b[0] for b in batches) / tokens
         return {"eval_loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+
+def learned_positions(labels: torch.Tensor) -> torch.Tensor | None:
+    """The positions p whose next token (p + 1) some row learns; None when that is every position."""
+    learned = (labels[:, 1:] != IGNORE).any(0)
+    if bool(learned.all()):
+        return None
+    return learned.nonzero().flatten()
+
+
+def next_token_pairs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the labels they predict: position p predicts p + 1. ``logits`` are at every position, or only at
+    :func:`learned_positions` (the same function of ``labels``, so the two always line up)."""
+    if logits.shape[1] == labels.shape[1]:
+        return logits[:, :-1], labels[:, 1:]
+    return logits, labels[:, learned_positions(labels) + 1]
+
+
+_TAKES_KEEP: dict[type, bool] = {}
+
+
+def takes_logits_to_keep(model: Any) -> bool:
+    """Whether the (peft-unwrapped) model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kind = type(base)
+    if kind not in _TAKES_KEEP:
+        _TAKES_KEEP[kind] = "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _TAKES_KEEP[kind]
 
 
 def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:

@@ -82,6 +82,9 @@ class SequenceClassification:
         return {"num_labels": len(label_names), "problem_type": "single_label_classification",
                 "id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
 
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return model(**batch).logits
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch
 

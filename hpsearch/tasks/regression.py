@@ -54,6 +54,9 @@ class Regression:
     def head_config(self, label_names: list[str]) -> dict[str, Any]:
         return {"num_labels": 1, "problem_type": "regression"}
 
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        return model(**batch).logits
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch
 

@@ -1,0 +1,95 @@
+"""Heartbeats for the storages Optuna gives none: the journal (a file or Redis) and the gRPC proxy.
+
+Optuna's RDB storage records a running trial's heartbeat and fails trials whose worker went quiet
+(``fail_stale_trials``); ``JournalStorage`` and ``GrpcStorageProxy`` do neither. Here a running trial writes a
+timestamp system attribute every ``interval`` seconds from a daemon thread, and any worker, before it starts a
+trial or counts the budget, turns RUNNING trials whose last beat is older than ``grace_period`` into FAIL and
+re-enqueues their parameters with Optuna's own ``RetryHeartbeatStaleTrialCallback`` (so a retried trial carries
+the same ``failed_trial`` / ``retry_history`` system attributes as on an RDB storage).
+
+Two workers that notice the same stale trial race to fail it: on the journal, the log orders their writes and
+the loser's write raises ``UpdateFinishedTrialError``, so exactly one of them re-enqueues it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+HEARTBEAT_ATTR = "hpsearch:heartbeat"
+"""The trial system attribute holding the time (seconds since the epoch) of its worker's last beat."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How often a running trial beats, how long a silent one lives, and how often a dead one is retried."""
+
+    interval: int
+    grace_period: int
+    max_retry: int
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise ValueError(f"interval must be >= 1 second, got {self.interval!r}")
+        if self.grace_period <= self.interval:
+            raise ValueError(f"grace_period must exceed interval ({self.interval}), got {self.grace_period!r}")
+        if self.max_retry < 0:
+            raise ValueError(f"max_retry must be >= 0, got {self.max_retry!r}")
+
+    @contextlib.contextmanager
+    def pulse(self, storage: Any, trial_id: int) -> Iterator[None]:
+        """Beat for trial ``trial_id`` now and every ``interval`` seconds until the block ends."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while True:
+                try:
+                    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                except Exception as exc:  # a finished trial or a transient error: the next beat tries again
+                    log.debug("heartbeat of trial %s not written: %s", trial_id, exc)
+                if stop.wait(self.interval):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"hpsearch-heartbeat-{trial_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=max(5, self.interval))
+
+    def fail_stale(self, study: Any) -> list[int]:
+        """FAIL the study's RUNNING trials whose last beat (or start) is older than the grace period, and retry
+        them (up to ``max_retry`` times); return the numbers of the trials this call failed."""
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        now = time.time()
+        storage = study._storage
+        failed = []
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            last = trial.system_attrs.get(HEARTBEAT_ATTR)
+            if last is None and trial.datetime_start is not None:
+                last = trial.datetime_start.timestamp()
+            if last is None or now - float(last) <= self.grace_period:
+                continue
+            try:
+                storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            except UpdateFinishedTrialError:
+                continue  # another worker failed it first (or it just finished)
+            except Exception as exc:  # the proxy reports the same race as a remote error
+                log.debug("stale trial %s not failed here: %s", trial.number, exc)
+                continue
+            failed.append(trial.number)
+            if self.max_retry > 0:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
+                retry(study, storage.get_trial(trial._trial_id))
+        return failed
