@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--workers", default="1,4,16,64")
     ap.add_argument("--storages", default="sqlite,postgresql,journal,redis,grpc")
+    ap.add_argument("--append", action="store_true",
+                    help="Keep the rows of earlier runs in bench/raw/storage.json (this run's replace theirs)")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -208,6 +210,10 @@ def main() -> None:
                 print(row, file=sys.stderr, flush=True)
     raw = REPO / "bench" / "raw"
     raw.mkdir(exist_ok=True)
+    if a.append and (raw / "storage.json").is_file():
+        mine = {(r["storage"], r["workers"]) for r in rows}
+        rows = [r for r in json.loads((raw / "storage.json").read_text())
+                if (r["storage"], r["workers"]) not in mine] + rows
     (raw / "storage.json").write_text(json.dumps(rows, indent=1))
     kinds = {"sqlite": "SQLite file", "postgresql": "PostgreSQL", "journal": "journal file",
              "redis": "Redis journal", "grpc": "gRPC proxy -> PostgreSQL"}
@@ -218,7 +224,8 @@ def main() -> None:
         cells = []
         for n in counts:
             r = next((r for r in rows if r["storage"] == kind and r["workers"] == n), None)
-            cells.append(f"{r['trials_per_s']} ({r['ms_per_trial']})" if r else "refused (> 4 on SQLite)")
+            cells.append(f"{r['trials_per_s']} ({r['ms_per_trial']})" if r
+                         else "refused (> 4 on SQLite)" if kind == "sqlite" else "not run")
         table.append(f"| {kinds[kind]} | " + " | ".join(cells) + " |")
     text = "\n".join([
         "# Storage throughput: trials per second as workers are added", "",
@@ -226,11 +233,12 @@ def main() -> None:
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; the workers and the "
         "database servers share them",
         f"- command: `python bench/storage.py {' '.join(sys.argv[1:])}`",
-        f"- {a.trials} trials per run, a trivial objective through hpsearch's runner loop (see the script)", "",
+        f"- {sorted({r['trials'] for r in rows})} trials per run, a trivial objective through hpsearch's runner loop "
+        "(see the script)", "",
         *table, "",
         "ms/trial: a worker's loop time divided by its trials (storage work only: the objective is trivial). "
         f"Every run finished exactly its trials with no duplicate numbers: "
-        f"{all(r['trials'] == a.trials and r['duplicates'] == 0 for r in rows)}.", ""])
+        f"{all(r['duplicates'] == 0 for r in rows) and len({r['trials'] for r in rows}) == 1}.", ""])
     (REPO / "bench" / "STORAGE.md").write_text(text, encoding="utf-8")
     print(text)
 

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 HEARTBEAT_ATTR = "hpsearch:heartbeat"
@@ -26,13 +26,16 @@ HEARTBEAT_ATTR = "hpsearch:heartbeat"
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Liveness:
     """How often a running trial beats, how long a silent one lives, and how often a dead one is retried."""
 
     interval: int
     grace_period: int
     max_retry: int
+    checked: float = field(default=float("-inf"), repr=False)
+    """When this process last looked for stale trials: it looks at most once per ``interval`` (each look reads
+    every trial of the study, and a trial is only stale after ``grace_period`` > ``interval``)."""
 
     def __post_init__(self) -> None:
         if self.interval < 1:
@@ -64,12 +67,16 @@ class Liveness:
             stop.set()
             thread.join(timeout=max(5, self.interval))
 
-    def fail_stale(self, study: Any) -> list[int]:
+    def fail_stale(self, study: Any, force: bool = False) -> list[int]:
         """FAIL the study's RUNNING trials whose last beat (or start) is older than the grace period, and retry
-        them (up to ``max_retry`` times); return the numbers of the trials this call failed."""
+        them (up to ``max_retry`` times); return the numbers of the trials this call failed. At most one look per
+        ``interval`` seconds; ``force`` looks now."""
         import optuna
         from optuna.exceptions import UpdateFinishedTrialError
 
+        if not force and time.monotonic() - self.checked < self.interval:
+            return []
+        self.checked = time.monotonic()
         now = time.time()
         storage = study._storage
         failed = []
