@@ -208,9 +208,14 @@ def main() -> None:
                 row = one_run(kind, n, a.trials, Path(tmp))
                 rows.append(row)
                 print(row, file=sys.stderr, flush=True)
+    write_report(rows, a.append, " ".join(sys.argv[1:]))
+
+
+def write_report(rows: list[dict], append: bool, command: str) -> None:
+    """bench/raw/storage.json (merged with earlier rows when ``append``) and bench/STORAGE.md from all rows."""
     raw = REPO / "bench" / "raw"
     raw.mkdir(exist_ok=True)
-    if a.append and (raw / "storage.json").is_file():
+    if append and (raw / "storage.json").is_file():
         mine = {(r["storage"], r["workers"]) for r in rows}
         rows = [r for r in json.loads((raw / "storage.json").read_text())
                 if (r["storage"], r["workers"]) not in mine] + rows
@@ -232,7 +237,7 @@ def main() -> None:
         f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; the workers and the "
         "database servers share them",
-        f"- command: `python bench/storage.py {' '.join(sys.argv[1:])}`",
+        f"- command: `python bench/storage.py {command}`",
         f"- {sorted({r['trials'] for r in rows})} trials per run, a trivial objective through hpsearch's runner loop "
         "(see the script)", "",
         *table, "",
