@@ -34,10 +34,6 @@ def resolve_url(flag: str | None) -> str:
     return flag or os.environ.get(ENV_VAR) or DEFAULT_STORAGE
 
 
-KINDS = {"redis": "redis journal", "rediss": "redis journal", "journal": "journal file", "grpc": "gRPC proxy"}
-"""URL schemes that are not SQLAlchemy URLs, and what they open."""
-
-
 def storage_kind(url: str) -> str:
     """``rdb``, ``redis``, ``journal`` or ``grpc``: which Optuna storage ``url`` names."""
     scheme = url.split(":", 1)[0].lower()

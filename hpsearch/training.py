@@ -203,10 +203,6 @@ def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: t
     return metrics
 
 
-def _generated_metric(task: Any, name: str) -> bool:
-    return any(m.name == name and m.generated for m in task.metrics)
-
-
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on the CPU."""
     if device.type == "cuda":
@@ -274,7 +270,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
     tracker = Tracker(selection) if selection is not None else None
     # Generation (ROUGE) costs far more than a forward pass: on the final evaluation only, unless the study's
     # metric is a generated one (then the pruner and the checkpoints need it on every evaluation).
-    generate_always = selection is not None and _generated_metric(task, selection.metric)
+    generate_always = selection is not None and generates(task, selection.metric)
     every_epoch = tracker is not None and selection.active  # epoch ends become whole-validation checkpoints
     stop = False
     model.train()

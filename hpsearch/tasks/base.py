@@ -51,9 +51,9 @@ class RawSplit:
     where: str
 
 
-def generates(task: Task) -> bool:
-    """Whether ``task`` has metrics computed from generated text."""
-    return any(m.generated for m in task.metrics)
+def generates(task: Task, metric: str | None = None) -> bool:
+    """Whether ``task`` has metrics computed from generated text (``metric``: whether that one is)."""
+    return any(m.generated and metric in (None, m.name) for m in task.metrics)
 
 
 class Task(Protocol):
