@@ -111,8 +111,9 @@ class ModelKeeper:
         """Remove the models of completed trials outside the top k; return the trial numbers whose model went.
 
         Called after each trial finishes (a study callback), so the trial just kept is ranked too."""
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        ranked = sorted(done, key=lambda t: t.value, reverse=study.direction.name == "MAXIMIZE")
+        from .exporter import ranked_trials
+
+        ranked = ranked_trials(study)  # by value, or by confirmed score once study.confirm has run
         removed = []
         for t in ranked[self.k:]:
             for artifact_id in model_artifact_ids(t):

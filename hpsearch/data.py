@@ -71,6 +71,42 @@ class Encoded:
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
         return Encoded(self.input_ids.to(device), self.lengths, self.labels.to(device), tt, self.label_lengths)
 
+    def take(self, index: torch.Tensor) -> "Encoded":
+        """The rows ``index`` (a CPU tensor), in that order."""
+        rows = index.to(self.input_ids.device)
+        tt = None if self.token_type_ids is None else self.token_type_ids[rows]
+        ll = None if self.label_lengths is None else self.label_lengths[index]
+        return Encoded(self.input_ids[rows], self.lengths[index], self.labels[rows], tt, ll)
+
+
+def _pad_value(parts: list[Encoded]) -> int:
+    """The id a split already pads with (any position past a row's length), else 0: masked either way."""
+    for e in parts:
+        short = (e.lengths < e.input_ids.shape[1]).nonzero()
+        if len(short):
+            return int(e.input_ids[int(short[0]), -1])
+    return 0
+
+
+def _widen(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if t.shape[1] < width else t
+
+
+def concat(parts: list[Encoded]) -> Encoded:
+    """Rows of several splits of one task and tokenizer as one split: ids right-padded to the widest, per-token
+    and target labels padded with the ignored label -100 (as every task pads them)."""
+    width = max(e.input_ids.shape[1] for e in parts)
+    pad = _pad_value(parts)
+    ids = torch.cat([_widen(e.input_ids, width, pad) for e in parts])
+    if parts[0].labels.ndim == 2:
+        lw = max(e.labels.shape[1] for e in parts)
+        labels = torch.cat([_widen(e.labels, lw, -100) for e in parts])
+    else:
+        labels = torch.cat([e.labels for e in parts])
+    tt = None if parts[0].token_type_ids is None else torch.cat([_widen(e.token_type_ids, width, 0) for e in parts])
+    ll = None if parts[0].label_lengths is None else torch.cat([e.label_lengths for e in parts])
+    return Encoded(ids, torch.cat([e.lengths for e in parts]), labels, tt, ll)
+
 
 @dataclass
 class PreparedData:
@@ -91,6 +127,20 @@ class PreparedData:
     @property
     def train_tokens(self) -> int:
         return int(self.train.lengths.sum())
+
+    def fold(self, k: int, folds: int) -> "PreparedData":
+        """Cross-validation fold ``k`` of ``folds`` (1-based): the k-th block of training rows (as many as the
+        validation set has, at most a ``folds + 1``-th of them) becomes the validation set, and the validation rows
+        join the other training rows: about the same training data, judged on rows no trial was selected on
+        (:mod:`hpsearch.confirm`)."""
+        n_val, n_train = len(self.validation), len(self.train)
+        size = min(n_val, n_train // (folds + 1))
+        if not 1 <= k <= folds or size < 1:
+            raise HpsearchError(f"fold {k} of {folds}: {n_train} training rows cannot give up {folds} blocks")
+        rows = torch.arange(n_train)
+        held = (rows >= (k - 1) * size) & (rows < k * size)
+        train = concat([self.train.take(rows[~held]), self.validation])
+        return replace(self, train=train, validation=self.train.take(rows[held]))
 
 
 def load_source(src: dict) -> Any:

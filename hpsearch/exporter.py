@@ -27,10 +27,15 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The completed trials, best first (by the study's direction)."""
+    """The completed trials, best first (by the study's direction): trials confirmed on cross-validation folds
+    (``study.confirm``, :mod:`hpsearch.confirm`) by their confirmed score, then the others by value."""
+    from .confirm import confirmations
+
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(done, key=lambda t: t.value, reverse=maximize)
+    sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    confirmed = confirmations(study)
+    return sorted(done, key=lambda t: (t.number not in confirmed,
+                                       sign * (confirmed[t.number]["score"] if t.number in confirmed else t.value)))
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
@@ -47,8 +52,11 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTria
 def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> Space:
     """The full config a trial ran with, every hyperparameter fixed, and a reference back to it."""
     config = trial_config(study, trial)
+    from .confirm import confirmation
+
     origin = {"study": study.study_name, "trial": trial.number, "value": trial.value,
               "metric": config["study"]["metric"], "storage": redact(storage_url),
+              **({"confirmed": confirmation(study, trial.number)} if confirmation(study, trial.number) else {}),
               "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     return Space(config).with_params(trial.params, origin=origin)
 

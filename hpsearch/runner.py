@@ -197,6 +197,10 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> tuple[Any, A
     data = prepare(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
     if uses_lora(space):
         check_lora_targets(space, linear_module_names(model_cfg, data))
+    confirm = space.study.get("confirm")
+    if confirm and len(data.train) // (confirm["folds"] + 1) < 1:
+        raise UsageError(f"study.confirm.folds: {confirm['folds']} folds need more than {len(data.train)} training "
+                         f"rows (each fold moves a block of them to validation)")
     if weights:
         preload(model_cfg, data)
     return dev, data.to(dev)  # on a GPU the whole tokenized set stays resident
@@ -243,7 +247,10 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
     storage = open_storage(storage_url, heartbeat_interval=interval, grace_period=grace_period, max_retry=retries)
     liveness = liveness_for(storage, storage_url, interval, grace_period, retries)
     study = open_study(storage, study_name or space.name, space, warm_start=warm_start)
-    keeper = make_keeper(study, storage_url, keep_best, artifacts)
+    confirm = space.study.get("confirm")
+    # Until the confirmation has chosen, keep the weights of every trial it may choose.
+    keeper = make_keeper(study, storage_url, max(keep_best, confirm["top_k"]) if keep_best and confirm else keep_best,
+                         artifacts)
     progress = progress or make_progress(quiet)
     objective = Objective(space, data, dev, progress, config_id=space.fingerprint(), total=total, keeper=keeper,
                           liveness=liveness)
@@ -262,6 +269,13 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
             _run_to_total(study, objective, total, n_trials, timeout, kwargs, poll=interval, liveness=liveness)
     finally:
         progress.close()
+    if confirm:
+        from .confirm import confirm_top
+
+        confirm_top(study, space, data, dev, say=None if quiet else lambda msg: print(msg, file=sys.stderr))
+        if keeper is not None:
+            keeper.k = keep_best
+            keeper.prune(study)
     return study
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import MISSING, ConfigError, Issue
-from .schema import (ALL_LINEAR, DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS,
+from .schema import (ALL_LINEAR, CONFIRM_KEYS, DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE,
+                     EARLY_STOPPING_KEYS,
                      FILE_FORMATS, FILE_SOURCE_KEYS, HUB_SOURCE_KEYS, HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
                      PRUNERS, SAMPLER_KEYS, SAMPLERS, STUDY_KEYS, TOP_KEYS, TRIAL_VALUES, lora_targets,
                      model_layer_count)
@@ -297,6 +298,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
     trial_value = c.string(study, "trial_value", "study", default=DEFAULT_TRIAL_VALUE, choices=TRIAL_VALUES)
     early_stopping = _check_early_stopping(c, study.get("early_stopping"))
+    confirm = _check_confirm(c, study.get("confirm"))
     return {
         "name": name,
         "direction": direction,
@@ -308,6 +310,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "enqueue": enqueue,
         "trial_value": trial_value,
         "early_stopping": early_stopping,
+        "confirm": confirm,
     }
 
 
@@ -349,6 +352,18 @@ def _check_early_stopping(c: _Checker, raw: Any) -> dict | None:
         c.add("study.early_stopping.min_delta", stop.get("min_delta"), "must be a number >= 0")
         min_delta = 0.0
     return {"patience": patience, "min_delta": float(min_delta)}
+
+
+def _check_confirm(c: _Checker, raw: Any) -> dict | None:
+    """``{top_k, folds}`` or null (off): confirm the best ``top_k`` trials on ``folds`` cross-validation folds."""
+    if raw is None or raw is False:
+        return None
+    confirm = c.mapping(raw, "study.confirm", CONFIRM_KEYS)
+    if not confirm:
+        return None
+    top_k = c.integer(confirm, "top_k", "study.confirm", default=3, low=1)
+    folds = c.integer(confirm, "folds", "study.confirm", default=1, low=1)
+    return {"top_k": top_k, "folds": folds}
 
 
 def _check_enqueue(c: _Checker, raw: Any, params: dict) -> list[dict]:
