@@ -144,10 +144,17 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
         curve.append((at, best))
     from hpsearch.exporter import ranked_trials
 
-    chosen = ranked_trials(study)[0]
+    from hpsearch.confirm import confirmations
+
+    chosen = ranked_trials(study)[0]  # by the confirmed score when study.confirm ran
+    by_value = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     states = [t.state.name for t in trials]
+    confirmed = confirmations(study)
     return {"search_s": curve[-1][0], "wall_s": wall, "best": best, "time_to_best_s": t_best, "curve": curve,
             "chosen": chosen.params, "chosen_trial": chosen.number, "pruned": states.count("PRUNED"),
+            "by_value": by_value.params, "by_value_trial": by_value.number,
+            "confirmed": {str(n): c for n, c in confirmed.items()},
+            "confirm_s": sum(c["seconds"] for c in confirmed.values()),
             "states": states, "study": name, "storage": storage}
 
 
@@ -295,6 +302,20 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
         as_run = {**r["anchor"]["chosen"], **ANCHOR_AS_RUN}
         lines.append(f"- seed {r['seed']}: anchor {_short(as_run)}; hpsearch trial {r['hpsearch']['chosen_trial']} "
                      f"{_short(r['hpsearch']['chosen'])}")
+    if any(r["hpsearch"].get("confirmed") for r in runs):
+        lines += ["", "`study.confirm` (the best trials retrained on cross-validation folds before choosing): the "
+                  "trial chosen by value alone against the confirmed choice, both retrained and scored on the same "
+                  "held-out rows.", "",
+                  "| seed | best by value: trial, value | held-out | confirmed choice: trial, score | held-out | "
+                  "confirmation s |", "|---|---|---|---|---|---|"]
+        for r in runs:
+            hp = r["hpsearch"]
+            if not hp.get("confirmed"):
+                continue
+            (mv, sv), (mh, sh) = r["held_by_value"], r["held_hpsearch"]
+            score = hp["confirmed"].get(str(hp["chosen_trial"]), {}).get("score")
+            lines.append(f"| {r['seed']} | {hp['by_value_trial']}, {hp['best']:.3f} | {mv:.3f} ± {sv:.3f} | "
+                         f"{hp['chosen_trial']}, {fmt(score)} | {mh:.3f} ± {sh:.3f} | {hp['confirm_s']:.0f} |")
     lines += ["", f"![best so far against wall time]({os.path.relpath(plot_path, Path(a.out).parent)})", ""]
     return "\n".join(lines)
 
@@ -329,9 +350,13 @@ def main() -> None:
               file=sys.stderr, flush=True)
         held_a = heldout_accuracy(a, anchor["chosen"], heldout, as_anchor=True)
         held_h = heldout_accuracy(a, hp["chosen"], heldout, as_anchor=False)
+        # The study's best trial by value alone, what it would have chosen without study.confirm.
+        same = hp["by_value_trial"] == hp["chosen_trial"]
+        held_v = held_h if same else heldout_accuracy(a, hp["by_value"], heldout, as_anchor=False)
         runs.append({"seed": seed, "label": a.label, "anchor": anchor, "hpsearch": hp,
                      "held_anchor": mean_se(held_a, len(rows)), "held_hpsearch": mean_se(held_h, len(rows)),
-                     "held_values": {"anchor": held_a, "hpsearch": held_h}})
+                     "held_by_value": mean_se(held_v, len(rows)),
+                     "held_values": {"anchor": held_a, "hpsearch": held_h, "by_value": held_v}})
         raw_json.parent.mkdir(parents=True, exist_ok=True)
         raw_json.write_text(json.dumps({"argv": argv, "runs": runs}, indent=1))
         figure = plot(runs, plot_path)

@@ -131,8 +131,9 @@ STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "re
               "intermediate_eval_samples", "early_stopping", "trial_value", "confirm")
 EARLY_STOPPING_KEYS = ("patience", "min_delta")
 CONFIRM_KEYS = ("top_k", "folds")
+DEFAULT_CONFIRM = {"top_k": 3, "folds": 2}
 """``study.confirm``: retrain the ``top_k`` best trials on ``folds`` cross-validation folds before choosing one
-(:mod:`hpsearch.confirm`); off (null) unless a space asks."""
+(:mod:`hpsearch.confirm`); ``confirm: null`` turns it off. bench/README.md has the measurement behind the default."""
 DEFAULT_REPORTS_PER_EPOCH = 1
 """Evaluations per epoch unless a space asks for more. Quarter-epoch reports on a 256-row subset (the old default)
 let the median pruner decide on noise and favour configs that start fast; one whole-validation report per epoch

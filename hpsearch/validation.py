@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import MISSING, ConfigError, Issue
-from .schema import (ALL_LINEAR, CONFIRM_KEYS, DATA_KEYS, DEFAULT_REPORTS_PER_EPOCH, DEFAULT_TRIAL_VALUE,
-                     EARLY_STOPPING_KEYS,
-                     FILE_FORMATS, FILE_SOURCE_KEYS, HUB_SOURCE_KEYS, HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
+from .schema import (ALL_LINEAR, CONFIRM_KEYS, DATA_KEYS, DEFAULT_CONFIRM, DEFAULT_REPORTS_PER_EPOCH,
+                     DEFAULT_TRIAL_VALUE, EARLY_STOPPING_KEYS, FILE_FORMATS, FILE_SOURCE_KEYS, HUB_SOURCE_KEYS,
+                     HYPERPARAMETERS, MODEL_KEYS, PARAM_KEYS, PARAM_TYPES, PRECISIONS, PRUNER_KEYS,
                      PRUNERS, SAMPLER_KEYS, SAMPLERS, STUDY_KEYS, TOP_KEYS, TRIAL_VALUES, lora_targets,
                      model_layer_count)
 from .space import Space
@@ -298,7 +298,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     enqueue = _check_enqueue(c, study.get("enqueue"), params)
     trial_value = c.string(study, "trial_value", "study", default=DEFAULT_TRIAL_VALUE, choices=TRIAL_VALUES)
     early_stopping = _check_early_stopping(c, study.get("early_stopping"))
-    confirm = _check_confirm(c, study.get("confirm"))
+    confirm = _check_confirm(c, study.get("confirm", DEFAULT_CONFIRM))
     return {
         "name": name,
         "direction": direction,
@@ -355,7 +355,8 @@ def _check_early_stopping(c: _Checker, raw: Any) -> dict | None:
 
 
 def _check_confirm(c: _Checker, raw: Any) -> dict | None:
-    """``{top_k, folds}`` or null (off): confirm the best ``top_k`` trials on ``folds`` cross-validation folds."""
+    """``{top_k, folds}`` (each defaulted) or null / false (off): confirm the best ``top_k`` trials on ``folds``
+    cross-validation folds before one is chosen."""
     if raw is None or raw is False:
         return None
     confirm = c.mapping(raw, "study.confirm", CONFIRM_KEYS)

@@ -1,0 +1,95 @@
+"""Where a search's chosen configs win and lose: each retrained with several training seeds, scored on three row sets.
+
+    python bench/chosen_spread.py --json bench/raw/search.json --seeds 0,1,2,3 --out bench/CHOSEN.md
+
+For every study of an earlier ``search.py`` run (anchor and hpsearch, per sampler seed), the chosen config is
+retrained once per training seed (hpsearch's loop, as ``search.py`` retrains) and scored on: the validation rows
+the search selected on (``search``), the validation file's other rows (``dev-rest``, same distribution, never
+seen), and the held-out train rows ``search.py`` uses (``held-out``). A config that wins on ``search`` with every
+training seed and loses elsewhere fits the validation *sample*; one that wins only with the study's own seed was
+training-seed luck. The two need different cures (bench/README.md, "Why the chosen configs lost").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search  # noqa: E402  the same data rows, space and retraining as the benchmark
+
+
+def score_sets(a: argparse.Namespace, chosen: dict, as_anchor: bool, sets: dict, seeds: list[int]) -> dict:
+    """Accuracy per row set and training seed of ``chosen``, retrained as search.heldout_accuracy does."""
+    from hpsearch import training
+    from hpsearch.data import prepare
+    from hpsearch.model import build_model, load_tokenizer
+    from hpsearch.selection import Selection
+    from hpsearch.spacefile import apply_overrides, read_yaml
+    from hpsearch.validation import validate
+
+    raw = apply_overrides(read_yaml(a.space), search.space_overrides(a, 0))
+    if as_anchor:
+        raw = apply_overrides(raw, ["study.trial_value=last", "study.early_stopping=null", "study.confirm=null"])
+        chosen = {**chosen, **search.ANCHOR_AS_RUN}
+    base = validate(raw, source=a.space)
+    model_cfg = base.config["model"]
+    tokenizer = load_tokenizer(model_cfg)
+    data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
+    encoded = {name: prepare({**base.config["data"], "max_eval_samples": None,
+                              "validation": {**base.config["data"][src], "path": str(path)}},
+                             tokenizer, model_cfg["max_length"]).validation for name, (path, src) in sets.items()}
+    device = training.resolve_device("auto")
+    out: dict[str, list[float]] = {name: [] for name in sets}
+    for seed in seeds:
+        space = base.with_params({**chosen, "seed": seed})
+        hp = dict(space.fixed)
+        model = build_model(model_cfg, hp, data, device)
+        training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
+                       intermediate_eval_samples=space.study["intermediate_eval_samples"],
+                       precision=model_cfg["precision"], selection=Selection.from_study(space.study))
+        for name, enc in encoded.items():
+            out[name].append(training.evaluate(model, enc, data, device)["accuracy"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", default=str(search.REPO / "bench" / "raw" / "search.json"))
+    ap.add_argument("--seeds", default="0,1,2,3", help="training seeds")
+    ap.add_argument("--out", default=str(search.REPO / "bench" / "CHOSEN.md"))
+    own = ap.parse_args()
+    raw = json.loads(Path(own.json).read_text())
+    sys.argv = [sys.argv[0], *raw["argv"]]
+    a = search.parse_args()
+    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
+        setattr(a, key, str(Path(getattr(a, key)).resolve()))
+    work = Path(a.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in own.seeds.split(",")]
+    rows = {"search": (a.validation, 0, a.n_eval, "validation"),
+            "dev-rest": (a.validation, a.n_eval, 10**9, "validation"),
+            "held-out": (a.train, a.n_train, a.n_train + a.heldout, "train")}
+    sets = {}
+    for name, (path, start, stop, src) in rows.items():
+        header, body = search.read_rows(path, start, stop)
+        sets[name] = (search.write_tsv(work / f"chosen-{name}.tsv", header, body), src)
+    lines = [f"# Chosen configs retrained with training seeds {own.seeds}", "",
+             f"`python bench/chosen_spread.py --json {own.json} --seeds {own.seeds}`; accuracy mean over seeds "
+             "(each seed's value in brackets). *search*: the validation rows the studies selected on; *dev-rest*: the "
+             "validation file's other rows; *held-out*: search.py's held-out train rows.", "",
+             "| sampler seed | study | value in its study | search | dev-rest | held-out |", "|---|---|---|---|---|---|"]
+    for run in raw["runs"]:
+        for side in ("anchor", "hpsearch"):
+            res = score_sets(a, run[side]["chosen"], side == "anchor", sets, seeds)
+            cells = [f"{statistics.fmean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in res.values()]
+            lines.append(f"| {run['seed']} | {side if side == 'anchor' else run['label']} | {run[side]['best']:.3f} | "
+                         + " | ".join(cells) + " |")
+            print(lines[-1], file=sys.stderr, flush=True)
+    Path(own.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
