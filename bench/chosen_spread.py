@@ -21,40 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search  # noqa: E402  the same data rows, space and retraining as the benchmark
 
 
-def score_sets(a: argparse.Namespace, chosen: dict, as_anchor: bool, sets: dict, seeds: list[int]) -> dict:
-    """Accuracy per row set and training seed of ``chosen``, retrained as search.heldout_accuracy does."""
-    from hpsearch import training
-    from hpsearch.data import prepare
-    from hpsearch.model import build_model, load_tokenizer
-    from hpsearch.selection import Selection
-    from hpsearch.spacefile import apply_overrides, read_yaml
-    from hpsearch.validation import validate
-
-    raw = apply_overrides(read_yaml(a.space), search.space_overrides(a, 0))
-    if as_anchor:
-        raw = apply_overrides(raw, ["study.trial_value=last", "study.early_stopping=null", "study.confirm=null"])
-        chosen = {**chosen, **search.ANCHOR_AS_RUN}
-    base = validate(raw, source=a.space)
-    model_cfg = base.config["model"]
-    tokenizer = load_tokenizer(model_cfg)
-    data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
-    encoded = {name: prepare({**base.config["data"], "max_eval_samples": None,
-                              "validation": {**base.config["data"][src], "path": str(path)}},
-                             tokenizer, model_cfg["max_length"]).validation for name, (path, src) in sets.items()}
-    device = training.resolve_device("auto")
-    out: dict[str, list[float]] = {name: [] for name in sets}
-    for seed in seeds:
-        space = base.with_params({**chosen, "seed": seed})
-        hp = dict(space.fixed)
-        model = build_model(model_cfg, hp, data, device)
-        training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
-                       intermediate_eval_samples=space.study["intermediate_eval_samples"],
-                       precision=model_cfg["precision"], selection=Selection.from_study(space.study))
-        for name, enc in encoded.items():
-            out[name].append(training.evaluate(model, enc, data, device)["accuracy"])
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default=str(search.REPO / "bench" / "raw" / "search.json"))
@@ -83,7 +49,7 @@ def main() -> None:
              "| sampler seed | study | value in its study | search | dev-rest | held-out |", "|---|---|---|---|---|---|"]
     for run in raw["runs"]:
         for side in ("anchor", "hpsearch"):
-            res = score_sets(a, run[side]["chosen"], side == "anchor", sets, seeds)
+            res = search.retrain_scores(a, run[side]["chosen"], sets, side == "anchor", seeds)
             cells = [f"{statistics.fmean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})" for v in res.values()]
             lines.append(f"| {run['seed']} | {side if side == 'anchor' else run['label']} | {run[side]['best']:.3f} | "
                          + " | ".join(cells) + " |")

@@ -4,8 +4,9 @@
 
 For each seed it runs the anchor (``../shared/bench/anchor_search.py``, unchanged: HF Trainer.hyperparameter_search
 with TPE and MedianPruner) and ``hpsearch run`` on the same space (``--space``, default bench/search_space.yaml),
-data rows and sampler seed, one after the other. Then, for each study's chosen config (its best trial), it
-retrains from the config ``--retrain-seeds`` times and measures accuracy on held-out rows that neither training
+data rows and sampler seed, one after the other. Then, for each study's chosen config (the anchor's best trial;
+hpsearch's choice, which with ``study.confirm`` is the best confirmed score, and its best trial by value beside it
+when the two differ), it retrains from the config ``--retrain-seeds`` times and measures accuracy on held-out rows that neither training
 nor validation used (the train file's rows after the training rows), so a search that only found validation
 noise shows. It writes a markdown report, the raw numbers (JSON) and one figure: best-so-far validation
 accuracy against wall time, every run. Any data in the anchor's TSV layout (label, text; a header line) works.
@@ -171,6 +172,14 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
                      columns_from: str = "train") -> list[float]:
     """Retrain ``chosen`` (the search's data and settings) once per training seed; accuracy on ``heldout`` each.
     ``heldout`` has the columns of the ``columns_from`` source (``train`` or ``validation``)."""
+    return retrain_scores(a, chosen, {"heldout": (heldout, columns_from)}, as_anchor,
+                          list(range(a.retrain_seeds)))["heldout"]
+
+
+def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Path, str]], as_anchor: bool,
+                   seeds: list[int]) -> dict[str, list[float]]:
+    """Retrain ``chosen`` once per training seed in ``seeds``; accuracy on each named row set, a file with the
+    columns of the ``train`` or ``validation`` source (``sets``: name -> (path, source))."""
     from hpsearch import training
     from hpsearch.data import prepare
     from hpsearch.selection import Selection
@@ -186,19 +195,20 @@ def heldout_accuracy(a: argparse.Namespace, chosen: dict, heldout: Path, as_anch
     model_cfg = base.config["model"]
     tokenizer = load_tokenizer(model_cfg)
     data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
-    held_cfg = {**base.config["data"], "max_eval_samples": None,  # the held-out file has that source's columns
-                "validation": {**base.config["data"][columns_from], "path": str(heldout)}}
-    held = prepare(held_cfg, tokenizer, model_cfg["max_length"]).validation
+    encoded = {name: prepare({**base.config["data"], "max_eval_samples": None,  # the file has that source's columns
+                              "validation": {**base.config["data"][src], "path": str(path)}},
+                             tokenizer, model_cfg["max_length"]).validation for name, (path, src) in sets.items()}
     device = training.resolve_device("auto")
-    out = []
-    for seed in range(a.retrain_seeds):
+    out: dict[str, list[float]] = {name: [] for name in sets}
+    for seed in seeds:
         space = base.with_params({**chosen, "seed": seed})
         hp = dict(space.fixed)
         model = build_model(model_cfg, hp, data, device)
         training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
                        intermediate_eval_samples=space.study["intermediate_eval_samples"],
                        precision=model_cfg["precision"], selection=Selection.from_study(space.study))
-        out.append(training.evaluate(model, held, data, device)["accuracy"])
+        for name, enc in encoded.items():
+            out[name].append(training.evaluate(model, enc, data, device)["accuracy"])
     return out
 
 

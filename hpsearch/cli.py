@@ -137,13 +137,20 @@ def _print_best(study: Any, where: str) -> None:
 
     counts = state_counts(study)
     click.echo(f"study {study.study_name} in {where}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
-    try:
-        best = study.best_trial
-    except ValueError:
+    from .confirm import confirmation
+    from .exporter import ranked_trials
+
+    ranked = ranked_trials(study)
+    if not ranked:
         click.echo("no completed trial yet")
         return
-    metric = study.user_attrs.get("metric", "value")
-    click.echo(f"best trial {best.number}: {metric}={best.value:.4f}  {fmt_params(best.params)}")
+    best, metric = ranked[0], study.user_attrs.get("metric", "value")
+    confirmed = confirmation(study, best.number)
+    if confirmed is None:
+        click.echo(f"best trial {best.number}: {metric}={best.value:.4f}  {fmt_params(best.params)}")
+    else:
+        click.echo(f"chosen trial {best.number}: {metric}={best.value:.4f}, confirmed {confirmed['score']:.4f} (mean "
+                   f"with {len(confirmed['values']) - 1} fold(s))  {fmt_params(best.params)}")
 
 
 @cli.command()

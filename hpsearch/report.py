@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from .confirm import confirmations
 from .exporter import ranked_trials
 from .listing import state_counts
 from .progress import fmt_params, fmt_value
@@ -76,17 +77,21 @@ def _figures(study: optuna.Study) -> list[tuple[str, Any, str]]:
 
 
 def _top_table(study: optuna.Study, k: int) -> str:
+    """The best trials in the order export chooses them (confirmed ones first, by their score: hpsearch.confirm)."""
     done = ranked_trials(study)
+    confirmed = confirmations(study)
     metric = study.user_attrs.get("metric", "value")
     rows = []
     for t in done[:k]:
         a = t.user_attrs
+        score = confirmed[t.number]["score"] if t.number in confirmed else None
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t.number, fmt_value(t.value), f"{a.get('val_eval_loss', float('nan')):.4f}",
+            t.number, fmt_value(t.value), "-" if score is None else fmt_value(score),
+            f"{a.get('val_eval_loss', float('nan')):.4f}",
             f"{t.duration.total_seconds():.1f}s" if t.duration else "-", a.get("device", "-"),
             fmt_params(t.params))) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(metric), "eval loss", "duration", "device",
-                                              "params"))
+    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(metric), "confirmed (folds)", "eval loss",
+                                              "duration", "device", "params"))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 

@@ -355,15 +355,13 @@ def _check_early_stopping(c: _Checker, raw: Any) -> dict | None:
 
 
 def _check_confirm(c: _Checker, raw: Any) -> dict | None:
-    """``{top_k, folds}`` (each defaulted) or null / false (off): confirm the best ``top_k`` trials on ``folds``
-    cross-validation folds before one is chosen."""
+    """``{top_k, folds}`` (each defaulted; ``true`` or ``{}`` for both defaults) or null / false (off): confirm the
+    best ``top_k`` trials on ``folds`` cross-validation folds before one is chosen (:mod:`hpsearch.confirm`)."""
     if raw is None or raw is False:
         return None
-    confirm = c.mapping(raw, "study.confirm", CONFIRM_KEYS)
-    if not confirm:
-        return None
+    confirm = c.mapping({} if raw is True else raw, "study.confirm", CONFIRM_KEYS)
     top_k = c.integer(confirm, "top_k", "study.confirm", default=3, low=1)
-    folds = c.integer(confirm, "folds", "study.confirm", default=1, low=1)
+    folds = c.integer(confirm, "folds", "study.confirm", default=2, low=1)
     return {"top_k": top_k, "folds": folds}
 
 

@@ -83,7 +83,7 @@ def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
     cfg = {
         "study": {"name": "tiny", "metric": "accuracy", "sampler": {"name": "tpe", "seed": 0},
                   "pruner": {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
-                  "reports_per_epoch": 2, "confirm": None},  # tests/test_confirm.py turns it on
+                  "reports_per_epoch": 2},
         "model": {"name_or_path": str(model), "max_length": 32},
         "data": {"task": "classification", "train": {"path": str(data["train"]), "text_column": "sentence"},
                  "validation": {"path": str(data["dev"]), "text_column": "content"}, "label_column": "label"},

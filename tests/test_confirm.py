@@ -86,6 +86,7 @@ def test_confirm_through_the_cli_chooses_by_the_fold_score(make_space, hpsearch,
         assert f"confirmed trial {number}:" in res.stderr
     chosen = max(done, key=lambda n: done[n]["score"])
     assert ranked_trials(study)[0].number == chosen
+    assert f"chosen trial {chosen}:" in res.stdout and f"confirmed {done[chosen]['score']:.4f}" in res.stdout
 
     # Export follows the confirmation, and --keep-best kept exactly the chosen trial's weights.
     hpsearch("export", "--study", "tiny", "--output", "best.yaml", "--model", "best-model", check=True)
@@ -93,8 +94,24 @@ def test_confirm_through_the_cli_chooses_by_the_fold_score(make_space, hpsearch,
     assert exported["origin"]["trial"] == chosen and exported["origin"]["confirmed"]["score"] == done[chosen]["score"]
     assert len(list((tmp_path / "studies-artifacts").iterdir())) == 1
 
+    hpsearch("report", "--study", "tiny", "--output", "report.html", check=True)
+    table = (tmp_path / "report.html").read_text().split("<h2>Top")[1]
+    assert "confirmed (folds)" in table and table.index(f"<td>{chosen}</td>") < min(
+        table.index(f"<td>{n}</td>") for n in done if n != chosen)
+
 
 def test_confirm_options_are_checked(make_space, hpsearch) -> None:
     res = hpsearch("validate", "--space", str(make_space(study__confirm={"top_k": 0, "folds": "two"})))
     assert res.returncode == 2
     assert "study.confirm.top_k" in res.stderr and "study.confirm.folds" in res.stderr and "two" in res.stderr
+
+
+def test_confirm_is_off_unless_asked_and_true_means_the_defaults(tiny_model, tiny_data) -> None:
+    from .conftest import space_dict
+    from hpsearch.validation import validate
+
+    assert validate(space_dict(tiny_model, tiny_data)).study["confirm"] is None
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm=True)).study["confirm"] == {"top_k": 3, "folds": 2}
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm={"folds": 1})).study["confirm"] == {
+        "top_k": 3, "folds": 1}
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm=False)).study["confirm"] is None
