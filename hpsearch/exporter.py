@@ -51,12 +51,13 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTria
 
 def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> Space:
     """The full config a trial ran with, every hyperparameter fixed, and a reference back to it."""
-    config = trial_config(study, trial)
     from .confirm import confirmation
 
+    config = trial_config(study, trial)
+    confirmed = confirmation(study, trial.number)  # study.confirm's fold values and score, when it ran
     origin = {"study": study.study_name, "trial": trial.number, "value": trial.value,
               "metric": config["study"]["metric"], "storage": redact(storage_url),
-              **({"confirmed": confirmation(study, trial.number)} if confirmation(study, trial.number) else {}),
+              **({"confirmed": confirmed} if confirmed else {}),
               "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     return Space(config).with_params(trial.params, origin=origin)
 

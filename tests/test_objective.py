@@ -65,7 +65,10 @@ def test_interrupt_marks_the_trial_failed_and_resume_works(storage_url: str, mak
     slow = make_space("slow.yaml", fixed__epochs=300)
     cmd = [sys.executable, "-m", "hpsearch", "run", "--space", str(slow), "--trials", "5", "--quiet",
            "--storage", storage_url, "--study-name", study_name]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background (`cmd &`) inherits SIGINT ignored, and so would the worker: restore it,
+    # as a worker started from a terminal has it.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "trial 0 started" not in proc.stderr.readline():
         pass
