@@ -12,7 +12,6 @@ training-seed luck. The two need different cures (bench/README.md, "Why the chos
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,13 +26,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3", help="training seeds")
     ap.add_argument("--out", default=str(search.REPO / "bench" / "CHOSEN.md"))
     own = ap.parse_args()
-    raw = json.loads(Path(own.json).read_text())
-    sys.argv = [sys.argv[0], *raw["argv"]]
-    a = search.parse_args()
-    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
-        setattr(a, key, str(Path(getattr(a, key)).resolve()))
+    raw, a = search.earlier_run(own.json)
     work = Path(a.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in own.seeds.split(",")]
     rows = {"search": (a.validation, 0, a.n_eval, "validation"),
             "dev-rest": (a.validation, a.n_eval, 10**9, "validation"),

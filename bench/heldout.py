@@ -11,7 +11,6 @@ optimized, on rows it never saw. Writes a markdown table (appended to ``--append
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,13 +24,8 @@ def main() -> None:
     ap.add_argument("--source", choices=["validation", "train"], default="validation")
     ap.add_argument("--append", default=None, help="markdown file to append the table to")
     own = ap.parse_args()
-    raw = json.loads(Path(own.json).read_text())
-    sys.argv = [sys.argv[0], *raw["argv"]]
-    a = search.parse_args()
-    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
-        setattr(a, key, str(Path(getattr(a, key)).resolve()))
+    raw, a = search.earlier_run(own.json)
     work = Path(a.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     path, start = (a.validation, a.n_eval) if own.source == "validation" else (a.train, a.n_train)
     header, rows = search.read_rows(path, start, 10**9)
     if own.source == "train":

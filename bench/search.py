@@ -44,7 +44,8 @@ ANCHOR_NAMES = {"per_device_train_batch_size": "batch_size", "num_train_epochs":
 ANCHOR_AS_RUN = {"dropout": 0.1, "num_frozen_layers": 0}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's arguments (``argv``, default the command line), every path resolved, the workdir made."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default=str(REPO / "bench" / "search_space.yaml"))
     ap.add_argument("--train", default=str(SHARED / "data" / "sst2" / "train.tsv"))
@@ -66,7 +67,17 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--json", default=None, help="raw results (default: bench/raw/<out stem>.json)")
     ap.add_argument("--plot", default=None, help="figure, .png or .html (default: bench/<out stem>.png)")
     ap.add_argument("--workdir", default=str(REPO / "bench" / "out"))
-    return ap.parse_args()
+    a = ap.parse_args(argv)
+    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
+        setattr(a, key, str(Path(getattr(a, key)).resolve()))
+    Path(a.workdir).mkdir(parents=True, exist_ok=True)
+    return a
+
+
+def earlier_run(json_path: str) -> tuple[dict, argparse.Namespace]:
+    """The raw results of an earlier invocation and the arguments it ran with (for heldout.py, chosen_spread.py)."""
+    raw = json.loads(Path(json_path).read_text())
+    return raw, parse_args(raw["argv"])
 
 
 def read_rows(path: str, start: int, stop: int) -> tuple[list[str], list[list[str]]]:
@@ -337,10 +348,7 @@ def _short(params: dict) -> str:
 def main() -> None:
     a = parse_args()
     argv = sys.argv[1:]
-    for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
-        setattr(a, key, str(Path(getattr(a, key)).resolve()))
     work = Path(a.workdir)
-    work.mkdir(parents=True, exist_ok=True)
     stem = Path(a.out).stem
     raw_json = Path(a.json or REPO / "bench" / "raw" / f"{stem.lower()}.json")
     plot_path = Path(a.plot or REPO / "bench" / f"{stem.lower()}.png")
