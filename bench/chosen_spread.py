@@ -35,12 +35,14 @@ def main() -> None:
     sets = {}
     for name, (path, start, stop, src) in rows.items():
         header, body = search.read_rows(path, start, stop)
+        if not body:  # e.g. no dev-rest when search.py ran with --validation-from-train
+            continue
         sets[name] = (search.write_tsv(work / f"chosen-{name}.tsv", header, body), src)
     lines = [f"# Chosen configs retrained with training seeds {own.seeds}", "",
              f"`python bench/chosen_spread.py --json {own.json} --seeds {own.seeds}`; accuracy mean over seeds "
              "(each seed's value in brackets). *search*: the validation rows the studies selected on; *dev-rest*: the "
              "validation file's other rows; *held-out*: search.py's held-out train rows.", "",
-             "| sampler seed | study | value in its study | search | dev-rest | held-out |", "|---|---|---|---|---|---|"]
+             "| sampler seed | study | value in its study | " + " | ".join(sets) + " |", "|---" * (len(sets) + 3) + "|"]
     for run in raw["runs"]:
         for side in ("anchor", "hpsearch"):
             res = search.retrain_scores(a, run[side]["chosen"], sets, side == "anchor", seeds)

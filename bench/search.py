@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--heldout", type=int, default=2000, help="held-out rows: the train file's rows after --n-train")
+    ap.add_argument("--validation-from-train", action="store_true",
+                    help="validate on the train file's --n-eval rows after the held-out ones (one distribution for "
+                         "training, validation and held-out) instead of --validation")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=20, help="trials per anchor study")
@@ -71,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
         setattr(a, key, str(Path(getattr(a, key)).resolve()))
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
+    a.validation_source = f"{a.validation} rows 1-{a.n_eval}"
+    if a.validation_from_train:
+        start = a.n_train + a.heldout
+        header, rows = read_rows(a.train, start, start + a.n_eval)
+        if len(rows) < a.n_eval:
+            sys.exit(f"{a.train}: only {len(rows)} rows after the first {start} (--validation-from-train)")
+        a.validation = str(write_tsv(Path(a.workdir) / "validation-from-train.tsv", header, rows))
+        a.validation_source = f"{a.train} rows {start + 1}-{start + a.n_eval}"
     return a
 
 
@@ -88,10 +99,9 @@ def read_rows(path: str, start: int, stop: int) -> tuple[list[str], list[list[st
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """Rows as read (fields hold no tab or newline), no quoting or escapes: a quote stays a quote for both tools."""
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-        writer.writerow(header)
-        writer.writerows(rows)
+        fh.writelines("\t".join(row) + "\n" for row in [header, *rows])
     return path
 
 
@@ -285,7 +295,7 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
              f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch "
              f"{torch.__version__}",
              f"- command: `python bench/search.py {' '.join(argv)}`",
-             f"- data: {a.train} rows 1-{a.n_train} (train), {a.validation} rows 1-{a.n_eval} (validation), "
+             f"- data: {a.train} rows 1-{a.n_train} (train), {a.validation_source} (validation), "
              f"held-out: {a.train} rows {a.n_train + 1}-{a.n_train + a.heldout}; max_length {a.max_length}",
              f"- space: `{os.path.relpath(a.space, REPO)}`"
              + (f" with {', '.join(f'`{o}`' for o in a.overrides)}" if a.overrides else ""),
