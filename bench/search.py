@@ -18,7 +18,9 @@ are retrained by hpsearch's loop, so the held-out comparison measures the config
 
 Lever runs: ``--set KEY=VALUE`` changes hpsearch's space (e.g. ``--set study.pruner.options.n_warmup_steps=4``),
 ``--anchor-json FILE`` reuses anchor runs of an earlier invocation instead of running them again (exploration
-only: the targets are read from a run that ran both).
+only: the targets are read from a run that ran both). ``--validation-from-train`` validates on train-file rows
+(after the held-out ones) instead of ``--validation``, so validation and held-out rows share a distribution.
+Second dataset: ``bench/bbc_news.py`` writes BBC News business/politics TSVs for ``--train`` / ``--validation``.
 """
 from __future__ import annotations
 
