@@ -21,7 +21,9 @@ import random
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search import REPO, write_tsv  # noqa: E402  the same plain TSV the benchmark writes (no quoting or escapes)
+
 TOPICS = {"business": 0, "politics": 1}
 
 
@@ -65,13 +67,6 @@ def split(docs: list[list[tuple[int, str]]], sizes: list[int], seed: int) -> lis
     return parts
 
 
-def write(path: Path, rows: list[tuple[int, str]]) -> None:
-    """Plain TSV, no quoting or escapes, as the anchor reads it (lines hold no tabs: whitespace was collapsed)."""
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("label\ttext\n")
-        fh.writelines(f"{label}\t{text}\n" for label, text in rows)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "bbc-news"))
@@ -85,8 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     train, heldout, dev = split(docs, [a.train, a.heldout, a.dev], a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write(out / "train.tsv", train + heldout)
-    write(out / "dev.tsv", dev)
+    for name, rows in (("train.tsv", train + heldout), ("dev.tsv", dev)):
+        write_tsv(out / name, ["label", "text"], [[str(label), text] for label, text in rows])
     for name, rows in (("train", train), ("held-out", heldout), ("dev", dev)):
         share = sum(label for label, _ in rows) / len(rows)
         print(f"{name}: {len(rows)} rows, {share:.0%} politics", file=sys.stderr)
