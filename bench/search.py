@@ -376,14 +376,17 @@ def now() -> str:
     return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
+def write_report(a: argparse.Namespace, runs: list[dict], argv: list[str], when: str | None = None) -> Path:
+    """The figure (``--plot``, default bench/<out stem>.png) and the markdown report (``--out``) of ``runs``."""
+    figure = plot(runs, Path(a.plot or REPO / "bench" / f"{Path(a.out).stem.lower()}.png"))
+    Path(a.out).write_text(report(a, runs, figure, argv, when) + "\n", encoding="utf-8")
+    return Path(a.out)
+
+
 def rewrite_report(json_path: str) -> Path:
     """Rewrite an earlier invocation's report and figure from its raw results, with its own arguments."""
     raw, a = earlier_run(json_path)
-    stem = Path(a.out).stem
-    when = raw.get("date") or _report_date(Path(a.out))
-    figure = plot(raw["runs"], Path(a.plot or REPO / "bench" / f"{stem.lower()}.png"))
-    Path(a.out).write_text(report(a, raw["runs"], figure, raw["argv"], when) + "\n", encoding="utf-8")
-    return Path(a.out)
+    return write_report(a, raw["runs"], raw["argv"], raw.get("date") or _report_date(Path(a.out)))
 
 
 def main() -> None:
@@ -395,7 +398,6 @@ def main() -> None:
     work = Path(a.workdir)
     stem = Path(a.out).stem
     raw_json = Path(a.json or REPO / "bench" / "raw" / f"{stem.lower()}.json")
-    plot_path = Path(a.plot or REPO / "bench" / f"{stem.lower()}.png")
     header, rows = read_rows(a.train, a.n_train, a.n_train + a.heldout)
     if len(rows) < a.heldout:
         sys.exit(f"{a.train}: only {len(rows)} rows after the first {a.n_train} (--heldout {a.heldout})")
@@ -421,8 +423,7 @@ def main() -> None:
                      "held_values": {"anchor": held_a, "hpsearch": held_h, "by_value": held_v}})
         raw_json.parent.mkdir(parents=True, exist_ok=True)
         raw_json.write_text(json.dumps({"argv": argv, "date": now(), "runs": runs}, indent=1))
-        figure = plot(runs, plot_path)
-        Path(a.out).write_text(report(a, runs, figure, argv) + "\n", encoding="utf-8")
+        write_report(a, runs, argv)
         print(f"[search] seed {seed} done: {a.out}", file=sys.stderr, flush=True)
 
 
