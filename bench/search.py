@@ -20,6 +20,9 @@ Lever runs: ``--set KEY=VALUE`` changes hpsearch's space (e.g. ``--set study.pru
 ``--anchor-json FILE`` reuses anchor runs of an earlier invocation instead of running them again (exploration
 only: the targets are read from a run that ran both). ``--validation-from-train`` validates on train-file rows
 (after the held-out ones) instead of ``--validation``, so validation and held-out rows share a distribution.
+``--warm-start STUDY`` starts every hpsearch study with the best configs of an earlier study in
+``<workdir>/search.db`` (another dataset's: bench/README.md gives the command that runs one); the report says
+what it cost and gives the ratio with that time counted too.
 Second dataset: ``bench/bbc_news.py`` writes BBC News business/politics TSVs for ``--train`` / ``--validation``.
 ``--report-only JSON`` runs nothing and rewrites an earlier invocation's report and figure from its raw results.
 """
@@ -68,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--anchor", default=str(SHARED / "bench" / "anchor_search.py"))
     ap.add_argument("--anchor-json", default=None, help="reuse the anchor runs recorded in this earlier JSON")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--warm-start", default=None, metavar="STUDY",
+                    help="hpsearch runs with --warm-start STUDY: an earlier study in <workdir>/search.db (another "
+                         "dataset's, say), whose best configs it enqueues first")
     ap.add_argument("--label", default="hpsearch")
     ap.add_argument("--out", default=str(REPO / "bench" / "SEARCH.md"))
     ap.add_argument("--json", default=None, help="raw results (default: bench/raw/<out stem>.json)")
@@ -154,6 +160,8 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
         pass
     cmd = [sys.executable, "-m", "hpsearch", "run", "--space", a.space, "--trials", str(a.hp_trials or a.trials),
            "--storage", storage, "--study-name", name, "--quiet"]
+    if a.warm_start:
+        cmd += ["--warm-start", a.warm_start]
     for o in space_overrides(a, seed):
         cmd += ["--set", o]
     t0 = time.perf_counter()
@@ -184,6 +192,24 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
             "confirmed": {str(n): c for n, c in confirmed.items()},
             "confirm_s": sum(c["seconds"] for c in confirmed.values()),
             "states": states, "study": name, "storage": storage}
+
+
+def prior_study(a: argparse.Namespace) -> dict:
+    """What ``--warm-start`` drew on: the earlier study's data, size, wall time and the configs it hands over."""
+    import optuna
+
+    from hpsearch.runner import CONFIG_ATTR, warm_start_params
+    from hpsearch.space import load_space
+
+    storage = f"sqlite:///{Path(a.workdir) / 'search.db'}"
+    study = optuna.load_study(study_name=a.warm_start, storage=storage)
+    done = [t for t in study.trials if t.datetime_complete is not None]
+    config = study.user_attrs.get(CONFIG_ATTR + str(study.user_attrs.get("config_id")), {})
+    space = load_space(a.space, space_overrides(a, 0))
+    return {"study": a.warm_start, "trials": len(done), "best": study.best_value,
+            "wall_s": (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(),
+            "train": config.get("data", {}).get("train", {}).get("path"),
+            "enqueued": warm_start_params(storage, a.warm_start, space)}
 
 
 def time_to_reach(curve: list, target: float) -> float | None:
@@ -301,8 +327,9 @@ def _report_date(path: Path) -> str | None:
     return next((ln[len("- date: "):] for ln in lines if ln.startswith("- date: ")), None)
 
 
-def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[str], when: str | None = None) -> str:
-    """The markdown report of ``runs``; ``when`` the run ended (default now)."""
+def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[str], when: str | None = None,
+           prior: dict | None = None) -> str:
+    """The markdown report of ``runs``; ``when`` the run ended (default now); ``prior`` the ``--warm-start`` study."""
     import torch
 
     lines = [f"# Search benchmark: hpsearch ({a.label}) against Trainer.hyperparameter_search", "",
@@ -318,7 +345,10 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
              f"- anchor: `{os.path.relpath(a.anchor, REPO)}`, {a.trials} trials per study"
              + (f" (reused from {a.anchor_json})" if a.anchor_json else " (run in this invocation)"),
              f"- hpsearch: {a.hp_trials or a.trials} trials per study; held-out accuracy: each chosen config retrained "
-             f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error", "",
+             f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error",
+             *([f"- warm start: each hpsearch study first ran the {len(prior['enqueued'])} best configs of the earlier "
+                f"study `{prior['study']}` ({prior['trials']} trials on {prior['train']}, best {prior['best']:.3f}, "
+                f"{prior['wall_s']:.0f} s, not counted in *reach*)"] if prior else []), "",
              "Times are seconds from each study's first trial start. *reach* is when hpsearch's best-so-far first "
              "reached the anchor's final best; *ratio* divides it by the anchor's time to that best (target <= 0.25).",
              "", "| seed | anchor best | at s | anchor study s | pruned | hpsearch best | at s | hpsearch study s | "
@@ -340,15 +370,21 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
                      f"{'never' if ratio is None else f'{ratio:.2f}'} | {ma:.3f} ± {sa:.3f} | {mh:.3f} ± {sh:.3f} | "
                      f"{100 * (mh - ma):+.1f} | {'yes' if ok else 'no'} |")
     med = statistics.median(ratios)
+    prior_s = prior["wall_s"] if prior else 0.0
+    with_prior = [r + prior_s / run["anchor"]["time_to_best_s"] for r, run in zip(ratios, runs)]
     lines += ["", f"- **Median ratio (time for hpsearch to reach the anchor's best / the anchor's time to it): "
               f"{'never' if math.isinf(med) else f'{med:.2f}'}** (target <= 0.25)",
               f"- **Held-out accuracy of hpsearch's chosen config >= the anchor's within one standard error: "
               f"{sum(ok_held)} of {len(ok_held)} seeds**",
+              *([f"- Counting the earlier study's {prior['wall_s']:.0f} s in hpsearch's time: median ratio "
+                 f"{_ratio_text(statistics.median(with_prior))}"] if prior else []),
               "", "Chosen configs (the anchor's as it ran: dropout 0.1, no frozen layers):", ""]
     for r in runs:
         as_run = {**r["anchor"]["chosen"], **ANCHOR_AS_RUN}
         lines.append(f"- seed {r['seed']}: anchor {_short(as_run)}; hpsearch trial {r['hpsearch']['chosen_trial']} "
                      f"{_short(r['hpsearch']['chosen'])}")
+    for i, params in enumerate(prior["enqueued"] if prior else []):
+        lines.append(f"- warm-start config {i + 1} (trial {i} of every hpsearch study): {_short(params)}")
     if any(r["hpsearch"].get("confirmed") for r in runs):
         lines += ["", "`study.confirm` (the best trials retrained on cross-validation folds before choosing): the "
                   "trial chosen by value alone against the confirmed choice, both retrained and scored on the same "
@@ -367,6 +403,10 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
     return "\n".join(lines)
 
 
+def _ratio_text(ratio: float) -> str:
+    return "never" if math.isinf(ratio) else f"{ratio:.2f}"
+
+
 def _short(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
@@ -376,17 +416,18 @@ def now() -> str:
     return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
-def write_report(a: argparse.Namespace, runs: list[dict], argv: list[str], when: str | None = None) -> Path:
+def write_report(a: argparse.Namespace, runs: list[dict], argv: list[str], when: str | None = None,
+                 prior: dict | None = None) -> Path:
     """The figure (``--plot``, default bench/<out stem>.png) and the markdown report (``--out``) of ``runs``."""
     figure = plot(runs, Path(a.plot or REPO / "bench" / f"{Path(a.out).stem.lower()}.png"))
-    Path(a.out).write_text(report(a, runs, figure, argv, when) + "\n", encoding="utf-8")
+    Path(a.out).write_text(report(a, runs, figure, argv, when, prior) + "\n", encoding="utf-8")
     return Path(a.out)
 
 
 def rewrite_report(json_path: str) -> Path:
     """Rewrite an earlier invocation's report and figure from its raw results, with its own arguments."""
     raw, a = earlier_run(json_path)
-    return write_report(a, raw["runs"], raw["argv"], raw.get("date") or _report_date(Path(a.out)))
+    return write_report(a, raw["runs"], raw["argv"], raw.get("date") or _report_date(Path(a.out)), raw.get("prior"))
 
 
 def main() -> None:
@@ -403,6 +444,7 @@ def main() -> None:
         sys.exit(f"{a.train}: only {len(rows)} rows after the first {a.n_train} (--heldout {a.heldout})")
     heldout = write_tsv(work / f"heldout-{stem.lower()}.tsv", header, rows)
     reused = {r["seed"]: r["anchor"] for r in json.loads(Path(a.anchor_json).read_text())["runs"]} if a.anchor_json else {}
+    prior = prior_study(a) if a.warm_start else None
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
         print(f"[search] seed {seed}: anchor", file=sys.stderr, flush=True)
@@ -422,8 +464,8 @@ def main() -> None:
                      "held_by_value": mean_se(held_v, len(rows)),
                      "held_values": {"anchor": held_a, "hpsearch": held_h, "by_value": held_v}})
         raw_json.parent.mkdir(parents=True, exist_ok=True)
-        raw_json.write_text(json.dumps({"argv": argv, "date": now(), "runs": runs}, indent=1))
-        write_report(a, runs, argv)
+        raw_json.write_text(json.dumps({"argv": argv, "date": now(), "prior": prior, "runs": runs}, indent=1))
+        write_report(a, runs, argv, prior=prior)
         print(f"[search] seed {seed} done: {a.out}", file=sys.stderr, flush=True)
 
 
