@@ -373,7 +373,7 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
     prior_s = prior["wall_s"] if prior else 0.0
     with_prior = [r + prior_s / run["anchor"]["time_to_best_s"] for r, run in zip(ratios, runs)]
     lines += ["", f"- **Median ratio (time for hpsearch to reach the anchor's best / the anchor's time to it): "
-              f"{'never' if math.isinf(med) else f'{med:.2f}'}** (target <= 0.25)",
+              f"{_ratio_text(med)}** (target <= 0.25)",
               f"- **Held-out accuracy of hpsearch's chosen config >= the anchor's within one standard error: "
               f"{sum(ok_held)} of {len(ok_held)} seeds**",
               *([f"- Counting the earlier study's {prior['wall_s']:.0f} s in hpsearch's time: median ratio "
