@@ -198,17 +198,17 @@ def prior_study(a: argparse.Namespace) -> dict:
     """What ``--warm-start`` drew on: the earlier study's data, size, wall time and the configs it hands over."""
     import optuna
 
-    from hpsearch.runner import CONFIG_ATTR, warm_start_params
+    from hpsearch.runner import trial_config, warm_start_params
     from hpsearch.space import load_space
 
     storage = f"sqlite:///{Path(a.workdir) / 'search.db'}"
     study = optuna.load_study(study_name=a.warm_start, storage=storage)
     done = [t for t in study.trials if t.datetime_complete is not None]
-    config = study.user_attrs.get(CONFIG_ATTR + str(study.user_attrs.get("config_id")), {})
+    config = trial_config(study, study.best_trial)
     space = load_space(a.space, space_overrides(a, 0))
     return {"study": a.warm_start, "trials": len(done), "best": study.best_value,
             "wall_s": (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds(),
-            "train": config.get("data", {}).get("train", {}).get("path"),
+            "train": config["data"]["train"]["path"],
             "enqueued": warm_start_params(storage, a.warm_start, space)}
 
 
