@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warm-start", default=None, metavar="STUDY",
                     help="hpsearch runs with --warm-start STUDY: an earlier study in <workdir>/search.db (another "
                          "dataset's, say), whose best configs it enqueues first")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="hpsearch runs with --workers N: N local worker processes on one study, the CPU cores "
+                         "split between them (the anchor runs one study process, as Trainer does)")
     ap.add_argument("--label", default="hpsearch")
     ap.add_argument("--out", default=str(REPO / "bench" / "SEARCH.md"))
     ap.add_argument("--json", default=None, help="raw results (default: bench/raw/<out stem>.json)")
@@ -162,6 +165,8 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
            "--storage", storage, "--study-name", name, "--quiet"]
     if a.warm_start:
         cmd += ["--warm-start", a.warm_start]
+    if a.workers > 1:
+        cmd += ["--workers", str(a.workers)]
     for o in space_overrides(a, seed):
         cmd += ["--set", o]
     t0 = time.perf_counter()
@@ -344,7 +349,9 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
              + (f" with {', '.join(f'`{o}`' for o in a.overrides)}" if a.overrides else ""),
              f"- anchor: `{os.path.relpath(a.anchor, REPO)}`, {a.trials} trials per study"
              + (f" (reused from {a.anchor_json})" if a.anchor_json else " (run in this invocation)"),
-             f"- hpsearch: {a.hp_trials or a.trials} trials per study; held-out accuracy: each chosen config retrained "
+             f"- hpsearch: {a.hp_trials or a.trials} trials per study"
+             + (f" by {a.workers} worker processes ({max(1, (os.cpu_count() or 1) // a.workers)} threads each)"
+                if a.workers > 1 else "") + "; held-out accuracy: each chosen config retrained "
              f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error",
              *([f"- warm start: each hpsearch study first ran the {len(prior['enqueued'])} best configs of the earlier "
                 f"study `{prior['study']}` ({prior['trials']} trials on {prior['train']}, best {prior['best']:.3f}, "

@@ -18,6 +18,7 @@ import optuna
 from . import __version__
 from .errors import UsageError
 from .schema import PRUNERS, SAMPLERS
+from .seeding import WorkerSeededSampler
 from .space import Space
 from .validation import check_layers, check_lora_targets, uses_lora
 from .storage import retry_transient
@@ -43,17 +44,27 @@ def grid_search_space(params: dict) -> dict[str, list]:
 
 
 def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
-    """The sampler the space names, with its seed and options."""
+    """The sampler the space names, with its options and seed.
+
+    A seeded sampler is a ``WorkerSeededSampler``: each process sharing the study (workers, a resumed run) draws
+    its own sequence, the one that runs trial 0 the seed's. QMC keeps one seed everywhere: its processes share
+    one low-discrepancy sequence, indexed through the study."""
     cfg = space.study["sampler"]
     cls = getattr(optuna.samplers, SAMPLERS[cfg["name"]])
-    options = dict(cfg["options"])
-    if cfg["name"] == "grid":
-        options["search_space"] = grid_search_space(space.params)
-    if cfg["seed"] is not None:
-        options["seed"] = cfg["seed"]
-    with warnings.catch_warnings():  # gp and qmc are "experimental" in Optuna: the user chose them knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return cls(**options)
+
+    def build(seed: int | None) -> optuna.samplers.BaseSampler:
+        options = dict(cfg["options"])
+        if cfg["name"] == "grid":
+            options["search_space"] = grid_search_space(space.params)
+        if seed is not None:
+            options["seed"] = seed
+        with warnings.catch_warnings():  # gp and qmc are "experimental" in Optuna: the user chose them knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return cls(**options)
+
+    if cfg["seed"] is None or cfg["name"] == "qmc":
+        return build(cfg["seed"])
+    return WorkerSeededSampler(build, cfg["seed"])
 
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:

@@ -48,6 +48,8 @@ def test_workers_flag_shares_a_total_on_sqlite(make_space, hpsearch, tmp_path: P
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 4 and len({t.number for t in trials}) == len(trials)
     assert {t.user_attrs.get("device") for t in finished} == {"cpu"}
+    # the space is seeded (sampler seed 0): each worker draws its own configs, none runs another's
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
 
 
 def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tmp_path: Path,
