@@ -337,6 +337,8 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
     """The markdown report of ``runs``; ``when`` the run ended (default now); ``prior`` the ``--warm-start`` study."""
     import torch
 
+    from hpsearch.workers import worker_env
+
     lines = [f"# Search benchmark: hpsearch ({a.label}) against Trainer.hyperparameter_search", "",
              f"- date: {when or now()}",
              f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -350,8 +352,8 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
              f"- anchor: `{os.path.relpath(a.anchor, REPO)}`, {a.trials} trials per study"
              + (f" (reused from {a.anchor_json})" if a.anchor_json else " (run in this invocation)"),
              f"- hpsearch: {a.hp_trials or a.trials} trials per study"
-             + (f" by {a.workers} worker processes ({max(1, (os.cpu_count() or 1) // a.workers)} threads each)"
-                if a.workers > 1 else "") + "; held-out accuracy: each chosen config retrained "
+             + (f" by {a.workers} worker processes ({worker_env(0, a.workers, None)['OMP_NUM_THREADS']} threads "
+                "each)" if a.workers > 1 else "") + "; held-out accuracy: each chosen config retrained "
              f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error",
              *([f"- warm start: each hpsearch study first ran the {len(prior['enqueued'])} best configs of the earlier "
                 f"study `{prior['study']}` ({prior['trials']} trials on {prior['train']}, best {prior['best']:.3f}, "

@@ -25,7 +25,8 @@ def process_seed(seed: int, first_trial: int) -> int:
 
 
 class WorkerSeededSampler(optuna.samplers.BaseSampler):
-    """Delegates to ``build(process_seed(seed, n))``, built at this process's first trial ``n``."""
+    """Delegates to ``build(seed)``, rebuilt as ``build(process_seed(seed, n))`` at this process's first trial ``n``
+    when ``n`` is not 0."""
 
     def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
         if not callable(build):
@@ -34,40 +35,36 @@ class WorkerSeededSampler(optuna.samplers.BaseSampler):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self._build = build
         self._seed = seed
-        self._sampler: optuna.samplers.BaseSampler | None = None
-        self.seed_used: int | None = None
-        """The seed the real sampler got (None until this process's first trial)."""
-
-    @property
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        """The real sampler; before any trial, the one a fresh study's first process would build."""
-        if self._sampler is None:
-            return self._build(self._seed)
-        return self._sampler
+        self._sampler = build(seed)
+        self._placed = False
+        self.seed_used = seed
+        """The seed the real sampler has: the study's, until this process's first trial says otherwise."""
 
     def __str__(self) -> str:
-        return f"{type(self).__name__}({self.sampler}, seed={self._seed})"
+        return f"{type(self).__name__}({self._sampler}, seed={self._seed})"
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._sampler is None:
-            self.seed_used = process_seed(self._seed, trial.number)
-            self._sampler = self._build(self.seed_used)
+        if not self._placed:
+            self._placed = True
+            seed = process_seed(self._seed, trial.number)
+            if seed != self.seed_used:
+                self.seed_used, self._sampler = seed, self._build(seed)
         self._sampler.before_trial(study, trial)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        return self.sampler.infer_relative_search_space(study, trial)
+        return self._sampler.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        return self.sampler.sample_relative(study, trial, search_space)
+        return self._sampler.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+        return self._sampler.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        self.sampler.after_trial(study, trial, state, values)
+        self._sampler.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:
-        self.sampler.reseed_rng()
+        self._sampler.reseed_rng()
