@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .errors import HpsearchError
+from .interrupts import Terminated, raise_terminated
 
 STORAGE_HELP = ("Storage URL: an SQLAlchemy URL (sqlite:///x.db, postgresql://...), redis://HOST:PORT/DB (journal on Redis), "
                 "journal:///x.log (journal file) or grpc://HOST:PORT (storage-proxy). "
@@ -32,14 +33,6 @@ class _Group(click.Group):
             code = 143 if isinstance(exc, Terminated) else 130
             click.echo("interrupted: the running trial was marked FAIL; run the same command to resume", err=True)
             ctx.exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as a KeyboardInterrupt so that Optuna marks the running trial FAIL as it does for Ctrl-C."""
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -123,7 +116,7 @@ def run(space_file: str, n_trials: int | None, total: int | None, overrides: tup
     from .api import run as run_api
     from .storage import redact, resolve_url
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_terminated)
     study = run_api(space_file, trials=n_trials, total=total, storage=storage, study_name=study_name,
                     overrides=overrides, device=device, workers=workers, gpus=gpu_list, timeout=timeout,
                     heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
@@ -242,7 +235,7 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
                 click.echo(f"epoch {state.epochs_completed:.2f} step {state.step}/{state.total_steps}: {shown}",
                            err=True)
 
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_terminated)
     result = train_api(space, output_dir, device=device, progress=_Echo(), adapter_only=adapter_only)
     click.echo(json.dumps({"output_dir": output_dir, **result["metrics"]}))
 

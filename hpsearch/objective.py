@@ -17,6 +17,7 @@ import torch
 
 from .data import PreparedData
 from .errors import HpsearchError
+from .interrupts import check as check_interrupt
 from .progress import Progress
 from .selection import Selection
 from .space import Space
@@ -131,6 +132,7 @@ class Objective:
         t0 = time.perf_counter()
         model = None
         try:
+            check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
             model = build_model(self.space.config["model"], hp, self.data, self.device)
             setup = time.perf_counter() - t0
             result = train(model, self.data, hp, device=self.device,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from . import __version__
+from . import __version__, interrupts
 from .errors import UsageError
 from .schema import PRUNERS, SAMPLERS
 from .seeding import WorkerSeededSampler
@@ -272,12 +272,14 @@ def run_study(space: Space, *, storage_url: str, n_trials: int | None, study_nam
         from .tracking import MLflowLogger
 
         callbacks.append(MLflowLogger(mlflow, space.study["metric"]))
+    callbacks.append(interrupts.stop_study)
     kwargs = {"timeout": timeout, "callbacks": callbacks, "catch": (TrialFailed, BudgetReached)}
     try:
-        if total is None:
-            study.optimize(objective, n_trials=n_trials, **kwargs)
-        else:
-            _run_to_total(study, objective, total, n_trials, timeout, kwargs, poll=interval, liveness=liveness)
+        with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
+            if total is None:
+                study.optimize(objective, n_trials=n_trials, **kwargs)
+            else:
+                _run_to_total(study, objective, total, n_trials, timeout, kwargs, poll=interval, liveness=liveness)
     finally:
         progress.close()
     if confirm:
@@ -317,6 +319,7 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
     kwargs = {**kwargs, "callbacks": [*kwargs["callbacks"], lambda study, trial: mine.append(trial)]}
     deadline = None if timeout is None else time.monotonic() + timeout
     while n_trials is None or ran < n_trials:
+        interrupts.check()  # held while waiting for other workers' trials, or stopped after the last trial
         if deadline is not None and time.monotonic() > deadline:
             return
         finished, running = budget(study, liveness)

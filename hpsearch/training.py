@@ -1,8 +1,8 @@
 """The fine-tuning loop: train a model (built by :mod:`hpsearch.model`), evaluate it, keep its best checkpoint.
 
 It knows nothing of Optuna: progress and evaluations go to a :class:`Callback`, whose ``on_evaluate`` may
-raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints). It knows no
-task either: the loss and the metrics come from the data's task (:mod:`hpsearch.tasks`).
+raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints); a Ctrl-C held
+by :mod:`hpsearch.interrupts` is raised between steps and evaluation batches. It knows no task either: the loss and the metrics come from the data's task (:mod:`hpsearch.tasks`).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 
 from .data import Encoded, PreparedData
 from .errors import HpsearchError
+from .interrupts import check as check_interrupt
 from .selection import Selection, Tracker, restore
 from .schema import SCHEDULER_KWARGS
 from .tasks import get_task
@@ -192,6 +193,7 @@ def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: t
     parts, generated = [], []
     with _autocast(device, bf16):
         for idx in order.split(batch_size):
+            check_interrupt()
             batch, labels = enc.batch(idx, device), enc.labels_of(idx, device)
             parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels))
             if generate:
@@ -298,6 +300,7 @@ def _fit(model: torch.nn.Module, data: PreparedData, hp: dict, *, device: torch.
             state.tokens_seen += int(data.train.lengths[idx].sum())
             seen_in_epoch += len(idx)
             state.loss = loss.item()
+            check_interrupt()
             callback.on_step(state)
             crossed = 0
             while next_report <= reports_per_epoch and seen_in_epoch * reports_per_epoch >= next_report * n:

@@ -75,7 +75,7 @@ def test_interrupt_marks_the_trial_failed_and_resume_works(storage_url: str, mak
     time.sleep(1.0)
     t0 = time.monotonic()
     proc.send_signal(sig)
-    assert proc.wait(timeout=30) == code
+    assert proc.wait(timeout=30) == code, proc.stderr.read()[-3000:]
     assert time.monotonic() - t0 < 15  # promptly
     trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
     assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["status"] == "failed: interrupted"
