@@ -2,7 +2,8 @@
 
 It knows nothing of Optuna: progress and evaluations go to a :class:`Callback`, whose ``on_evaluate`` may
 raise to stop training (the objective raises ``TrialPruned`` there; ``hpsearch train`` only prints); a Ctrl-C held
-by :mod:`hpsearch.interrupts` is raised between steps and evaluation batches. It knows no task either: the loss and the metrics come from the data's task (:mod:`hpsearch.tasks`).
+by :mod:`hpsearch.interrupts` is raised between steps and evaluation batches. It knows no task either: the loss
+and the metrics come from the data's task (:mod:`hpsearch.tasks`).
 """
 from __future__ import annotations
 
