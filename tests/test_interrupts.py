@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,19 @@ def test_an_ignored_sigint_stays_ignored_and_other_threads_are_left_alone() -> N
             assert not interrupts.requested()
     finally:
         signal.signal(signal.SIGINT, previous)
+    errors: list[Exception] = []
+
+    def in_a_thread() -> None:  # Python delivers signals to the main thread only; signal.signal raises elsewhere
+        try:
+            with interrupts.handled():
+                pass
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
 
 
 def test_a_held_signal_stops_the_study_after_the_running_trial() -> None:
