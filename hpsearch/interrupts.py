@@ -99,5 +99,5 @@ def check() -> None:
 
 def stop_study(study: Any, trial: Any) -> None:
     """An Optuna callback: stop ``study.optimize`` after this trial when a signal is held."""
-    if _pending is not None:
+    if requested():
         study.stop()
