@@ -44,7 +44,8 @@ def _hold(signum: int, frame: Any) -> None:
     if _pending is None:
         _pending, _pending_at = _exception(signum), time.monotonic()
         # os.write, not print: a handler that writes to a buffered stream the main thread is writing to raises.
-        os.write(2, b"\n[hpsearch] interrupted: stopping at the next training step "
+        what = b"terminated (SIGTERM)" if signum == signal.SIGTERM else b"interrupted"
+        os.write(2, b"\n[hpsearch] " + what + b": stopping at the next training step "
                     b"(send it again to stop at once)\n")
         return
     if time.monotonic() - _pending_at < FORCE_AFTER_S:

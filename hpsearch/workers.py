@@ -21,7 +21,6 @@ from .errors import UsageError
 def worker_env(index: int, count: int, gpus: Sequence[str] | None) -> dict[str, str]:
     """The environment of worker ``index``: its GPU, or its share of the CPU threads."""
     env = dict(os.environ)
-    env["HPSEARCH_WORKER"] = str(index)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[index]
     else:

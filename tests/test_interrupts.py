@@ -18,7 +18,7 @@ def _signal_self(sig: int = signal.SIGINT) -> None:
     time.sleep(0.01)  # the handler runs at the next bytecode of the main thread
 
 
-def test_a_first_signal_is_held_until_check_and_raised_there() -> None:
+def test_a_first_signal_is_held_until_check_and_raised_there(capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(KeyboardInterrupt) as raised:
         with interrupts.handled():
             _signal_self()
@@ -28,13 +28,15 @@ def test_a_first_signal_is_held_until_check_and_raised_there() -> None:
             pytest.fail("check() did not raise the held signal")
     assert type(raised.value) is KeyboardInterrupt
     assert not interrupts.requested()
+    assert "[hpsearch] interrupted: stopping at the next training step" in capfd.readouterr().err
 
 
-def test_sigterm_is_held_and_raised_as_terminated() -> None:
+def test_sigterm_is_held_and_raised_as_terminated(capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(interrupts.Terminated):
         with interrupts.handled():
             _signal_self(signal.SIGTERM)
             interrupts.check()
+    assert "[hpsearch] terminated (SIGTERM): stopping at the next training step" in capfd.readouterr().err
 
 
 def test_leaving_with_a_held_signal_raises_it_and_restores_the_handlers() -> None:
