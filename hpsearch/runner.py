@@ -68,7 +68,12 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:
-    """The pruner the space names, with its options (``none`` never prunes)."""
+    """The pruner the space names, with its options (``none`` never prunes).
+
+    ``n_warmup_steps: W`` keeps Optuna's meaning, no pruning until a trial has made more than W reports: Optuna's
+    pruners compare it with the step index, which counts from 0 in Optuna's examples and from 1 in hpsearch (report
+    k comes after k / reports_per_epoch epochs, also for Hyperband's resources), so it is passed on as W + 1.
+    """
     return _pruner(space.study["pruner"])
 
 
@@ -79,7 +84,10 @@ def _pruner(cfg: dict) -> optuna.pruners.BasePruner:
         with warnings.catch_warnings():  # PatientPruner is "experimental" in Optuna: chosen knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return cls(wrapped, **cfg["options"])
-    return cls(**cfg["options"])
+    options = dict(cfg["options"])
+    if "n_warmup_steps" in options:  # Optuna counts steps from 0; hpsearch's reports are numbered from 1
+        options["n_warmup_steps"] += 1
+    return cls(**options)
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

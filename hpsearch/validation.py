@@ -290,6 +290,11 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     if isinstance(pruner_raw, str):
         pruner_raw = {"name": pruner_raw}
     pruner_cfg = _check_pruner(c, pruner_raw, "study.pruner", optuna)
+    if sampler_name == "gp" and pruner_cfg["name"] not in ("none", MISSING):
+        # GPSampler fits completed trials only: a pruned trial leaves its model unchanged, so it proposes the same
+        # config again (bench/README.md: 12 identical pruned trials in a row on the search benchmark).
+        c.add("study.pruner.name", pruner_cfg["name"], "the gp sampler learns nothing from pruned trials and "
+              "proposes a pruned config again; use pruner: none with gp (or another sampler)")
 
     # One evaluation per epoch by default, pruner or not: epoch ends are whole-validation checkpoints, so the
     # pruner decides on the same numbers a trial reports (bench/README.md, "Search levers").

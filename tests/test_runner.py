@@ -20,6 +20,8 @@ from tests.conftest import space_dict
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_builds_and_samples(name: str, tiny_model: Path, tiny_data: dict) -> None:
     raw = space_dict(tiny_model, tiny_data, study__sampler={"name": name, "seed": 1})
+    if name == "gp":  # refused with a pruner (it learns nothing from pruned trials)
+        raw["study"]["pruner"] = {"name": "none"}
     raw["params"] = {"dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
                      "weight_decay": {"type": "categorical", "choices": [0.0, 0.01]}}
     space = validate(raw)
@@ -49,7 +51,24 @@ def test_patient_pruner_wraps_the_pruner_it_names(tiny_model: Path, tiny_data: d
     pruner = runner.build_pruner(validate(space_dict(tiny_model, tiny_data, study__pruner=cfg)))
     assert isinstance(pruner, optuna.pruners.PatientPruner)
     assert isinstance(pruner._wrapped_pruner, optuna.pruners.MedianPruner) and pruner._patience == 1
-    assert pruner._wrapped_pruner._n_warmup_steps == 3
+    assert pruner._wrapped_pruner._n_warmup_steps == 4  # 3 reports spared; hpsearch's reports count from 1
+
+
+@pytest.mark.parametrize("name", ["median", "percentile"])
+def test_warmup_spares_as_many_reports_as_it_says(name: str, tiny_model: Path, tiny_data: dict) -> None:
+    """Reports are numbered from 1: `n_warmup_steps: 1` must spare the first, as Optuna's docs say (it spared none)."""
+    options = {"n_startup_trials": 1, "n_warmup_steps": 1, **({"percentile": 50.0} if name == "percentile" else {})}
+    space = validate(space_dict(tiny_model, tiny_data, study__pruner={"name": name, "options": options}))
+    study = optuna.create_study(direction="maximize", pruner=runner.build_pruner(space))
+    good = study.ask()
+    for step in (1, 2, 3):
+        good.report(0.9, step)
+    study.tell(good, 0.9)
+    poor = study.ask()
+    poor.report(0.1, 1)
+    assert not poor.should_prune()  # the first report is warm-up
+    poor.report(0.1, 2)
+    assert poor.should_prune()
 
 
 def _run(make_space, tmp_path: Path, n: int, **overrides):

@@ -16,7 +16,8 @@ PARAMS = {"dropout": {"type": "float", "low": 0.0, "high": 0.3},
 
 
 def _space(tiny_model: Path, tiny_data: dict, name: str = "tpe"):
-    raw = space_dict(tiny_model, tiny_data, study__sampler={"name": name, "seed": 3})
+    raw = space_dict(tiny_model, tiny_data, study__sampler={"name": name, "seed": 3},
+                     study__pruner={"name": "none"} if name == "gp" else {"name": "median"})
     raw["params"] = PARAMS
     return validate(raw)
 

@@ -91,6 +91,7 @@ BAD = {
     "enqueue a fixed name": ({"study__enqueue": [{"batch_size": 16}]}, "study.enqueue[0].batch_size"),
     "enqueue out of range": ({"study__enqueue": [{"dropout": 0.9}]}, "study.enqueue[0].dropout"),
     "grid without step": ({"study__sampler": {"name": "grid"}}, "params.learning_rate.step"),
+    "gp sampler with a pruner": ({"study__sampler": {"name": "gp"}}, "study.pruner.name"),
     "percentile without percentile": ({"study__pruner": {"name": "percentile"}},
                                       "study.pruner.options.percentile"),
     "patient without patience": ({"study__pruner": {"name": "patient"}}, "study.pruner.options.patience"),
