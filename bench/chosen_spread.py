@@ -38,10 +38,12 @@ def main() -> None:
         if not body:  # e.g. no dev-rest when search.py ran with --validation-from-train
             continue
         sets[name] = (search.write_tsv(work / f"chosen-{name}.tsv", header, body), src)
+    about = {"search": "the validation rows the studies selected on", "dev-rest": "the validation file's other rows",
+             "held-out": "search.py's held-out train rows"}
     lines = [f"# Chosen configs retrained with training seeds {own.seeds}", "",
-             f"`python bench/chosen_spread.py --json {own.json} --seeds {own.seeds}`; accuracy mean over seeds "
-             "(each seed's value in brackets). *search*: the validation rows the studies selected on; *dev-rest*: the "
-             "validation file's other rows; *held-out*: search.py's held-out train rows.", "",
+             f"`python bench/chosen_spread.py --json {own.json} --seeds {own.seeds} --out {own.out}` ({search.now()}); "
+             "accuracy mean over seeds (each seed's value in brackets). "
+             + "; ".join(f"*{name}*: {about[name]}" for name in sets) + ".", "",
              "| sampler seed | study | value in its study | " + " | ".join(sets) + " |", "|---" * (len(sets) + 3) + "|"]
     for run in raw["runs"]:
         for side in ("anchor", "hpsearch"):
