@@ -100,6 +100,13 @@ def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
     return cfg
 
 
+def sampler_overrides(name: str, seed: int) -> dict:
+    """``space_dict`` overrides for sampler ``name`` seeded with ``seed``; gp runs without a pruner (validation
+    refuses the pair: it learns nothing from pruned trials)."""
+    no_pruner = {"study__pruner": {"name": "none"}} if name == "gp" else {}
+    return {"study__sampler": {"name": name, "seed": seed}, **no_pruner}
+
+
 @pytest.fixture
 def make_space(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path):
     """Write a space file (keyword overrides use __ for nesting: study__name='x') and return its path."""

@@ -14,14 +14,12 @@ from hpsearch.space import load_space
 from hpsearch.validation import validate
 from hpsearch.storage import open_storage
 from hpsearch.tasks.classification import SequenceClassification
-from tests.conftest import space_dict
+from tests.conftest import sampler_overrides, space_dict
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_every_sampler_builds_and_samples(name: str, tiny_model: Path, tiny_data: dict) -> None:
-    raw = space_dict(tiny_model, tiny_data, study__sampler={"name": name, "seed": 1})
-    if name == "gp":  # refused with a pruner (it learns nothing from pruned trials)
-        raw["study"]["pruner"] = {"name": "none"}
+    raw = space_dict(tiny_model, tiny_data, **sampler_overrides(name, 1))
     raw["params"] = {"dropout": {"type": "float", "low": 0.0, "high": 0.2, "step": 0.1},
                      "weight_decay": {"type": "categorical", "choices": [0.0, 0.01]}}
     space = validate(raw)

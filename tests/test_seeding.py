@@ -9,16 +9,14 @@ import pytest
 from hpsearch import runner
 from hpsearch.seeding import WorkerSeededSampler, process_seed
 from hpsearch.validation import validate
-from tests.conftest import space_dict
+from tests.conftest import sampler_overrides, space_dict
 
 PARAMS = {"dropout": {"type": "float", "low": 0.0, "high": 0.3},
           "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}
 
 
 def _space(tiny_model: Path, tiny_data: dict, name: str = "tpe"):
-    raw = space_dict(tiny_model, tiny_data, study__sampler={"name": name, "seed": 3})
-    if name == "gp":  # refused with a pruner (it learns nothing from pruned trials)
-        raw["study"]["pruner"] = {"name": "none"}
+    raw = space_dict(tiny_model, tiny_data, **sampler_overrides(name, 3))
     raw["params"] = PARAMS
     return validate(raw)
 
