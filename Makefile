@@ -1,5 +1,5 @@
 # make demo   — set up a virtual environment and run the demo search (50 trials, about 7 min on a 2-core CPU)
-# make test   — set up the same environment with the test dependencies and run the test suite
+# make test   — set up the same environment with the test dependencies and the demo model, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -35,7 +35,7 @@ models: $(MODEL)/config.json
 demo: install models
 	$(BIN)/hpsearch run --space search_spaces/lr_dropout.yaml --trials 50
 
-test: install-test
+test: install-test models
 	$(BIN)/python -m pytest -q
 
 clean:

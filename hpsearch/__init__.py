@@ -2,13 +2,19 @@
 
     import hpsearch
     study = hpsearch.run("search_spaces/lr_dropout.yaml", trials=20, overrides={"fixed.epochs": 1})
+
+The package is built in wings that import only downward (``tests/test_layers.py`` holds it to that):
+``cli`` and ``api`` (the faces) over ``outputs`` (export, retrain, report, listing), over ``study`` (the Optuna
+study: runner, objective, storage, workers), over ``finetune`` (data, model, the loop, one recipe), over
+``config`` (the space file's vocabulary, validation, run options), over ``tasks``, over ``errors``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["export", "load_space", "run", "train"]
+from .version import __version__ as __version__
+
+__all__ = ["RunOptions", "Space", "export", "load_space", "run", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,14 +10,59 @@ from typing import Any
 
 import click
 
-from .errors import HpsearchError
+from .config.options import DEVICE, Option, RunOptions, option_problems
+from .errors import MISSING, HpsearchError
 from .interrupts import Terminated, raise_terminated
 
-STORAGE_HELP = ("Storage URL: an SQLAlchemy URL (sqlite:///x.db, postgresql://...), redis://HOST:PORT/DB (journal on Redis), "
-                "journal:///x.log (journal file) or grpc://HOST:PORT (storage-proxy). "
-                "Default: $HPSEARCH_STORAGE, else sqlite:///studies.db.")
-SET_HELP = "Override a config key: dotted KEY=VALUE, repeatable (e.g. --set fixed.epochs=1). VALUE is YAML; null removes."
-DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda"])
+STORAGE_HELP = dict(RunOptions.fields())["storage"].help
+SET_HELP = ("Override a config key: dotted KEY=VALUE, repeatable (e.g. --set fixed.epochs=1). VALUE is YAML; "
+            "null removes.")
+
+
+def click_option(name: str, spec: Option) -> Any:
+    """The click option (a decorator) for an :class:`~hpsearch.config.options.Option`: its flag, help, bounds,
+    default and check, so that the command line takes what the API takes."""
+    default = spec.cli_default
+    if default is MISSING:
+        field = RunOptions.__dataclass_fields__.get(name)
+        default = field.default if field is not None else None
+    kwargs: dict[str, Any] = {"help": spec.help, "default": default, "metavar": spec.metavar}
+    if spec.kind is bool:
+        return click.option(spec.flag, name, is_flag=True, help=spec.help, default=default)
+    if spec.kind is int:
+        kwargs["type"] = click.IntRange(min=spec.low) if spec.low is not None else int
+    elif spec.kind is float:
+        kwargs["type"] = click.FloatRange(min=spec.low) if spec.low is not None else float
+    elif spec.kind is tuple:
+        kwargs["callback"] = lambda ctx, param, value: (None if value is None else
+                                                        tuple(v.strip() for v in value.split(",") if v.strip()))
+    if spec.flag_value is not MISSING:
+        kwargs.update(is_flag=False, flag_value=spec.flag_value)
+    if spec.check is not None:
+        kwargs["callback"] = _checked(spec)
+    if default is not None:
+        kwargs["show_default"] = True
+    return click.option(spec.flag, name, **kwargs)
+
+
+def _checked(spec: Option) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        why = spec.problem(value)
+        if why:
+            raise click.BadParameter(why)
+        return value
+
+    return callback
+
+
+def _with_options(options: list[Any]) -> Any:
+    """Apply click option decorators so that ``--help`` lists them in the order given."""
+    def decorate(f: Any) -> Any:
+        for add in reversed(options):
+            f = add(f)
+        return f
+
+    return decorate
 
 
 class _Group(click.Group):
@@ -49,96 +94,52 @@ def cli() -> None:
     """
 
 
-def _load(space: str, overrides: tuple[str, ...]) -> Any:
-    from .api import load_space
-
-    return load_space(space, overrides)
-
-
 @cli.command()
 @click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False), help="Search-space YAML file.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def validate(space_file: str, overrides: tuple[str, ...]) -> None:
     """Check a space file (every problem at once) without running anything. Needs no torch and no download."""
-    space = _load(space_file, overrides)
+    from .config.load import load_space
+
+    space = load_space(space_file, overrides)
     n = len(space.params)
     click.echo(f"{space_file}: OK, study {space.name!r}, {space.study['direction']} {space.study['metric']}, "
                f"{n} searched param{'s' if n != 1 else ''} ({', '.join(space.params) or 'none'}), "
                f"sampler {space.study['sampler']['name']}, pruner {space.study['pruner']['name']}")
 
 
+FLAGS = {name: spec.flag for name, spec in RunOptions.fields()}
+
+
 @cli.command()
 @click.option("--space", "space_file", required=True, type=click.Path(dir_okay=False), help="Search-space YAML file.")
-@click.option("--trials", "n_trials", type=click.IntRange(min=1), default=None,
-              help="Trials to run in THIS invocation; re-running the command resumes the study and adds N more.")
-@click.option("--total", type=click.IntRange(min=1), default=None,
-              help="Stop once the study as a whole has N finished (complete or pruned) trials, across all workers.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--storage", default=None, help=STORAGE_HELP)
-@click.option("--study-name", default=None, help="Study name. Default: study.name in the space file (or its stem).")
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True,
-              help="Where trials train: the GPU when there is one (auto), or force cpu / cuda.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Start N local worker processes on the study (CPU cores split between them).")
-@click.option("--gpus", default=None, metavar="0,1,..", help="One worker per listed GPU (CUDA_VISIBLE_DEVICES).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=None, help="Stop starting new trials after SECONDS.")
-@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=None,
-              help="Seconds between a running trial's heartbeats (default 60).")
-@click.option("--grace-period", type=click.IntRange(min=1), default=None,
-              help="Seconds without a heartbeat before a trial counts as dead: FAIL, then retried (default 180).")
-@click.option("--max-retry", type=click.IntRange(min=0), default=None,
-              help="Times a dead worker's trial is retried with the same params (default 2).")
-@click.option("--keep-best", type=click.IntRange(min=1), is_flag=False, flag_value=1, default=None, metavar="[K]",
-              help="Keep the weights of the study's K best trials (default 1) in the artifact store, removing "
-                   "those that drop out; 'hpsearch export --model DIR' then writes one without retraining.")
-@click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET|gs://BUCKET",
-              help="Artifact store for --keep-best. Default: beside an SQLite study file (x.db -> x-artifacts/), "
-                   "else ./hpsearch-artifacts.")
-@click.option("--warm-start", default=None, metavar="STUDY",
-              help="Enqueue the best configs of an earlier study in the same storage (another dataset or model "
-                   "too) so that this search starts where that one ended.")
-@click.option("--mlflow", default=None, is_flag=False, flag_value="", metavar="[URI]",
-              help="Log every trial as an MLflow run (params, reports as steps, metrics, attributes, state) in an "
-                   "experiment named after the study; without URI, $MLFLOW_TRACKING_URI.")
-@click.option("--quiet", is_flag=True, help="Plain log lines instead of the live view.")
-def run(space_file: str, n_trials: int | None, total: int | None, overrides: tuple[str, ...], storage: str | None,
-        study_name: str | None, device: str, workers: int | None, gpus: str | None, timeout: float | None,
-        heartbeat_interval: int | None, grace_period: int | None, max_retry: int | None, keep_best: int | None,
-        artifacts: str | None, warm_start: str | None, mlflow: str | None, quiet: bool) -> None:
+@_with_options([click_option(name, spec) for name, spec in RunOptions.fields()])
+def run(space_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
     """Run trials of a search space into a (new or resumed) study."""
-    if n_trials is None and total is None:
-        raise click.UsageError("give --trials N (trials in this invocation) or --total N (finished trials in the study)")
-    if grace_period and heartbeat_interval and grace_period <= heartbeat_interval:
-        raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--grace-period")
-    gpu_list = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
-    if gpu_list and workers and workers != len(gpu_list):
-        raise click.BadParameter(f"{workers} workers for {len(gpu_list)} GPUs", param_hint="--workers")
+    problems = option_problems(flags, FLAGS.__getitem__)
+    if problems:
+        raise click.UsageError("; ".join(problems))
     from .api import run as run_api
-    from .storage import redact, resolve_url
+    from .study.storage import redact, resolve_url
 
     signal.signal(signal.SIGTERM, raise_terminated)
-    study = run_api(space_file, trials=n_trials, total=total, storage=storage, study_name=study_name,
-                    overrides=overrides, device=device, workers=workers, gpus=gpu_list, timeout=timeout,
-                    heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
-                    keep_best=keep_best, artifacts=artifacts, warm_start=warm_start, mlflow=mlflow, quiet=quiet)
-    _print_best(study, redact(resolve_url(storage)))
+    study = run_api(space_file, overrides=overrides, **flags)
+    _print_best(study, redact(resolve_url(flags["storage"])))
 
 
 def _print_best(study: Any, where: str) -> None:
-    from .listing import state_counts
-    from .progress import fmt_params
+    from .study import record
+    from .study.progress import fmt_params
 
-    counts = state_counts(study)
+    counts = record.state_counts(study)
     click.echo(f"study {study.study_name} in {where}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
-    from .confirm import confirmation
-    from .exporter import ranked_trials
-
-    ranked = ranked_trials(study)
+    ranked = record.ranked_trials(study)
     if not ranked:
         click.echo("no completed trial yet")
         return
-    best, metric = ranked[0], study.user_attrs.get("metric", "value")
-    confirmed = confirmation(study, best.number)
+    best, metric = ranked[0], record.study_metric(study)
+    confirmed = record.confirmation(study, best.number)
     if confirmed is None:
         click.echo(f"best trial {best.number}: {metric}={best.value:.4f}  {fmt_params(best.params)}")
     else:
@@ -152,8 +153,8 @@ def studies(storage: str | None) -> None:
     """List the studies in the storage with trial counts and best values."""
     from rich.console import Console
 
-    from .listing import studies_table
-    from .storage import open_storage, resolve_url
+    from .outputs.listing import studies_table
+    from .study.storage import open_storage, resolve_url
 
     Console().print(studies_table(open_storage(resolve_url(storage), read_only=True)))
 
@@ -166,9 +167,8 @@ def trials(study_name: str, storage: str | None, last: int | None) -> None:
     """List a study's trials: state, value, epochs trained, duration, params."""
     from rich.console import Console
 
-    from .exporter import load_study
-    from .listing import trials_table
-    from .storage import resolve_url
+    from .outputs.listing import trials_table
+    from .study.storage import load_study, resolve_url
 
     Console().print(trials_table(load_study(resolve_url(storage), study_name), limit=last))
 
@@ -201,9 +201,8 @@ def export(study_name: str, output: str, top: int, model_dir: str | None, artifa
 @click.option("--storage", default=None, help=STORAGE_HELP)
 def report(study_name: str, output: str, top: int, storage: str | None) -> None:
     """Write a self-contained HTML report (opens offline): history, learning curves, importances, pruning savings."""
-    from .exporter import load_study
-    from .report import write_report
-    from .storage import resolve_url
+    from .outputs.report import write_report
+    from .study.storage import load_study, resolve_url
 
     click.echo(str(write_report(load_study(resolve_url(storage), study_name), output, top=top)))
 
@@ -214,7 +213,7 @@ def report(study_name: str, output: str, top: int, storage: str | None) -> None:
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False),
               help="New directory for the model (from_pretrained loads it) and metrics.json.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True, help="Where to train.")
+@_with_options([click_option("device", DEVICE)])
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--adapter-only", is_flag=True,
               help="With LoRA (lora_r > 0): save the adapter and head alone, not the merged model.")
@@ -223,8 +222,9 @@ def train(config_file: str, output_dir: str, overrides: tuple[str, ...], device:
     """Retrain one model from a config and save it with its tokenizer and metrics."""
     import json
 
-    from .api import load_space, train as train_api
-    from .training import Callback
+    from .api import load_space
+    from .api import train as train_api
+    from .finetune.loop import Callback
 
     space = load_space(config_file, overrides)
 
@@ -251,7 +251,7 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
         from optuna_dashboard import run_server
     except ImportError:
         raise HpsearchError("optuna-dashboard is not installed: pip install 'hpsearch[dashboard]'") from None
-    from .storage import open_storage, redact, resolve_url
+    from .study.storage import open_storage, redact, resolve_url
 
     url = resolve_url(storage)
     storage_obj = open_storage(url, read_only=True)
@@ -268,7 +268,7 @@ def storage_proxy(storage: str | None, host: str, port: int) -> None:
     """Serve Optuna's gRPC storage proxy in front of a storage; workers then use --storage grpc://HOST:PORT.
 
     One proxy holds the database connections for hundreds of workers (Optuna's advice for large studies)."""
-    from .storage import serve_proxy
+    from .study.storage import serve_proxy
 
     serve_proxy(storage, host, port, announce=lambda text: click.echo(text, err=True))
 

@@ -3,34 +3,19 @@ from __future__ import annotations
 
 import csv
 import os
-import random
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-CPU = torch.device("cpu")
-POSITIVE = "good great fine lovely superb brilliant charming wonderful".split()
-NEGATIVE = "bad awful poor dull boring terrible weak clumsy".split()
-FILLER = "the movie film plot was is a an and very quite really acting story".split()
+from tests.helpers import FILLER, NEGATIVE, POSITIVE, TAG_VOCAB, sentences, space_dict, wordpiece
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-
-def sentences(n: int, seed: int) -> list[tuple[int, str]]:
-    """Labelled sentences whose sentiment words decide the label: learnable in a few dozen steps."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = i % 2
-        words = rng.sample(FILLER, rng.randint(2, 8)) + rng.sample(POSITIVE if label else NEGATIVE, rng.randint(1, 3))
-        rng.shuffle(words)
-        rows.append((label, " ".join(words)))
-    return rows
 
 
 @pytest.fixture(scope="session")
@@ -78,35 +63,6 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
 
 
-def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
-    """A small valid space over the tiny model and data (fast trials: 192 examples, batch 16, 2 reports)."""
-    cfg = {
-        "study": {"name": "tiny", "metric": "accuracy", "sampler": {"name": "tpe", "seed": 0},
-                  "pruner": {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}},
-                  "reports_per_epoch": 2},
-        "model": {"name_or_path": str(model), "max_length": 32},
-        "data": {"task": "classification", "train": {"path": str(data["train"]), "text_column": "sentence"},
-                 "validation": {"path": str(data["dev"]), "text_column": "content"}, "label_column": "label"},
-        "params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-                   "dropout": {"type": "float", "low": 0.0, "high": 0.2}},
-        "fixed": {"batch_size": 16, "epochs": 2, "seed": 0, "warmup_ratio": 0.0},
-    }
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, last = dotted.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return cfg
-
-
-def sampler_overrides(name: str, seed: int) -> dict:
-    """``space_dict`` overrides for sampler ``name`` seeded with ``seed``; gp runs without a pruner (validation
-    refuses the pair: it learns nothing from pruned trials)."""
-    no_pruner = {"study__pruner": {"name": "none"}} if name == "gp" else {}
-    return {"study__sampler": {"name": name, "seed": seed}, **no_pruner}
-
-
 @pytest.fixture
 def make_space(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path):
     """Write a space file (keyword overrides use __ for nesting: study__name='x') and return its path."""
@@ -119,8 +75,45 @@ def make_space(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path):
     return _make
 
 
+@dataclass
+class Ran:
+    """What a command gave back: its exit status and its two streams (as subprocess.CompletedProcess names them)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture
-def hpsearch(tmp_path: Path):
+def hpsearch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run a CLI command in this process, as click runs it, with tmp_path as the working directory.
+
+    No process boundary: what a command prints and its exit code are the same as the console script's (an
+    unexpected exception fails the test instead of becoming exit 1). Tests where the process is the point
+    (signals, workers, the console script) use ``hpsearch_process``."""
+    from click.testing import CliRunner
+
+    from hpsearch.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _run(*args: str, check: bool = False, env: dict | None = None, timeout: float | None = None) -> Ran:
+        try:
+            result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False, prog_name="hpsearch")
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        ran = Ran(result.exit_code, result.stdout, result.stderr)
+        if check and ran.returncode != 0:
+            raise AssertionError(f"hpsearch {' '.join(args)} exited {ran.returncode}\n{ran.stdout}\n{ran.stderr}")
+        return ran
+
+    return _run
+
+
+@pytest.fixture
+def hpsearch_process(tmp_path: Path):
     """Run the real CLI in a subprocess (as a user would) in tmp_path; returns CompletedProcess."""
     import subprocess
 
@@ -182,24 +175,13 @@ def study_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def setup(make_space):
     """A space over the tiny model and data, and that data tokenized (max_length 32): what a trial gets."""
-    from hpsearch.model import load_tokenizer
-    from hpsearch.data import prepare
-    from hpsearch.space import load_space
+    from hpsearch.config.load import load_space
+    from hpsearch.finetune.data import prepare
+    from hpsearch.finetune.model import load_tokenizer
 
     space = load_space(make_space())
     data = prepare(space.config["data"], load_tokenizer(space.config["model"]), 32)
     return space, data
-
-
-def trial_hp(space, **kw: object) -> dict:
-    """Every hyperparameter for one trial: defaults, the space's fixed values, a quick-learning lr, then ``kw``."""
-    from hpsearch.schema import HYPERPARAMETERS
-
-    hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
-    hp.update(space.fixed)
-    hp.update(learning_rate=2e-3, dropout=0.0)
-    hp.update(kw)
-    return hp
 
 
 @pytest.fixture(params=["postgres_url", "mysql_url"])
@@ -225,59 +207,6 @@ def empty_database(request: pytest.FixtureRequest):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Token classification and decoder models.
-
-PEOPLE = "alice bob carol dave".split()
-PLACES = "paris rome oslo".split()
-TAG_FILLER = "met in visited from saw the and went to".split()
-TAG_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(PEOPLE + TAG_FILLER))
-             + ["paris", "rome", "os", "##lo", "van", "##der", "##berg"])
-"""WordPiece pieces: 'oslo' is two tokens (os ##lo) and 'vanderberg' three, so sub-word alignment is exercised."""
-
-
-def tagged_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Sentences with IOB2 tags: people (one or two words, 'alice vanderberg') and places; learnable quickly."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words: list[str] = []
-        tags: list[str] = []
-        for _ in range(rng.randint(2, 4)):
-            kind = rng.random()
-            if kind < 0.35:
-                words.append(rng.choice(PEOPLE))
-                tags.append("B-PER")
-                if rng.random() < 0.3:
-                    words.append("vanderberg")
-                    tags.append("I-PER")
-            elif kind < 0.6:
-                words.append(rng.choice(PLACES))
-                tags.append("B-LOC")
-            else:
-                words.append(rng.choice(TAG_FILLER))
-                tags.append("O")
-        rows.append((words, tags))
-    return rows
-
-
-def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
-    """A CoNLL-2003-style file: a -DOCSTART- line, then word, POS, chunk and NER tag per line, blank between."""
-    lines = ["-DOCSTART- -X- -X- O", ""]
-    for words, tags in rows:
-        lines += [f"{w} NN I-NP {t}" for w, t in zip(words, tags)] + [""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
-
-def _wordpiece(vocab: list[str], **special: str):
-    """A fast WordPiece tokenizer over ``vocab`` with the given special tokens (no pad token unless named)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
-
 
 @pytest.fixture(scope="session")
 def tiny_tagger(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -309,7 +238,7 @@ def tiny_decoders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                             bos_token_id=3, eos_token_id=3), GPT2Model),
     ):
         path = tmp_path_factory.mktemp(f"tiny-{name}")
-        _wordpiece(vocab, eos_token="[SEP]").save_pretrained(path)
+        wordpiece(vocab, eos_token="[SEP]").save_pretrained(path)
         torch.manual_seed(0)
         cls(config).save_pretrained(path, safe_serialization=True)
         out[name] = path
@@ -336,7 +265,7 @@ def tiny_seq2seq(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
          BartForConditionalGeneration),
     ):
         path = tmp_path_factory.mktemp(f"tiny-{name}")
-        _wordpiece(vocab, eos_token="[SEP]", pad_token="[PAD]").save_pretrained(path)
+        wordpiece(vocab, eos_token="[SEP]", pad_token="[PAD]").save_pretrained(path)
         torch.manual_seed(0)
         cls(config).save_pretrained(path, safe_serialization=True)
         out[name] = path

@@ -107,10 +107,11 @@ def test_a_held_signal_stops_the_study_after_the_running_trial() -> None:
 
 def test_a_signal_during_a_report_lets_the_write_finish_then_fails_the_trial(make_space, tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpsearch import runner
-    from hpsearch.objective import _Reporter
-    from hpsearch.progress import Progress
-    from hpsearch.space import load_space
+    from hpsearch.config.load import load_space
+    from hpsearch.config.options import RunOptions
+    from hpsearch.study import runner
+    from hpsearch.study.objective import _Reporter
+    from hpsearch.study.progress import Progress
 
     real, written = _Reporter.on_evaluate, []
 
@@ -123,7 +124,7 @@ def test_a_signal_during_a_report_lets_the_write_finish_then_fails_the_trial(mak
     monkeypatch.setattr(_Reporter, "on_evaluate", on_evaluate)
     url = f"sqlite:///{tmp_path}/i.db"
     with pytest.raises(KeyboardInterrupt):
-        runner.run_study(load_space(make_space(fixed__epochs=3)), storage_url=url, n_trials=3, study_name="i",
+        runner.run_study(load_space(make_space(fixed__epochs=3)), RunOptions(storage=url, trials=3, study_name="i"),
                          progress=Progress())
     trial, = optuna.load_study(study_name="i", storage=url).trials  # the study stopped with its running trial
     assert written == [1] and trial.intermediate_values.keys() == {1}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Column, Metric, RawSplit, Task
+from .base import Column, Metric, Task
 
 TASKS = {
     "classification": "hpsearch.tasks.classification",
@@ -35,4 +35,4 @@ def all_metrics() -> dict[str, Metric]:
     return out
 
 
-__all__ = ["TASKS", "Column", "Metric", "RawSplit", "Task", "all_metrics", "get_task"]
+__all__ = ["TASKS", "Column", "Metric", "Task", "all_metrics", "get_task"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded
+    from .encoded import Encoded, RawSplit
 
 
 @dataclass(frozen=True)
@@ -41,16 +41,6 @@ class Column:
     help: str = ""
 
 
-@dataclass
-class RawSplit:
-    """One split as the task reads it: the loaded ``datasets.Dataset`` (or rows from a CoNLL file), the columns
-    resolved for it, and where it came from (for error messages)."""
-
-    rows: Any
-    columns: dict[str, str | None]
-    where: str
-
-
 def generates(task: Task, metric: str | None = None) -> bool:
     """Whether ``task`` has metrics computed from generated text (``metric``: whether that one is)."""
     return any(m.generated and metric in (None, m.name) for m in task.metrics)
@@ -63,10 +53,10 @@ class Task(Protocol):
     - ``name``, ``metrics``, ``default_metric``, ``columns`` and ``options`` are plain data; reading them (and
       importing the module) imports no torch, so that validating a space file stays light.
       ``column_problems`` says what is wrong with a combination of resolved column names (torch-free too).
-    - ``encode`` turns both raw splits into :class:`~hpsearch.data.Encoded` tensors (labels as the loss takes
+    - ``encode`` turns both raw splits into :class:`~hpsearch.tasks.encoded.Encoded` tensors (labels as the loss takes
       them) and returns the label names a head needs (empty for a task without named labels).
     - ``head_config`` returns the transformers config overrides for a model of class ``auto_class`` with
-      those labels; the model body and its construction are shared by every task (``hpsearch.model``).
+      those labels; the model body and its construction are shared by every task (``hpsearch.finetune.model``).
       ``peft_task_type`` names the task for peft's LoRA (which then trains the new head in full).
     - ``forward(model, batch, labels)`` runs the model on a batch and returns its logits (an encoder-decoder
       also needs the labels, shifted right, as decoder input).

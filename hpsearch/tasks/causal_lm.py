@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HpsearchError
-from .base import Column, Metric, RawSplit
+from .base import Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded
+    from .encoded import Encoded, RawSplit
 
 IGNORE = -100
 """The label of positions the loss skips (prompt tokens and padding)."""
@@ -130,7 +130,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:
     """Prompt (masked) + response + EOS, or text + EOS, truncated to ``max_length``; labels = ids where learned."""
     import torch
 
-    from ..data import Encoded, column_values
+    from .encoded import Encoded, column_values
 
     eos = tokenizer.eos_token_id
     if split.columns.get("response_column"):

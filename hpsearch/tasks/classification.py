@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HpsearchError
-from .base import Column, Metric, RawSplit
+from .base import Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded
+    from .encoded import Encoded, RawSplit
 
 TEXT_COLUMNS = (
     Column("text_column", "text", help="the input text"),
@@ -25,11 +25,12 @@ TEXT_COLUMNS = (
 
 def encode_text(split: RawSplit, tokenizer: Any, max_length: int, labels: torch.Tensor) -> Encoded:
     """One split's text (and pair) tokenized, with ``labels``: what classification and regression share."""
-    from ..data import Encoded, column_values, tokenize
+    from .encoded import Encoded, column_values, tokenize
 
     texts = [("" if t is None else str(t)) for t in column_values(split, "text_column")]
     pair_col = split.columns.get("text_pair_column")
-    pairs = None if pair_col is None else [("" if t is None else str(t)) for t in column_values(split, "text_pair_column")]
+    pairs = (None if pair_col is None
+             else [("" if t is None else str(t)) for t in column_values(split, "text_pair_column")])
     ids, lengths, types = tokenize(tokenizer, texts, pairs, max_length)
     return Encoded(ids, lengths, labels, types)
 
@@ -69,7 +70,7 @@ class SequenceClassification:
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
         import torch
 
-        from ..data import column_values
+        from .encoded import column_values
 
         raw = [column_values(s, "label_column") for s in (train, validation)]
         names = label_names(raw[0], raw[1], "data")

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HpsearchError
-from .base import Metric, RawSplit
+from .base import Metric
 from .classification import TEXT_COLUMNS, encode_text
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded
+    from .encoded import Encoded, RawSplit
 
 
 class Regression:
@@ -40,7 +40,7 @@ class Regression:
                options: dict[str, Any]) -> tuple[Encoded, Encoded, list[str]]:
         import torch
 
-        from ..data import column_values
+        from .encoded import column_values
 
         out = []
         for split in (train, validation):

@@ -2,9 +2,10 @@
 
 Each row has a source text and a target text. The encoder reads the source (``source_prefix`` first, e.g. T5's
 ``"summarize: "``), truncated to ``model.max_length``; the decoder learns the target, truncated to
-``max_target_length`` and ended with EOS, teacher-forced (the labels shifted right are its input). Metrics: ``eval_loss`` (default,
-minimized: no generation needed, so every trial's evaluations stay cheap) and ``rouge1``, ``rouge2``, ``rougeL``:
-mean F-measures that the ``rouge-score`` library computes (stemmed) between generated and reference texts.
+``max_target_length`` and ended with EOS, teacher-forced (the labels shifted right are its input). Metrics:
+``eval_loss`` (default, minimized: no generation needed, so every trial's evaluations stay cheap) and ``rouge1``,
+``rouge2``, ``rougeL``: mean F-measures that the ``rouge-score`` library computes (stemmed) between generated and
+reference texts.
 Generation (``max_new_tokens``, ``num_beams``; greedy by default) runs on the final evaluation, and on every
 evaluation when the study's metric is a ROUGE one.
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HpsearchError
-from .base import Column, Metric, RawSplit
+from .base import Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded, PreparedData
+    from .encoded import Encoded, PreparedData, RawSplit
 
 IGNORE = -100
 """The label of padded target positions (the loss skips them)."""
@@ -98,7 +99,8 @@ class Seq2Seq:
         """Generated and reference texts of one batch (references decoded from the truncated targets)."""
         tokenizer, options = data.tokenizer, data.options
         if tokenizer is None:
-            raise HpsearchError("seq2seq: generation needs the tokenizer (prepare the data with hpsearch.data)")
+            raise HpsearchError("seq2seq: generation needs the tokenizer (prepare the data with "
+                                "hpsearch.finetune.data)")
         out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              max_new_tokens=options["max_new_tokens"], num_beams=options["num_beams"],
                              do_sample=False)
@@ -125,7 +127,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
     """Prefixed sources as input ids; targets as labels right-padded with IGNORE, with their own lengths."""
     import torch
 
-    from ..data import Encoded, column_values, tokenize
+    from .encoded import Encoded, column_values, tokenize
 
     prefix = options.get("source_prefix", "")
     sources = [prefix + ("" if s is None else str(s)) for s in column_values(split, "source_column")]

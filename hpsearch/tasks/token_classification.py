@@ -12,12 +12,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HpsearchError
-from .base import Column, Metric, RawSplit
+from .base import Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data import Encoded
+    from .encoded import Encoded, RawSplit
 
 IGNORE = -100
 """The label of positions the loss and the metrics skip (special tokens, padding, later sub-tokens)."""
@@ -82,7 +82,8 @@ class TokenClassification:
 
         logits = logits.float()
         keep = labels != IGNORE
-        loss = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item() if keep.any() else 0.0
+        loss = (torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+                if keep.any() else 0.0)
         preds = logits.argmax(-1).cpu()
         labels, keep = labels.cpu(), keep.cpu()
         rows = [(labels[i][keep[i]].tolist(), preds[i][keep[i]].tolist()) for i in range(labels.shape[0])]
@@ -95,13 +96,15 @@ class TokenClassification:
         tokens = sum(len(g) for g in gold)
         correct = sum(a == b for g, p in zip(gold, pred) for a, b in zip(g, p))
         loss = sum(b[1] for b in batches) / max(1, sum(b[2] for b in batches))
-        return {**entity_scores(gold, pred, options.get("tag_scheme", "auto")), "token_accuracy": correct / tokens if tokens else 0.0,
+        return {**entity_scores(gold, pred, options.get("tag_scheme", "auto")),
+                "token_accuracy": correct / tokens if tokens else 0.0,
                 "eval_loss": loss}
 
 
 def entity_scores(gold: list[list[str]], pred: list[list[str]], scheme: str = "auto") -> dict[str, float]:
     """Entity-level micro precision, recall and F1 as seqeval computes them."""
-    from seqeval import metrics, scheme as schemes
+    from seqeval import metrics
+    from seqeval import scheme as schemes
 
     kwargs: dict[str, Any] = {"zero_division": 0}
     if scheme != "auto":
@@ -113,7 +116,7 @@ def entity_scores(gold: list[list[str]], pred: list[list[str]], scheme: str = "a
 
 def _tag_strings(split: RawSplit) -> list[list[str]]:
     """Every row's tags as strings: integer tags are named by the dataset's features (``ClassLabel``)."""
-    from ..data import column_values
+    from .encoded import column_values
 
     col = split.columns["tags_column"]
     values = column_values(split, "tags_column")
@@ -163,7 +166,7 @@ def _encode_split(split: RawSplit, tags: list[list[str]], index: dict[str, int],
     """Tokenize words (``is_split_into_words``) and align the tags to sub-word tokens."""
     import torch
 
-    from ..data import Encoded, column_values
+    from .encoded import Encoded, column_values
 
     words = [[str(w) for w in ws] for ws in column_values(split, "tokens_column")]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)

@@ -1,0 +1,210 @@
+"""The options of a run, written once: ``hpsearch run``'s flags, ``hpsearch.run``'s keyword arguments and the
+command line a local worker gets are all derived from :class:`RunOptions`.
+
+Adding an option is one field here (with its :class:`Option`: flag, help, bounds, check) plus its test; the CLI
+builds its click option from it (:func:`hpsearch.cli.click_option`), the API takes it as a keyword argument and
+checks it with the same rules, and ``to_workers=True`` passes it on to ``--workers``' processes.
+
+>>> options = RunOptions(trials=20, keep_best=3)
+>>> options.worker_args()
+['--device', 'auto', '--keep-best', '3']
+>>> RunOptions(trials=0)
+Traceback (most recent call last):
+    ...
+hpsearch.errors.UsageError: trials: must be an integer >= 1, got 0
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MISSING, UsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one option is given: its flag, its help, what values it takes, and whether a worker gets it."""
+
+    flag: str
+    """The command-line flag, e.g. ``--keep-best``; the keyword argument is the field's name."""
+    help: str
+    """One or two sentences for ``--help`` (and the README's CLI table)."""
+    kind: type = str
+    """int, float, str, bool (a flag that takes no value) or tuple (a comma-separated list on the command line)."""
+    low: float | None = None
+    """For int and float: the smallest admissible value."""
+    check: Callable[[Any], str | None] | None = None
+    """What is wrong with a value beyond its kind and bound (None when nothing is)."""
+    metavar: str | None = None
+    """How ``--help`` shows the value."""
+    flag_value: Any = MISSING
+    """The value of the flag given without one (``--keep-best`` alone is 1); MISSING: a value is required."""
+    cli_default: Any = MISSING
+    """The CLI's default where it differs from the API's (MISSING: the same)."""
+    to_workers: bool = False
+    """Whether ``--workers``' processes get this option as the parent was given it."""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not admissible (None when it is); ``None`` always is (the option is not given)."""
+        if value is None:
+            return None
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return "must be an integer" + (f" >= {self.low:g}" if self.low is not None else "")
+        if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return "must be a number" + (f" >= {self.low:g}" if self.low is not None else "")
+        if self.kind is str and not isinstance(value, str):
+            return "must be a string"
+        if self.kind is bool and not isinstance(value, bool):
+            return "must be true or false"
+        if self.kind is tuple and (isinstance(value, str) or not isinstance(value, Iterable)):
+            return "must be a list"
+        if self.low is not None and value < self.low:
+            return f"must be {'an integer' if self.kind is int else 'a number'} >= {self.low:g}"
+        return self.check(value) if self.check is not None else None
+
+
+def option(default: Any = None, **spec: Any) -> Any:
+    """A dataclass field carrying its :class:`Option`."""
+    return dataclasses.field(default=default, metadata={"option": Option(**spec)})
+
+
+def check_device(value: str) -> str | None:
+    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda``."""
+    if value in ("auto", "cpu", "cuda"):
+        return None
+    return "must be auto, cpu or cuda"
+
+
+DEVICE = Option("--device", "Where trials train: the GPU when there is one (auto), or force cpu / cuda.",
+                check=check_device, metavar="auto|cpu|cuda", to_workers=True)
+"""The device option, shared by ``run`` and ``train``."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``hpsearch run`` does with a space besides the space itself: how many trials, where the study lives,
+    on which devices and in how many processes, and what it keeps. Checked on construction (a UsageError names
+    the option and repeats the value); the fields are in the order ``--help`` lists them."""
+
+    trials: int | None = option(
+        flag="--trials", kind=int, low=1,
+        help="Trials to run in THIS invocation; re-running the command resumes the study and adds N more.")
+    total: int | None = option(
+        flag="--total", kind=int, low=1,
+        help="Stop once the study as a whole has N finished (complete or pruned) trials, across all workers.")
+    storage: str | None = option(
+        flag="--storage",
+        help="Storage URL: an SQLAlchemy URL (sqlite:///x.db, postgresql://...), redis://HOST:PORT/DB (journal on "
+             "Redis), journal:///x.log (journal file) or grpc://HOST:PORT (storage-proxy). Default: "
+             "$HPSEARCH_STORAGE, else sqlite:///studies.db.")
+    study_name: str | None = option(
+        flag="--study-name", help="Study name. Default: study.name in the space file (or its stem).")
+    device: str = dataclasses.field(default="auto", metadata={"option": DEVICE})
+    workers: int | None = option(
+        flag="--workers", kind=int, low=1,
+        help="Start N local worker processes on the study (CPU cores split between them).")
+    gpus: tuple[str, ...] | None = option(
+        flag="--gpus", kind=tuple, metavar="0,1,..", help="One worker per listed GPU (CUDA_VISIBLE_DEVICES).")
+    timeout: float | None = option(
+        flag="--timeout", kind=float, low=1, help="Stop starting new trials after SECONDS.", to_workers=True)
+    heartbeat_interval: int | None = option(
+        flag="--heartbeat-interval", kind=int, low=1, to_workers=True,
+        help="Seconds between a running trial's heartbeats (default 60).")
+    grace_period: int | None = option(
+        flag="--grace-period", kind=int, low=1, to_workers=True,
+        help="Seconds without a heartbeat before a trial counts as dead: FAIL, then retried (default 180).")
+    max_retry: int | None = option(
+        flag="--max-retry", kind=int, low=0, to_workers=True,
+        help="Times a dead worker's trial is retried with the same params (default 2).")
+    keep_best: int | None = option(
+        flag="--keep-best", kind=int, low=1, flag_value=1, metavar="[K]", to_workers=True,
+        help="Keep the weights of the study's K best trials (default 1) in the artifact store, removing those that "
+             "drop out; 'hpsearch export --model DIR' then writes one without retraining.")
+    artifacts: str | None = option(
+        flag="--artifacts", metavar="DIR|s3://BUCKET|gs://BUCKET", to_workers=True,
+        help="Artifact store for --keep-best. Default: beside an SQLite study file (x.db -> x-artifacts/), else "
+             "./hpsearch-artifacts.")
+    warm_start: str | None = option(
+        flag="--warm-start", metavar="STUDY",
+        help="Enqueue the best configs of an earlier study in the same storage (another dataset or model too) so "
+             "that this search starts where that one ended.")
+    mlflow: str | None = option(
+        flag="--mlflow", flag_value="", metavar="[URI]", to_workers=True,
+        help="Log every trial as an MLflow run (params, reports as steps, metrics, attributes, state) in an "
+             "experiment named after the study; without URI, $MLFLOW_TRACKING_URI.")
+    quiet: bool = option(
+        True, flag="--quiet", kind=bool, cli_default=False,
+        help="Plain log lines instead of the live view.")
+    """The CLI shows the live view unless ``--quiet``; the Python API is quiet unless given ``quiet=False``."""
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None and not isinstance(self.gpus, str):
+            object.__setattr__(self, "gpus", tuple(str(g).strip() for g in self.gpus if str(g).strip()) or None)
+        problems = option_problems({f: getattr(self, f) for f, _ in self.fields()}, lambda field: field)
+        if problems:
+            raise UsageError("; ".join(problems))
+
+    @staticmethod
+    def fields() -> list[tuple[str, Option]]:
+        """Every option: (keyword argument, its Option), in ``--help`` order."""
+        return [(f.name, f.metadata["option"]) for f in dataclasses.fields(RunOptions)]
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes run trials: one per listed GPU, else ``workers``, else this one."""
+        return len(self.gpus) if self.gpus else self.workers or 1
+
+    def worker_args(self) -> list[str]:
+        """The flags a local worker gets from these options (those marked ``to_workers`` that are set)."""
+        args: list[str] = []
+        for field, spec in self.fields():
+            value = getattr(self, field)
+            if spec.to_workers and value is not None:
+                args += [spec.flag, str(value)]
+        return args
+
+
+def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[str]:
+    """Every problem of a run's option ``values`` (by field), each naming its option as ``name(field)`` says: a
+    flag for the CLI, a keyword argument for the API. Each option alone first, then how they go together."""
+    out = []
+    for field, spec in RunOptions.fields():
+        value = values.get(field)
+        why = spec.problem(value)
+        if why:
+            out.append(f"{name(field)}: {why}, got {value!r}")
+    if out:
+        return out
+    trials, total, gpus, workers = (values.get(k) for k in ("trials", "total", "gpus", "workers"))
+    grace, beat = values.get("grace_period"), values.get("heartbeat_interval")
+    if trials is None and total is None:
+        out.append(f"give {_arg(name, 'trials')} (trials in this invocation) or {_arg(name, 'total')} (finished "
+                   f"trials in the study)")
+    if grace and beat and grace <= beat:
+        out.append(f"{name('grace_period')} {grace}: must be longer than {name('heartbeat_interval')} {beat}")
+    if gpus and workers and workers != len(gpus):
+        out.append(f"{name('workers')} {workers}: one worker per GPU, and {len(gpus)} GPUs were given "
+                   f"({','.join(gpus)})")
+    return out
+
+
+def _arg(name: Callable[[str], str], field: str) -> str:
+    """``--trials N`` on the command line, ``trials=N`` in Python."""
+    shown = name(field)
+    return f"{shown} N" if shown.startswith("--") else f"{shown}=N"
+
+
+def run_keywords(kwargs: dict[str, Any]) -> RunOptions:
+    """RunOptions from ``hpsearch.run``'s keyword arguments; an unknown one is a UsageError naming the known ones."""
+    known = [name for name, _ in RunOptions.fields()]
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        import difflib
+
+        hints = [difflib.get_close_matches(k, known, n=1) for k in unknown]
+        said = ", ".join(f"{k} (did you mean {h[0]}?)" if h else k for k, h in zip(unknown, hints))
+        raise UsageError(f"unknown option {said}; hpsearch.run takes {', '.join(known)}")
+    return RunOptions(**kwargs)
+

@@ -1,0 +1,166 @@
+"""The space file's vocabulary: every hyperparameter with its kind, default and range, the samplers, pruners,
+schedulers and file formats hpsearch knows, and the keys each section takes.
+
+Plain data, no torch: validation, the CLI's help and the docs read it. Tasks (and their metrics and columns)
+live in :mod:`hpsearch.tasks`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------------------------
+# What may be searched or fixed. Each hyperparameter has a kind, a default and a valid range.
+
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+)
+"""transformers' get_scheduler names that need nothing but warmup and total steps (a test checks they exist)."""
+
+SCHEDULER_KWARGS = {
+    "cosine_with_min_lr": {"min_lr_rate": 0.1},
+    "cosine_warmup_with_min_lr": {"min_lr_rate": 0.1},
+    "warmup_stable_decay": {"num_decay_steps_ratio": 0.1},
+}
+"""Defaults for schedulers whose get_scheduler call needs scheduler_specific_kwargs (ratios resolved in training)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One trainable knob: its kind (float, int or str), default and admissible range."""
+
+    kind: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not admissible, or None when it is."""
+        if self.kind == "str":
+            if self.choices and value not in self.choices:
+                return f"must be one of {', '.join(self.choices)}"
+            if not self.choices and (not isinstance(value, str) or not value.strip()):
+                return "must be a non-empty string"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be {'an integer' if self.kind == 'int' else 'a number'}"
+        if self.kind == "int" and not float(value).is_integer():
+            return "must be an integer"
+        if not math.isfinite(value):
+            return "must be finite"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"must be {'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"must be {'<' if self.high_open else '<='} {self.high}"
+        return None
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {
+    "learning_rate": Hyperparameter("float", 5e-5, low=0, low_open=True, help="AdamW peak learning rate"),
+    "batch_size": Hyperparameter("int", 32, low=1, help="training examples per optimizer step"),
+    "epochs": Hyperparameter("int", 1, low=1, high=1000, help="passes over the training set"),
+    "dropout": Hyperparameter("float", 0.1, low=0, high=1, high_open=True,
+                              help="the model's hidden and attention dropout"),
+    "weight_decay": Hyperparameter("float", 0.0, low=0, help="AdamW decoupled weight decay (not on biases/norms)"),
+    "scheduler": Hyperparameter("str", "linear", choices=SCHEDULERS, help="transformers learning-rate schedule"),
+    "warmup_ratio": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
+                                   help="fraction of the steps spent warming up"),
+    "num_frozen_layers": Hyperparameter("int", 0, low=0,
+                                        help="embeddings plus the first k encoder layers frozen (0: none)"),
+    "seed": Hyperparameter("int", 42, low=0, high=2**32 - 1, help="seeds the head's init, dropout and shuffling"),
+    "max_grad_norm": Hyperparameter("float", 1.0, low=0, help="gradient clipping norm (0 turns it off)"),
+    "lora_r": Hyperparameter("int", 0, low=0, high=4096,
+                             help="LoRA rank (peft); 0 fine-tunes every weight, so one search can compare both"),
+    "lora_alpha": Hyperparameter("float", 16.0, low=0, low_open=True, help="LoRA scaling numerator (alpha / r)"),
+    "lora_dropout": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
+                                   help="dropout on the LoRA branch's input"),
+    "lora_target_modules": Hyperparameter("str", "all-linear",
+                                          help="modules that get adapters: all-linear, or a list of module names "
+                                               "(query, value, q_proj, ...); the task's head is always trained in "
+                                               "full"),
+}
+ALL_LINEAR = "all-linear"
+
+
+def lora_targets(value: str) -> str | list[str]:
+    """The peft ``target_modules`` for a ``lora_target_modules`` value: all-linear, or the comma-separated names."""
+    return ALL_LINEAR if value == ALL_LINEAR else [v.strip() for v in value.split(",") if v.strip()]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Study-level vocabulary.
+
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+    "grid": "GridSampler",
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "patient": "PatientPruner",
+    "none": "NopPruner",
+}
+"""Optuna's pruners by name. ``patient`` wraps another (``wrapped:``) and only lets it prune a trial whose
+metric has not improved for ``options.patience`` reports. WilcoxonPruner is left out: it compares trials
+example by example (a report per validation instance), not along training."""
+FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".parquet": "parquet",
+                ".conll": "conll"}
+"""Data file formats by extension (``format:`` names one for any other name). ``conll``: a word per line with its
+tag in the last column, for token classification."""
+
+TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
+STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
+              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm")
+EARLY_STOPPING_KEYS = ("patience", "min_delta")
+CONFIRM_KEYS = ("top_k", "folds")
+DEFAULT_CONFIRM = None
+"""``study.confirm``: retrain the ``top_k`` best trials (default 3) on ``folds`` cross-validation folds (default 2)
+before choosing one (:mod:`hpsearch.study.confirm`). Off unless a space asks: on the search benchmark it changed the
+choice on one of two seeds, by nothing the held-out rows could tell, for 12-24 % more study time (bench/README.md)."""
+DEFAULT_REPORTS_PER_EPOCH = 1
+"""Evaluations per epoch unless a space asks for more. Quarter-epoch reports on a 256-row subset (the old default)
+let the median pruner decide on noise and favour configs that start fast; one whole-validation report per epoch
+reached the same accuracy sooner on every sampler seed measured (bench/README.md, "Search levers")."""
+TRIAL_VALUES = ("best", "last")
+DEFAULT_TRIAL_VALUE = "best"
+"""What a trial reports: its best whole-validation checkpoint (and those weights kept), or its last evaluation.
+bench/README.md has the measurement behind the default."""
+SAMPLER_KEYS = ("name", "seed", "options")
+PRUNER_KEYS = ("name", "options", "wrapped")
+MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision")
+PRECISIONS = ("auto", "fp32", "bf16")
+DATA_KEYS = ("task", "train", "validation", "max_train_samples", "max_eval_samples")
+"""The data keys of every task; a task adds its column keys (a source may override them) and its options."""
+FILE_SOURCE_KEYS = ("path", "format")
+HUB_SOURCE_KEYS = ("hub", "config", "split", "revision")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+PARAM_TYPES = ("float", "int", "categorical")
+
+
+
+def model_layer_count(config: dict) -> int | None:
+    """The number of (encoder) layers a transformers config declares, or None if it names none we know."""
+    for key in ("num_hidden_layers", "n_layers", "num_layers", "n_layer", "encoder_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+

@@ -1,0 +1,189 @@
+"""Data: load train/validation sources with `datasets`, let the task encode them, cache the tensors on disk.
+
+The result is a :class:`~hpsearch.tasks.encoded.PreparedData`, a pair of encoded tensor sets that the training loop
+batches itself; what the labels are (a class, a number, a tag per token) is the task's business
+(:mod:`hpsearch.tasks`). Tokenized tensors are cached under ``$HPSEARCH_CACHE_DIR`` (default
+``~/.cache/hpsearch``), keyed by tokenizer, data file identity, columns, sample limits and max_length, so that
+parallel workers and resumed runs skip it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import HpsearchError
+from ..tasks import get_task
+from ..tasks.encoded import Encoded, PreparedData, RawSplit
+
+CACHE_VERSION = 2
+
+
+def load_source(src: dict) -> Any:
+    """A `datasets.Dataset` for one source: a local csv/tsv/json/jsonl/parquet file or a hub dataset split."""
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    try:
+        if "hub" in src:
+            return datasets.load_dataset(src["hub"], src.get("config"), split=src["split"],
+                                         revision=src.get("revision"))
+        fmt = src["format"]
+        if fmt == "conll":
+            return read_conll(Path(src["path"]).expanduser(), src["tokens_column"], src["tags_column"])
+        kwargs: dict[str, Any] = {}
+        if fmt == "tsv":
+            # Quoting off: SST-2 and most TSV corpora contain bare quote characters inside sentences.
+            kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
+        builder = {"tsv": "csv", "jsonl": "json"}.get(fmt, fmt)
+        return datasets.load_dataset(builder, data_files=str(Path(src["path"]).expanduser()), split="train",
+                                     **kwargs)
+    except Exception as exc:  # datasets raises many types; the user needs the source and the reason
+        where = src.get("path") or f"{src.get('hub')} ({src.get('config')}, {src.get('split')})"
+        raise HpsearchError(f"cannot load data from {where}: {exc}") from exc
+
+
+def read_conll(path: Path, tokens_column: str, tags_column: str) -> Any:
+    """A CoNLL file as a `datasets.Dataset` of word lists and tag lists: a word per line with its tag in the last
+    column, sentences separated by blank lines, ``-DOCSTART-`` lines skipped."""
+    import datasets
+
+    sentences: list[list[str]] = []
+    tags: list[list[str]] = []
+    words: list[str] = []
+    labels: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                if words:
+                    sentences.append(words)
+                    tags.append(labels)
+                words, labels = [], []
+                continue
+            if len(fields) < 2:
+                raise ValueError(f"line {number}: expected a word and a tag, got {line.strip()!r}")
+            words.append(fields[0])
+            labels.append(fields[-1])
+    if words:
+        sentences.append(words)
+        tags.append(labels)
+    return datasets.Dataset.from_dict({tokens_column: sentences, tags_column: tags})
+
+
+def _source_identity(src: dict) -> dict:
+    if "hub" in src:
+        return {k: src.get(k) for k in ("hub", "config", "split", "revision")}
+    p = Path(src["path"]).expanduser().resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "format": src["format"]}
+
+
+def _columns(data: dict, src: dict) -> dict:
+    """The task's columns for one source: the source's own names, else the data section's."""
+    return {c.key: src.get(c.key, data.get(c.key)) for c in get_task(data["task"]).columns}
+
+
+def task_options(data: dict) -> dict[str, Any]:
+    """The task's options (``label_all_tokens`` ...), from the data section or their defaults."""
+    return {k: data.get(k, v) for k, v in get_task(data["task"]).options.items()}
+
+
+def cache_key(data: dict, tokenizer: Any, max_length: int) -> str:
+    """Hash of everything the tokenized tensors depend on."""
+    vocab_hash = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+    body = {
+        "v": CACHE_VERSION,
+        "tokenizer": [type(tokenizer).__name__, vocab_hash, getattr(tokenizer, "do_lower_case", None)],
+        "max_length": max_length,
+        "task": data["task"],
+        "options": task_options(data),
+        "train": [_source_identity(data["train"]), _columns(data, data["train"]), data.get("max_train_samples")],
+        "validation": [_source_identity(data["validation"]), _columns(data, data["validation"]),
+                       data.get("max_eval_samples")],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    """Where tokenized data is cached: $HPSEARCH_CACHE_DIR or ~/.cache/hpsearch."""
+    return Path(os.environ.get("HPSEARCH_CACHE_DIR") or Path.home() / ".cache" / "hpsearch") / "tokenized"
+
+
+def _save(path: Path, prepared: PreparedData) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for split in ("train", "validation"):
+        enc: Encoded = getattr(prepared, split)
+        tensors[f"{split}.input_ids"] = enc.input_ids
+        tensors[f"{split}.lengths"] = enc.lengths
+        tensors[f"{split}.labels"] = enc.labels
+        if enc.token_type_ids is not None:
+            tensors[f"{split}.token_type_ids"] = enc.token_type_ids
+        if enc.label_lengths is not None:
+            tensors[f"{split}.label_lengths"] = enc.label_lengths
+    meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names),
+            "options": json.dumps(prepared.options)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)  # atomic: concurrent workers never read a half-written file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> PreparedData:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        t = {k: fh.get_tensor(k) for k in fh.keys()}
+    splits = {
+        s: Encoded(t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"),
+                   t.get(f"{s}.label_lengths"))
+        for s in ("train", "validation")
+    }
+    return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]),
+                        json.loads(meta.get("options", "{}")))
+
+
+def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True) -> PreparedData:
+    """Load, label-encode and tokenize both splits described by a space's ``data`` section (cached)."""
+    path = cache_dir() / f"{cache_key(data, tokenizer, max_length)}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            return replace(_load(path), tokenizer=tokenizer)
+        except Exception:  # a corrupt or foreign cache file is rebuilt, never fatal
+            pass
+    raw = {}
+    for split, limit_key in (("train", "max_train_samples"), ("validation", "max_eval_samples")):
+        src = data[split]
+        where = f"data.{split} ({src.get('path') or src.get('hub')})"
+        cols = _columns(data, src)
+        ds = load_source({**src, **cols})
+        limit = data.get(limit_key)
+        if limit is not None and limit < len(ds):
+            ds = ds.select(range(limit))
+        if len(ds) == 0:
+            raise HpsearchError(f"{where}: no rows")
+        raw[split] = RawSplit(ds, cols, where)
+    task = get_task(data["task"])
+    options = task_options(data)
+    train, validation, names = task.encode(raw["train"], raw["validation"], tokenizer, max_length, options)
+    prepared = PreparedData(train, validation, data["task"], names, options, tokenizer)
+    if use_cache:
+        try:
+            _save(path, prepared)
+        except OSError:
+            pass  # a read-only cache directory only costs the next run a re-tokenization
+    return prepared

@@ -1,0 +1,196 @@
+"""Model construction that every task shares: tokenizer and pretrained weights read once per process, the
+task's head config, the trial's dropout, frozen layers, and a pad token for decoders that have none.
+
+A trial's setup costs a model construction and a state-dict copy, not a checkpoint load. Which Auto class and
+head a model gets is the task's (:mod:`hpsearch.tasks`); everything else here is the same for every task.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config.vocabulary import model_layer_count
+from ..errors import HpsearchError
+from ..tasks import get_task
+from ..tasks.encoded import PreparedData
+from . import lora
+from .dropout import install as install_cheap_dropout
+
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate")
+"""Config attributes that different architectures use for hidden and attention dropout."""
+
+
+_TOKENIZERS: dict[tuple, Any] = {}
+_WEIGHTS: dict[tuple, dict[str, torch.Tensor]] = {}
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(model_cfg: dict) -> Any:
+    """The model's tokenizer, loaded once per process."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
+    if key not in _TOKENIZERS:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_cfg["name_or_path"], revision=model_cfg.get("revision"),
+                trust_remote_code=model_cfg.get("trust_remote_code", False))
+        except Exception as exc:
+            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load the tokenizer: "
+                                f"{exc}") from exc
+        _TOKENIZERS[key] = with_pad_token(tokenizer)
+    return _TOKENIZERS[key]
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a pad token (most decoders) its EOS as padding, as decoder fine-tuning does.
+
+    Padded positions are masked out of attention, and decoder classifiers find each row's last real token by the
+    pad id, which the model config then carries too (:func:`head_config`)."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_config(model_cfg: dict, **overrides: Any) -> Any:
+    """The model's transformers config (no weights), with ``overrides`` applied."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        return AutoConfig.from_pretrained(model_cfg["name_or_path"], revision=model_cfg.get("revision"),
+                                          trust_remote_code=model_cfg.get("trust_remote_code", False),
+                                          **overrides)
+    except Exception as exc:
+        raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load its config: "
+                            f"{exc}") from exc
+
+
+def layer_count(model_cfg: dict) -> int | None:
+    """How many encoder layers the model has (for num_frozen_layers checks before training)."""
+    return model_layer_count(load_model_config(model_cfg).to_dict())
+
+
+def auto_class(name: str) -> Any:
+    """A transformers Auto class by name (``AutoModelForTokenClassification`` ...)."""
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def _pretrained_weights(model_cfg: dict, config: Any, auto: str) -> dict[str, torch.Tensor]:
+    """The pretrained body weights (no task head), read from disk once per process and Auto class."""
+    key = (model_cfg["name_or_path"], model_cfg.get("revision"), auto)
+    if key not in _WEIGHTS:
+        try:
+            model, info = auto_class(auto).from_pretrained(
+                model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"),
+                trust_remote_code=model_cfg.get("trust_remote_code", False), output_loading_info=True)
+        except Exception as exc:
+            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load weights: "
+                                f"{exc}") from exc
+        fresh = set(info.get("missing_keys", ()))
+        _WEIGHTS[key] = {k: v.detach().float().clone() for k, v in model.state_dict().items() if k not in fresh}
+    return _WEIGHTS[key]
+
+
+def set_dropout(config: Any, p: float) -> list[str]:
+    """Set every hidden/attention dropout attribute the config has to ``p``; return the names set."""
+    names = [k for k in DROPOUT_KEYS if isinstance(getattr(config, k, None), (int, float))]
+    if not names:
+        raise HpsearchError(f"model type {config.model_type!r} has none of the dropout settings "
+                            f"{', '.join(DROPOUT_KEYS)}; fix dropout out of the search")
+    for k in names:
+        setattr(config, k, p)
+    return names
+
+
+def encoder_layers(model: torch.nn.Module, count: int) -> torch.nn.ModuleList:
+    """The model's stack of encoder layers: the first ModuleList with ``count`` blocks in its base model."""
+    for module in model.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise HpsearchError(f"cannot find the {count} encoder layers of {type(model).__name__} to freeze")
+
+
+def embedding_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that embed the input: an encoder's ``embeddings`` block (word, position, type, norm), else the
+    input embedding plus any learned position table (GPT-2's ``wpe``, OPT's ``embed_positions``)."""
+    base = model.base_model
+    if isinstance(getattr(base, "embeddings", None), torch.nn.Module):
+        return [base.embeddings]
+    found = [model.get_input_embeddings()]
+    for name in ("wpe", "embed_positions", "position_embeddings"):
+        module = getattr(base, name, None)
+        if isinstance(module, torch.nn.Module):
+            found.append(module)
+    return found
+
+
+def freeze_layers(model: torch.nn.Module, k: int, count: int | None) -> int:
+    """Freeze the embeddings plus the first ``k`` transformer blocks (encoder or decoder); return the number of
+    frozen parameters."""
+    if k <= 0:
+        return 0
+    if count is None or k > count:
+        raise HpsearchError(f"num_frozen_layers={k} exceeds the model's {count} layers")
+    modules = [*embedding_modules(model), *list(encoder_layers(model, count))[:k]]
+    frozen = 0
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def head_config(model_cfg: dict, data: PreparedData) -> Any:
+    """The model config with the head the data's task needs (label names included) and a pad token id."""
+    config = load_model_config(model_cfg, **get_task(data.task).head_config(data.label_names))
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = load_tokenizer(model_cfg).pad_token_id
+    return config
+
+
+def preload(model_cfg: dict, data: PreparedData) -> None:
+    """Read the pretrained weights into memory now, so that no trial pays for it."""
+    _pretrained_weights(model_cfg, head_config(model_cfg, data), get_task(data.task).auto_class)
+
+
+def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device) -> torch.nn.Module:
+    """A fresh model for the data's task: pretrained body, seeded new head, the trial's dropout, frozen layers,
+    and LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`)."""
+    auto = get_task(data.task).auto_class
+    config = head_config(model_cfg, data)
+    weights = _pretrained_weights(model_cfg, config, auto)
+    set_dropout(config, hp["dropout"])
+    torch.manual_seed(hp["seed"])  # the head's initialization depends on the trial's seed only
+    model = auto_class(auto).from_config(config, trust_remote_code=model_cfg.get("trust_remote_code", False))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
+    count = model_layer_count(config.to_dict())
+    freeze_layers(model, hp["num_frozen_layers"], count)
+    if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
+        install_cheap_dropout(model)
+    if hp.get("lora_r", 0) > 0:
+        blocks = encoder_layers(model, count) if count and hp["num_frozen_layers"] else None
+        model = lora.apply(model, hp, get_task(data.task).peft_task_type, blocks)
+    return model.to(device)
+
+
+def linear_module_names(model_cfg: dict, data: PreparedData) -> list[str]:
+    """The short names of the task model's linear layers, from a model built on the meta device (no weights)."""
+    config = head_config(model_cfg, data)
+    with torch.device("meta"):
+        model = auto_class(get_task(data.task).auto_class).from_config(
+            config, trust_remote_code=model_cfg.get("trust_remote_code", False))
+    return lora.linear_module_names(model)

@@ -1,0 +1,76 @@
+"""Export: a study's best trial (or top K) as a config file in the space schema, with nothing left to search."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+
+from ..config.files import dump_yaml
+from ..config.space import Space
+from ..errors import UsageError
+from ..study import record
+from ..study.storage import load_study, redact
+
+
+def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_url: str) -> Space:
+    """The full config a trial ran with, every hyperparameter fixed, and a reference back to it."""
+    config = record.trial_config(study, trial)
+    confirmed = record.confirmation(study, trial.number)  # study.confirm's fold values and score, when it ran
+    origin = {"study": study.study_name, "trial": trial.number, "value": trial.value,
+              "metric": config["study"]["metric"], "storage": redact(storage_url),
+              **({"confirmed": confirmed} if confirmed else {}),
+              "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return Space(config).with_params(trial.params, origin=origin)
+
+
+def render(space: Space, path: Path) -> str:
+    """YAML (with the command that uses it on top) or JSON, chosen by the output file's extension."""
+    config = space.to_dict()
+    if path.suffix.lower() == ".json":
+        return json.dumps(config, indent=2) + "\n"
+    o = config["origin"]
+    header = (f"hpsearch train --config {path} --output-dir best-model/\n"
+              f"Trial {o['trial']} of study {o['study']} ({o['metric']}={o['value']:.4f}), exported {o['exported']}.")
+    return dump_yaml(config, header)
+
+
+def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, model: str | Path | None = None,
+           artifacts: str | None = None) -> list[Path]:
+    """Write the best (or top ``top``) trial configs; K > 1 writes NAME-1.yaml ... NAME-K.yaml.
+
+    ``model``: also unpack each trial's kept weights (``run --keep-best``) into a directory that
+    ``from_pretrained`` loads (K > 1: MODEL-1 ... MODEL-K), from the study's artifact store or ``artifacts``.
+    Everything is checked before anything is written: a trial without kept weights writes no file.
+    """
+    from ..finetune.modeldir import CONFIG_FILE, check_new_dir
+    from ..study.artifacts import download_model
+
+    out = Path(output)
+    if out.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"--output {output}: use a .yaml, .yml or .json file name")
+    study = load_study(storage_url, study_name)
+    trials = record.best_trials(study, top)
+    paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(trials) + 1)]
+    dirs: list[Path] = []
+    if model is not None:
+        base = check_new_dir(model, "--model")
+        dirs = [base] if top == 1 else [check_new_dir(f"{base}-{i}", "--model") for i in range(1, len(trials) + 1)]
+        try:  # all unpacked first: a missing model leaves nothing behind
+            for trial, directory in zip(trials, dirs):
+                download_model(study, trial, artifacts, directory)
+        except Exception:
+            for directory in dirs:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+    for i, (path, trial) in enumerate(zip(paths, trials)):
+        text = render(trial_space(study, trial, storage_url), path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if dirs:
+            (dirs[i] / CONFIG_FILE).write_text(render(trial_space(study, trial, storage_url), Path(CONFIG_FILE)),
+                                                encoding="utf-8")
+    return paths + dirs
+

@@ -1,0 +1,43 @@
+"""Tables of what a storage holds: its studies, and one study's trials (state, value, params, duration)."""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from rich.table import Table
+
+from ..study import record
+from ..study.progress import fmt_params, fmt_value
+
+
+def studies_table(storage: Any) -> Table:
+    """One row per study: direction, metric, trial counts by state, best value and when it started."""
+    table = Table(title="studies", header_style="bold")
+    for col in ("study", "direction", "metric", "complete", "pruned", "fail", "running", "best", "started"):
+        table.add_column(col, justify="right" if col in ("complete", "pruned", "fail", "running", "best") else "left")
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        counts = record.state_counts(optuna.load_study(study_name=s.study_name, storage=storage))
+        best = s.best_trial.value if s.best_trial is not None else None
+        started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
+        table.add_row(s.study_name, s.direction.name.lower(), str(s.user_attrs.get(record.METRIC, "-")),
+                      str(counts.get("COMPLETE", 0)), str(counts.get("PRUNED", 0)), str(counts.get("FAIL", 0)),
+                      str(counts.get("RUNNING", 0)), fmt_value(best), started)
+    return table
+
+
+def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
+    """One row per trial, in order: state, value, where it stopped, duration and params."""
+    metric = record.study_metric(study)
+    table = Table(title=f"trials of {study.study_name}", header_style="bold")
+    for col in ("#", "state", metric, "epochs", "duration", "params"):
+        table.add_column(col, justify="right" if col in ("#", metric, "epochs", "duration") else "left")
+    trials = study.get_trials(deepcopy=False)
+    if limit:
+        trials = trials[-limit:]
+    for t in trials:
+        took = f"{t.duration.total_seconds():.1f}s" if t.duration else "-"
+        epochs = t.user_attrs.get(record.EPOCHS_COMPLETED)
+        table.add_row(str(t.number), t.state.name, fmt_value(record.shown_value(t, metric)),
+                      "-" if epochs is None else f"{epochs:.2f}",
+                      took, fmt_params(t.params))
+    return table

@@ -1,0 +1,36 @@
+"""Retrain: fine-tune one model from a config with nothing left to search, and save it for from_pretrained."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config.space import Space
+from ..errors import UsageError
+from ..finetune.modeldir import check_new_dir, write_model_dir
+
+
+def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress: Any = None,
+            adapter_only: bool = False) -> dict[str, Any]:
+    """Train with the space's fixed hyperparameters; write weights (safetensors), tokenizer, config, metrics.json.
+
+    The same recipe as a trial (:mod:`hpsearch.finetune.recipe`): with ``study.trial_value: best`` the saved
+    weights are those of the best whole-validation checkpoint (and ``study.early_stopping`` applies), as in the
+    search that chose the config.
+    """
+    from ..finetune.model import load_tokenizer
+    from ..finetune.recipe import fine_tune, prepare
+
+    if adapter_only and space.fixed["lora_r"] <= 0:
+        raise UsageError(f"{space.source}: --adapter-only needs fixed.lora_r > 0 (it is {space.fixed['lora_r']})")
+    if space.params:
+        raise UsageError(f"{space.source}: params {', '.join(space.params)} are still searched; "
+                         f"export a trial's config with 'hpsearch export' or fix them under 'fixed:'")
+    out = check_new_dir(output_dir, "--output-dir")
+    prepared = prepare(space, device, weights=False)
+    hp = dict(space.fixed)
+    model, result = fine_tune(space, hp, prepared.data, prepared.device, callback=progress)
+    metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": space.config.get("origin"),
+               **{k: v for k, v in result.as_dict().items() if k != "metrics"}}
+    write_model_dir(out, model, load_tokenizer(space.config["model"]), metrics, space.to_dict(),
+                    adapter_only=adapter_only)
+    return metrics

@@ -1,0 +1,193 @@
+"""The Optuna objective: one trial = suggest hyperparameters, fine-tune, report, prune, record.
+
+Everything a person looking at a trial in optuna-dashboard wants is stored as user attributes: the
+metrics of the evaluation it reports (its best checkpoint or its last, per ``study.trial_value``), times,
+throughput, device, steps and epochs completed, its best checkpoint and whether it stopped early, where it was
+pruned or why it failed, and peak memory.
+"""
+from __future__ import annotations
+
+import gc
+import traceback
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+
+from ..config.space import Space
+from ..errors import HpsearchError
+from ..finetune.device import peak_memory_mb
+from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
+from ..finetune.recipe import fine_tune
+from ..interrupts import check as check_interrupt
+from ..tasks.encoded import PreparedData
+from . import record
+from .progress import Progress
+
+if TYPE_CHECKING:
+    from .artifacts import ModelKeeper
+    from .liveness import Liveness
+
+
+class TrialFailed(HpsearchError):
+    """A trial that could not finish (out of memory, non-finite loss); the study goes on without it."""
+
+
+class BudgetReached(HpsearchError):
+    """Other workers filled the study's --total while this trial was being created: it is closed untrained."""
+
+
+LIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+
+
+def start_trial(trial: optuna.Trial, total: int | None, liveness: Liveness | None = None) -> None:
+    """Before a trial trains: fail dead workers' trials (``liveness``, on storages without Optuna's heartbeats),
+    check the shared budget, and note a retry, from one read of the study's trials.
+
+    Trial numbers are unique and ordered: the first ``total`` live trials own the budget; a later one (created
+    while other workers filled it) yields without training.
+    """
+    if liveness is not None:  # a dead worker's trial: FAIL, and retried (Optuna does this on RDB storages)
+        liveness.fail_stale(trial.study)
+    trials = trial.study.get_trials(deepcopy=False)
+    if total is not None:
+        ahead = [t for t in trials if t.number < trial.number and t.state in LIVE]
+        if len(ahead) >= total:
+            trial.set_user_attr(record.STATUS, f"skipped: the study reached --total {total} (other workers)")
+            raise BudgetReached(f"trial {trial.number} skipped: budget of {total} reached")
+    me = next((t for t in trials if t.number == trial.number), None)
+    if me is not None and "failed_trial" in me.system_attrs:  # retry of a trial whose worker died
+        trial.set_user_attr(record.RETRY_OF, me.system_attrs["failed_trial"])
+
+
+class _Reporter(Callback):
+    """Forwards evaluations to Optuna (report + prune) and progress to the live view."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, progress: Progress) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.progress = progress
+        self.state: TrainingState | None = None
+        self.metrics: dict[str, float] = {}
+
+    def on_step(self, state: TrainingState) -> None:
+        self.state = state
+        self.progress.trial_step(state)
+
+    def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
+        self.state, self.metrics = state, metrics
+        self.trial.report(metrics[self.metric], state.report)
+        self.progress.trial_evaluated(state, metrics)
+        final = state.step == state.total_steps
+        if not final and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
+
+
+def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
+    """What a trial's training measured, as far as it got (names only this module writes and no other reads are
+    written here; the shared ones come from :mod:`hpsearch.study.record`)."""
+    if state is None:
+        return {record.DEVICE: str(device)}
+    return {
+        record.DEVICE: str(device),
+        "steps": state.step,
+        record.EPOCHS_COMPLETED: round(state.epochs_completed, 4),
+        "train_time_s": round(state.train_time, 3),
+        "eval_time_s": round(state.eval_time, 3),
+        "setup_time_s": round(state.setup_time, 3),
+        "examples_per_s": round(state.examples_per_s, 2),
+        "tokens_per_s": round(state.tokens_per_s, 1),
+    }
+
+
+class Objective:
+    """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
+
+    def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
+                 config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
+                 liveness: Liveness | None = None) -> None:
+        self.space = space
+        self.data = data
+        self.device = device
+        self.progress = progress or Progress()
+        self.config_id = config_id or space.fingerprint()
+        self.metric = space.study["metric"]
+        self.total = total
+        self.keeper = keeper
+        self.liveness = liveness
+        """hpsearch's heartbeats, on storages Optuna gives none (journal, gRPC proxy); None elsewhere."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if self.liveness is None:
+            return self._run(trial)
+        with self.liveness.pulse(trial.storage, trial._trial_id):
+            return self._run(trial)
+
+    def _run(self, trial: optuna.Trial) -> float:
+        start_trial(trial, self.total, self.liveness)
+        hp = self.space.suggest(trial)
+        trial.set_user_attr(record.CONFIG_ID, self.config_id)
+        trial.set_user_attr(record.HYPERPARAMETERS, hp)
+        self.progress.trial_started(trial.number, trial.params)
+        reporter = _Reporter(trial, self.metric, self.progress)
+        model = None
+        try:
+            check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
+            model, result = fine_tune(self.space, hp, self.data, self.device, callback=reporter)
+            value = result.metrics[self.metric]
+            self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
+            if self.keeper is not None:
+                self._keep(trial, model, hp, result, value)
+        except optuna.TrialPruned:
+            self._record(trial, reporter, status="pruned")
+            s = reporter.state
+            trial.set_user_attr(record.PRUNED_AT_REPORT, s.report if s else 0)
+            trial.set_user_attr(record.PRUNED_AT_EPOCH, round(s.epochs_completed, 4) if s else 0.0)
+            raise
+        except KeyboardInterrupt:
+            self._record(trial, reporter, status="failed: interrupted")
+            raise
+        except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
+            reason = "out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "non-finite loss"
+            self._record(trial, reporter, status=f"failed: {reason}")
+            detail = f"{reason}: {str(exc).splitlines()[0][:300]}"
+            trial.set_user_attr(record.FAIL_REASON, detail)
+            # The traceback's frames hold the model, optimizer and activations: drop them so memory is freed now.
+            traceback.clear_frames(exc.__traceback__)
+            raise TrialFailed(f"trial {trial.number} failed: {detail}") from None
+        finally:
+            del model
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        return value
+
+    def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: dict, result: Any, value: float) -> None:
+        """Offer the trained model to the keeper (``--keep-best``); a failure to store it never fails the trial."""
+        from ..finetune.model import load_tokenizer
+        from ..finetune.modeldir import write_model_dir
+
+        origin = {"study": trial.study.study_name, "trial": trial.number, "value": value, "metric": self.metric}
+        config = self.space.with_params(trial.params, origin=origin).to_dict()
+        metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": origin,
+                   **{k: v for k, v in result.as_dict().items() if k not in ("metrics", "history")}}
+        tokenizer = load_tokenizer(self.space.config["model"])
+        try:
+            kept = self.keeper.offer(trial, value, lambda out: write_model_dir(out, model, tokenizer, metrics, config))
+        except (OSError, HpsearchError) as exc:
+            trial.set_user_attr(record.KEEP_ERROR, str(exc)[:300])
+            kept = False
+        trial.set_user_attr(record.MODEL_KEPT, kept)
+
+    def _record(self, trial: optuna.Trial, reporter: _Reporter, status: str,
+                final: dict[str, float] | None = None, selection: dict[str, Any] | None = None) -> None:
+        if selection and selection.get("stopped_early"):
+            status += f" (stopped early at epoch {reporter.state.epochs_completed:.2f})"
+        trial.set_user_attr(record.STATUS, status)
+        for key, value in (selection or {}).items():
+            trial.set_user_attr(key, value)
+        for key, value in _state_attrs(reporter.state, self.device).items():
+            trial.set_user_attr(key, value)
+        for key, value in (final or reporter.metrics).items():
+            trial.set_user_attr(record.val(key), round(float(value), 6))
+        trial.set_user_attr(record.PEAK_MEMORY_MB, round(peak_memory_mb(self.device), 1))

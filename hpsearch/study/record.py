@@ -1,0 +1,176 @@
+"""What hpsearch stores on an Optuna study, and how it reads it back: every attribute name, written once here.
+
+On the study (user attributes): ``config:<id>`` holds each resolved config a run used, ``config_id`` the latest id,
+``metric`` the metric the study optimizes, ``hpsearch_version``, ``artifacts`` the store of kept models
+(``--keep-best``), and ``confirm:<trial number>`` a trial's confirmation on cross-validation folds
+(``study.confirm``). On each trial: ``config_id``, ``hyperparameters`` (searched and fixed), ``status``, the
+metrics of the evaluation it reports as ``val_<metric>``, where it was pruned or why it failed, and what training
+measured. Every name is here except those of the training measurements (steps, times, throughput), which the
+objective writes from the loop's state and nothing reads back.
+
+Ranking lives here too: :func:`ranked_trials` is the one "best first" (the study's direction, confirmed trials
+ahead by their confirmed score), which ``export``, ``report``, ``--keep-best`` and the CLI's summary all follow.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from ..errors import UsageError
+from ..version import __version__
+
+# Study attributes.
+CONFIG_PREFIX = "config:"
+CONFIG_ID = "config_id"
+METRIC = "metric"
+VERSION = "hpsearch_version"
+ARTIFACTS = "artifacts"
+CONFIRM_PREFIX = "confirm:"
+
+# Trial attributes that more than one module writes or reads.
+HYPERPARAMETERS = "hyperparameters"
+STATUS = "status"
+FAIL_REASON = "fail_reason"
+PRUNED_AT_REPORT = "pruned_at_report"
+PRUNED_AT_EPOCH = "pruned_at_epoch"
+MODEL_KEPT = "model_kept"
+KEEP_ERROR = "keep_error"
+RETRY_OF = "retry_of"
+DEVICE = "device"
+EPOCHS_COMPLETED = "epochs_completed"
+PEAK_MEMORY_MB = "peak_memory_mb"
+VAL_PREFIX = "val_"
+
+COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def val(metric: str) -> str:
+    """The trial attribute holding ``metric`` of the evaluation the trial reports (``val_accuracy``)."""
+    return VAL_PREFIX + metric
+
+
+def study_metric(study: optuna.Study) -> str:
+    """The metric the study optimizes, as its first run recorded it ("value" for a study hpsearch did not make)."""
+    return study.user_attrs.get(METRIC, "value")
+
+
+def maximizes(study: optuna.Study) -> bool:
+    """Whether larger values are better in ``study``."""
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def better(study: optuna.Study, a: float | None, b: float) -> bool:
+    """Whether value ``a`` beats value ``b`` in ``study``'s direction (None beats nothing)."""
+    if a is None:
+        return False
+    return a > b if maximizes(study) else a < b
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The configs a study ran.
+
+
+def store_config(study: optuna.Study, config_id: str, config: dict, metric: str) -> None:
+    """Record a run's resolved config under its id, make it the latest, and name the metric and the version."""
+    study.set_user_attr(CONFIG_PREFIX + config_id, config)
+    study.set_user_attr(CONFIG_ID, config_id)
+    study.set_user_attr(METRIC, metric)
+    study.set_user_attr(VERSION, __version__)
+
+
+def stored_config(study: optuna.Study, config_id: str | None) -> dict | None:
+    """The config stored under ``config_id`` (None when there is none)."""
+    return study.user_attrs.get(CONFIG_PREFIX + str(config_id)) if config_id else None
+
+
+def latest_config_id(study: optuna.Study) -> str | None:
+    """The id of the config the study's last run used."""
+    return study.user_attrs.get(CONFIG_ID)
+
+
+def trial_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    """The resolved config a trial ran with (falls back to the study's latest)."""
+    config = stored_config(study, trial.user_attrs.get(CONFIG_ID) or latest_config_id(study))
+    if config is None:
+        raise UsageError(f"study {study.study_name!r} carries no hpsearch config: was it made by hpsearch run?")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Confirmations (study.confirm: hpsearch.study.confirm).
+
+
+def confirm_key(number: int) -> str:
+    """The study attribute of trial ``number``'s confirmation."""
+    return f"{CONFIRM_PREFIX}{number}"
+
+
+def confirmation(study: optuna.Study, number: int) -> dict | None:
+    """The stored confirmation of trial ``number`` (``values``, ``score``, ``seconds``), or None."""
+    record = study.user_attrs.get(confirm_key(number))
+    return record if record and "score" in record else None
+
+
+def confirmations(study: optuna.Study) -> dict[int, dict]:
+    """Every finished confirmation of the study, by trial number."""
+    out = {}
+    for key, record in study.user_attrs.items():
+        if key.startswith(CONFIRM_PREFIX) and isinstance(record, dict) and "score" in record:
+            out[int(key[len(CONFIRM_PREFIX):])] = record
+    return out
+
+
+def claimed(study: optuna.Study, number: int) -> bool:
+    """Whether some worker has claimed (or finished) trial ``number``'s confirmation."""
+    return confirm_key(number) in study.user_attrs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Best first.
+
+
+def by_value(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials, best value first."""
+    done = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    return sorted(done, key=lambda t: t.value, reverse=maximizes(study))
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The completed trials, best first: those confirmed on cross-validation folds by their confirmed score, then
+    the others by value, each in the study's direction."""
+    sign = -1.0 if maximizes(study) else 1.0
+    confirmed = confirmations(study)
+    done = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    return sorted(done, key=lambda t: (t.number not in confirmed,
+                                       sign * (confirmed[t.number]["score"] if t.number in confirmed else t.value)))
+
+
+def rank_of_new(study: optuna.Study, value: float) -> int:
+    """Where a trial completing now with ``value`` (not confirmed yet) would stand in :func:`ranked_trials`: the
+    number of completed trials ranked ahead of it."""
+    confirmed = confirmations(study)
+    return sum(t.number in confirmed or better(study, t.value, value)
+               for t in study.get_trials(deepcopy=False, states=(COMPLETE,)))
+
+
+def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
+    """The k best completed trials, best first; a UsageError when there is none."""
+    ranked = ranked_trials(study)
+    if not ranked:
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in state_counts(study).items()) or "no trials"
+        raise UsageError(f"study {study.study_name!r} has no completed trial yet ({summary}); run more trials first")
+    return ranked[:k]
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state name (COMPLETE, PRUNED, ...), in the order the states first occur."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def shown_value(trial: optuna.trial.FrozenTrial, metric: str) -> Any:
+    """A trial's value, or for a pruned or failed one the metric of its last evaluation (None if it made none)."""
+    return trial.value if trial.value is not None else trial.user_attrs.get(val(metric))

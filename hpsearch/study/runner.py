@@ -1,0 +1,259 @@
+"""The study runner: everything between a validated space and ``study.optimize``.
+
+Order matters for "nothing written on bad input": the model config, tokenizer and data are all checked
+and prepared before the storage is touched, and a resume that would change the study's direction or
+metric is refused before any attribute is written.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .. import interrupts
+from ..config.options import RunOptions
+from ..config.space import Space
+from ..errors import UsageError
+from ..finetune.recipe import Prepared, prepare
+from . import record
+from .samplers import build_pruner, build_sampler
+from .storage import retry_transient
+
+MAX_CONSECUTIVE_FAILURES = 10
+WARM_START_TOP = 3
+"""How many of an earlier study's best configs ``--warm-start`` enqueues."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def open_study(storage: Any, name: str, space: Space, warn: Any = None, warm_start: str | None = None) -> optuna.Study:
+    """Create the study or resume it; refuse a resume that changes direction or metric (UsageError).
+
+    The resolved config is stored on the study under its id and each trial records the id it ran with
+    (:mod:`hpsearch.study.record`), so export knows exactly what ran even if a later resume changed fixed values.
+    ``warm_start`` names an earlier study in the same storage whose best configs are enqueued first.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    seeds = warm_start_params(storage, warm_start, space) if warm_start else []
+    return retry_transient(lambda: _open_study(storage, name, space, warn, seeds))
+
+
+def warm_start_params(storage: Any, source: str, space: Space, top: int = WARM_START_TOP) -> list[dict]:
+    """The searched params of ``source``'s ``top`` best completed trials, as this space can take them.
+
+    The earlier study may have searched other parameters or ranges (another dataset or model): parameters this
+    space does not search are dropped, values outside its ranges or choices are left to the sampler, and
+    duplicates are enqueued once. Its direction must match this study's.
+    """
+    if source not in optuna.get_all_study_names(storage):
+        raise UsageError(f"--warm-start {source}: no such study in this storage")
+    earlier = optuna.load_study(study_name=source, storage=storage)
+    if earlier.direction.name.lower() != space.study["direction"]:
+        raise UsageError(f"--warm-start {source}: it {earlier.direction.name.lower()}s, this study "
+                         f"{space.study['direction']}s {space.study['metric']}")
+    out: list[dict] = []
+    for t in record.by_value(earlier):
+        params = {k: v for k, v in t.params.items() if k in space.params and _admits(space.params[k], v)}
+        if params and params not in out:
+            out.append(params)
+        if len(out) == top:
+            break
+    return out
+
+
+def _admits(spec: dict, value: Any) -> bool:
+    if spec["type"] == "categorical":
+        return value in spec["choices"]
+    return spec["low"] <= value <= spec["high"]
+
+
+def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[dict]) -> optuna.Study:
+    direction, metric = space.study["direction"], space.study["metric"]
+    config_id = space.fingerprint()
+    if name in optuna.get_all_study_names(storage):
+        existing = optuna.load_study(study_name=name, storage=storage)
+        old_metric = existing.user_attrs.get(record.METRIC)
+        old_direction = existing.direction.name.lower()
+        if old_direction != direction or (old_metric is not None and old_metric != metric):
+            raise UsageError(
+                f"study {name!r} exists with direction={old_direction}, metric={old_metric}; this space asks for "
+                f"direction={direction}, metric={metric}. Resume with the same metric, or pass a new --study-name.")
+        old_id = record.latest_config_id(existing)
+        if old_id and old_id != config_id:
+            changed = config_changes(record.stored_config(existing, old_id) or {}, space.to_dict())
+            warn(f"note: resuming study {name!r} with a changed config ({', '.join(changed[:8]) or 'details'}); "
+                 f"each trial keeps the config it ran with")
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                sampler=build_sampler(space), pruner=build_pruner(space), load_if_exists=True)
+    record.store_config(study, config_id, space.to_dict(), metric)
+    for params in [*space.study["enqueue"], *seeds]:
+        study.enqueue_trial(params, skip_if_exists=True)
+    _describe_for_dashboard(study, space)
+    return study
+
+
+def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
+    """Name the objective after the metric and put the resolved config in the study's dashboard note."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([space.study["metric"]])
+    try:
+        import optuna_dashboard
+    except ImportError:
+        return
+    from ..config.files import dump_yaml
+
+    body = f"## hpsearch config `{space.fingerprint()}`\n\n```yaml\n{dump_yaml(space.to_dict())}```\n"
+    optuna_dashboard.save_note(study, body)
+
+
+def prepare_run(space: Space, device: str, weights: bool = True) -> Prepared:
+    """Everything checked and loaded before the storage is touched: the recipe's preparation (device, model checks,
+    tokenized data, pretrained weights) and what the study section asks of the data."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepared = prepare(space, device, weights=weights)
+    confirm = space.study.get("confirm")
+    n = len(prepared.data.train)
+    if confirm and n // (confirm["folds"] + 1) < 1:
+        raise UsageError(f"study.confirm.folds: {confirm['folds']} folds need more than {n} training rows (each "
+                         f"fold moves a block of them to validation)")
+    return prepared
+
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def budget(study: optuna.Study, liveness: Any = None) -> tuple[int, int]:
+    """(finished, running) trial counts, after failing trials whose worker stopped sending heartbeats (Optuna's
+    on an RDB storage, ``liveness``'s on a journal or gRPC one)."""
+    if liveness is not None:
+        liveness.fail_stale(study)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL, and is retried
+    trials = study.get_trials(deepcopy=False, states=FINISHED + (optuna.trial.TrialState.RUNNING,))
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished, len(trials) - finished
+
+
+def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna.Study:
+    """Prepare model and data, open (or resume) the study ``options.study_name`` in ``options.storage`` (a resolved
+    URL), and run trials in this process.
+
+    ``options.trials`` caps the trials this process runs; ``options.total`` stops once the study as a whole has
+    that many finished (complete or pruned) trials, counting other workers' running trials, so several workers
+    share one budget without overshooting. ``keep_best`` keeps the weights of the study's best K trials in the
+    artifact store (:mod:`hpsearch.study.artifacts`); ``warm_start`` enqueues an earlier study's best; ``mlflow``
+    (a tracking URI) logs every trial this process runs as an MLflow run (:mod:`hpsearch.study.tracking`).
+    """
+    from . import storage as st
+    from .objective import BudgetReached, Objective, TrialFailed
+    from .progress import make_progress
+    from .storage import liveness_for, open_storage
+
+    prepared = prepare_run(space, options.device)
+    url = options.storage
+    interval = options.heartbeat_interval or st.HEARTBEAT_INTERVAL
+    retries = st.MAX_RETRY if options.max_retry is None else options.max_retry
+    storage = open_storage(url, heartbeat_interval=interval, grace_period=options.grace_period, max_retry=retries)
+    liveness = liveness_for(storage, url, interval, options.grace_period, retries)
+    study = open_study(storage, options.study_name or space.name, space, warm_start=options.warm_start)
+    confirm = space.study.get("confirm")
+    keep_best = options.keep_best
+    # Until the confirmation has chosen, keep the weights of every trial it may choose.
+    keeper = make_keeper(study, url, max(keep_best, confirm["top_k"]) if keep_best and confirm else keep_best,
+                         options.artifacts)
+    progress = progress or make_progress(options.quiet)
+    objective = Objective(space, prepared.data, prepared.device, progress, config_id=space.fingerprint(),
+                          total=options.total, keeper=keeper, liveness=liveness)
+    n_trials, total = options.trials, options.total
+    planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
+    progress.study_started(study, planned, space.study["metric"])
+    callbacks: list[Any] = [progress] if keeper is None else [progress, lambda study, trial: keeper.prune(study)]
+    if options.mlflow:
+        from .tracking import MLflowLogger
+
+        callbacks.append(MLflowLogger(options.mlflow, space.study["metric"]))
+    callbacks.append(interrupts.stop_study)
+    kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (TrialFailed, BudgetReached)}
+    try:
+        with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
+            if total is None:
+                study.optimize(objective, n_trials=n_trials, **kwargs)
+            else:
+                _run_to_total(study, objective, total, n_trials, options.timeout, kwargs, poll=interval,
+                              liveness=liveness)
+    finally:
+        progress.close()
+    if confirm:
+        from .confirm import confirm_top
+
+        say = None if options.quiet else lambda msg: print(msg, file=sys.stderr)
+        confirm_top(study, space, prepared.data, prepared.device, say=say)
+        if keeper is not None:
+            keeper.k = keep_best
+            keeper.prune(study)
+    return study
+
+
+def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, artifacts: str | None) -> Any:
+    """The ModelKeeper for ``--keep-best K`` (None without it); its store's location is recorded on the study."""
+    if not keep_best:
+        return None
+    from .artifacts import ModelKeeper, default_location, open_store
+
+    location = artifacts or study.user_attrs.get(record.ARTIFACTS) or default_location(storage_url)
+    if not location.startswith(("s3://", "gs://")):
+        location = str(Path(location).expanduser().resolve())
+    keeper = ModelKeeper(open_store(location), location, keep_best)
+    if study.user_attrs.get(record.ARTIFACTS) != location:
+        study.set_user_attr(record.ARTIFACTS, location)
+    return keeper
+
+
+def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int | None, timeout: float | None,
+                  kwargs: dict, poll: float, liveness: Any = None) -> None:
+    """Run trials until the study has ``total`` finished ones (or this worker's ``n_trials`` or ``timeout``).
+
+    When the running trials of other workers would complete the budget, wait for them instead of exiting:
+    if one of those workers dies, its trial goes stale, is failed and retried, and this worker runs it.
+    """
+    ran, failures = 0, 0
+    mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials: with others on the study, not the study's last
+    kwargs = {**kwargs, "callbacks": [*kwargs["callbacks"], lambda study, trial: mine.append(trial)]}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while n_trials is None or ran < n_trials:
+        interrupts.check()  # held while waiting for other workers' trials, or stopped after the last trial
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        finished, running = budget(study, liveness)
+        if finished >= total:
+            return
+        if finished + running >= total:
+            time.sleep(min(poll, 5.0))
+            continue
+        study.optimize(objective, n_trials=1, **kwargs)
+        ran += 1
+        last = mine[-1]
+        skipped = str(last.user_attrs.get(record.STATUS, "")).startswith("skipped")
+        failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL and not skipped else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise UsageError(f"{failures} trials failed in a row (see their fail_reason); stopping")

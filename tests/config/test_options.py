@@ -1,0 +1,62 @@
+"""The run's options, written once: each is checked the same way from Python and from the command line, the CLI's
+flags and the API's keyword arguments are derived from it, and a worker gets the ones marked for workers."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import hpsearch
+from hpsearch.config.options import RunOptions, option_problems, run_keywords
+from hpsearch.errors import UsageError
+
+
+def test_every_option_is_a_flag_of_run_and_a_keyword_of_the_api() -> None:
+    from click.testing import CliRunner
+
+    from hpsearch.cli import cli
+
+    help_text = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200).stdout
+    keywords = inspect.signature(hpsearch.run).parameters
+    for name, spec in RunOptions.fields():
+        assert spec.flag in help_text, spec.flag
+        assert keywords[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert keywords[name].default == RunOptions.__dataclass_fields__[name].default
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give trials=N"),
+    ({"trials": 0}, "trials: must be an integer >= 1, got 0"),
+    ({"trials": True}, "trials: must be an integer"),
+    ({"trials": 1, "timeout": 0.5}, "timeout: must be a number >= 1, got 0.5"),
+    ({"trials": 1, "max_retry": -1}, "max_retry: must be an integer >= 0"),
+    ({"trials": 1, "workers": 2, "gpus": ["0"]}, "workers 2: one worker per GPU, and 1 GPUs"),
+    ({"trials": 1, "heartbeat_interval": 10, "grace_period": 5}, "grace_period 5: must be longer than"),
+    ({"trials": 1, "device": "gpu"}, "device: must be auto, cpu or cuda, got 'gpu'"),
+    ({"trials": 1, "gpus": "0,1"}, "gpus: must be a list"),
+])
+def test_a_bad_option_is_named_with_its_value(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        RunOptions(**kwargs)
+
+
+def test_the_command_line_names_flags_where_python_names_keywords() -> None:
+    flags = {name: spec.flag for name, spec in RunOptions.fields()}
+    assert option_problems({"heartbeat_interval": 10, "grace_period": 5}, flags.__getitem__) == [
+        "give --trials N (trials in this invocation) or --total N (finished trials in the study)",
+        "--grace-period 5: must be longer than --heartbeat-interval 10"]
+
+
+def test_an_unknown_keyword_is_refused_with_a_hint() -> None:
+    with pytest.raises(UsageError, match="keep_bset .did you mean keep_best.."):
+        run_keywords({"trials": 1, "keep_bset": 2})
+
+
+def test_workers_get_the_options_marked_for_them_in_order() -> None:
+    options = RunOptions(trials=3, total=9, workers=2, device="cpu", timeout=60, keep_best=2, artifacts="a",
+                         warm_start="old", mlflow="file:m", storage="sqlite:///x.db", quiet=False)
+    assert options.worker_args() == ["--device", "cpu", "--timeout", "60", "--keep-best", "2", "--artifacts", "a",
+                                     "--mlflow", "file:m"]
+    assert options.worker_count == 2
+    assert RunOptions(trials=1, gpus=[" 0", "1 ", ""]).gpus == ("0", "1")
+    assert RunOptions(trials=1, gpus=["0", "1"]).worker_count == 2

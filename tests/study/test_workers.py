@@ -1,0 +1,127 @@
+"""Many workers, one study: real processes on real storage, a shared total, a worker killed mid-trial."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from hpsearch.study.workers import check_storage_for_workers, worker_env
+from tests.helpers import REPO
+
+
+def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+
+
+def test_n_workers_by_m_trials_on_an_empty_database(empty_database: str, make_space, tmp_path: Path,
+                                                    study_name: str) -> None:
+    """Three `hpsearch run` started together on a database without tables (a new CI machine's), as in issue 10."""
+    url = empty_database
+    space = str(make_space(fixed__epochs=1))
+    n, m = 3, 2
+    procs = [_popen(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", url,
+                     "--study-name", study_name], tmp_path) for _ in range(n)]
+    _finish(procs)
+    trials = optuna.load_study(study_name=study_name, storage=url).trials
+    assert sorted(t.number for t in trials) == list(range(n * m))  # no duplicates, no gaps
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials)
+
+
+def test_workers_flag_shares_a_total_on_sqlite(make_space, hpsearch, tmp_path: Path) -> None:
+    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "4", "--workers", "2",
+                   "--storage", f"sqlite:///{tmp_path}/w.db", check=True)
+    assert "[w0]" in res.stderr and "[w1]" in res.stderr and "locked" not in res.stderr
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/w.db").trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4 and len({t.number for t in trials}) == len(trials)
+    assert {t.user_attrs.get("device") for t in finished} == {"cpu"}
+    # the space is seeded (sampler seed 0): each worker draws its own configs, none runs another's
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+
+
+def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tmp_path: Path,
+                                               study_name: str) -> None:
+    space = str(make_space(fixed__epochs=1))
+    procs = [_popen(["run", "--space", space, "--total", "5", "--quiet", "--storage", postgres_url,
+                     "--study-name", study_name], tmp_path) for _ in range(3)]
+    _finish(procs)
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
+    assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 5
+    others = [t for t in trials if t.state.name not in ("COMPLETE", "PRUNED")]
+    assert all(t.state.name == "FAIL" and t.user_attrs["status"].startswith("skipped") for t in others)
+    assert all("steps" not in t.user_attrs for t in others)  # a surplus trial never trains
+
+
+def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url: str, make_space, tmp_path: Path,
+                                                                  study_name: str) -> None:
+    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", postgres_url, "--study-name", study_name]
+    slow = str(make_space("slow.yaml", fixed__epochs=500))
+    victim = _popen(["run", "--space", slow, "--trials", "1", "--quiet", *beat], tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "trial 0 started" not in victim.stderr.readline():
+        pass
+    time.sleep(1.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    storage_trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
+    assert [t.state.name for t in storage_trials] == ["RUNNING"]  # nobody has noticed yet
+
+    fast = str(make_space("fast.yaml", fixed__epochs=1))
+    survivor = _popen(["run", "--space", fast, "--total", "2", "--quiet", *beat], tmp_path)
+    _finish([survivor], timeout=180)
+    trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and "RUNNING" not in states
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == trials[0].number]
+    assert len(retried) == 1 and retried[0].params == trials[0].params
+    assert retried[0].user_attrs["retry_of"] == 0 and retried[0].state.name in ("COMPLETE", "PRUNED")
+
+
+def test_worker_environment_pins_gpus_or_splits_cores() -> None:
+    assert worker_env(1, 2, ["3", "5"])["CUDA_VISIBLE_DEVICES"] == "5"
+    env = worker_env(0, 2, None)
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) and "CUDA_VISIBLE_DEVICES" not in {
+        k for k in env if env.get(k) != os.environ.get(k)}
+
+
+def test_many_sqlite_workers_are_refused_with_a_pointer_to_postgres() -> None:
+    with pytest.raises(Exception, match="PostgreSQL"):
+        check_storage_for_workers("sqlite:///x.db", 8)
+    check_storage_for_workers("postgresql://h/db", 8)
+
+
+def test_compose_and_dockerfile_are_consistent_with_the_cli(hpsearch) -> None:
+    root = REPO
+    compose = yaml.safe_load((root / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "dashboard", "worker", "redis", "proxy"} <= set(services)
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert services["dashboard"]["ports"][0].startswith("${DASHBOARD_BIND:-127.0.0.1}:")
+    for service, sub in (("worker", "run"), ("dashboard", "dashboard"), ("proxy", "storage-proxy")):
+        command = services[service]["command"]
+        assert command[0] == sub
+        help_text = hpsearch(sub, "--help", check=True).stdout
+        for flag in (c for c in command if c.startswith("--")):
+            assert flag in help_text, (service, flag)
+    docker = (root / "docker" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE" in docker and 'ENTRYPOINT ["hpsearch"]' in docker
+    for line in docker.splitlines():
+        if line.startswith("COPY "):
+            for src in line.split()[1:-1]:
+                assert (root / src).exists(), src
