@@ -16,6 +16,7 @@ hpsearch.errors.UsageError: trials: must be an integer >= 1, got 0
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -71,14 +72,14 @@ def option(default: Any = None, **spec: Any) -> Any:
 
 
 def check_device(value: str) -> str | None:
-    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda``."""
-    if value in ("auto", "cpu", "cuda"):
+    """``auto`` (the GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` (GPU number N)."""
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
         return None
-    return "must be auto, cpu or cuda"
+    return "must be auto, cpu, cuda or cuda:N"
 
 
-DEVICE = Option("--device", "Where trials train: the GPU when there is one (auto), or force cpu / cuda.",
-                check=check_device, metavar="auto|cpu|cuda", to_workers=True)
+DEVICE = Option("--device", "Where trials train: the GPU when there is one (auto), or force cpu / cuda / cuda:N "
+                            "(GPU number N).", check=check_device, metavar="auto|cpu|cuda|cuda:N", to_workers=True)
 """The device option, shared by ``run`` and ``train``."""
 
 
@@ -184,6 +185,9 @@ def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[
                    f"trials in the study)")
     if grace and beat and grace <= beat:
         out.append(f"{name('grace_period')} {grace}: must be longer than {name('heartbeat_interval')} {beat}")
+    if gpus and str(values.get("device", "")).startswith("cuda:"):
+        out.append(f"{name('device')} {values['device']}: with {name('gpus')} each worker sees its own GPU as cuda:0; "
+                   f"give cuda or auto")
     if gpus and workers and workers != len(gpus):
         out.append(f"{name('workers')} {workers}: one worker per GPU, and {len(gpus)} GPUs were given "
                    f"({','.join(gpus)})")

@@ -16,7 +16,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HpsearchError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise HpsearchError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:

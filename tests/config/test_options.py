@@ -3,8 +3,10 @@ flags and the API's keyword arguments are derived from it, and a worker gets the
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
+import torch
 
 import hpsearch
 from hpsearch.config.options import RunOptions, option_problems, run_keywords
@@ -32,7 +34,9 @@ def test_every_option_is_a_flag_of_run_and_a_keyword_of_the_api() -> None:
     ({"trials": 1, "max_retry": -1}, "max_retry: must be an integer >= 0"),
     ({"trials": 1, "workers": 2, "gpus": ["0"]}, "workers 2: one worker per GPU, and 1 GPUs"),
     ({"trials": 1, "heartbeat_interval": 10, "grace_period": 5}, "grace_period 5: must be longer than"),
-    ({"trials": 1, "device": "gpu"}, "device: must be auto, cpu or cuda, got 'gpu'"),
+    ({"trials": 1, "device": "gpu"}, "device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ({"trials": 1, "device": "cuda:x"}, "device: must be auto, cpu, cuda or cuda:N"),
+    ({"trials": 1, "gpus": ["0", "1"], "device": "cuda:1"}, "device cuda:1: with gpus each worker sees its own GPU"),
     ({"trials": 1, "gpus": "0,1"}, "gpus: must be a list"),
 ])
 def test_a_bad_option_is_named_with_its_value(kwargs: dict, message: str) -> None:
@@ -45,6 +49,16 @@ def test_the_command_line_names_flags_where_python_names_keywords() -> None:
     assert option_problems({"heartbeat_interval": 10, "grace_period": 5}, flags.__getitem__) == [
         "give --trials N (trials in this invocation) or --total N (finished trials in the study)",
         "--grace-period 5: must be longer than --heartbeat-interval 10"]
+
+
+def test_a_gpu_number_is_a_device_the_cli_the_api_and_workers_take(make_space, hpsearch) -> None:
+    assert RunOptions(trials=1, device="cuda:1").worker_args()[:2] == ["--device", "cuda:1"]
+    bad = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--device", "cuda:one")
+    assert bad.returncode == 2 and "--device" in bad.stderr and "cuda:N" in bad.stderr
+    if torch.cuda.device_count() < 2:  # parsed and passed on; the machine then says the GPU is not there
+        res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--device", "cuda:1")
+        assert res.returncode == 1 and "--device cuda:1:" in res.stderr and "Traceback" not in res.stderr
+        assert not (Path.cwd() / "studies.db").exists()
 
 
 def test_an_unknown_keyword_is_refused_with_a_hint() -> None:

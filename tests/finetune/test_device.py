@@ -17,6 +17,14 @@ def test_a_cuda_device_without_a_gpu_is_an_error_naming_the_flag() -> None:
     assert D.resolve_device("cpu") == torch.device("cpu")
 
 
+def test_a_gpu_number_beyond_the_machine_s_gpus_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert D.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(HpsearchError, match="--device cuda:2: this machine has 2 GPU"):
+        D.resolve_device("cuda:2")
+
+
 def test_bf16_follows_the_precision_key_and_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert D.use_bf16("fp32", cpu) is False
