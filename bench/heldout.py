@@ -1,6 +1,7 @@
 """Held-out accuracy of the configs an earlier ``search.py`` run chose, on held-out rows from another source.
 
-    python bench/heldout.py --json bench/raw/search.json --source validation --append bench/SEARCH.md
+    python -m bench.heldout --json bench/results/raw/search.json --source validation \
+        --append bench/results/SEARCH.md
 
 ``search.py`` holds out rows of the *train* file (after the training rows). On SST-2 those are short phrases while
 the validation file holds whole sentences, so a config can win on one and lose on the other. ``--source
@@ -14,28 +15,28 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import search  # noqa: E402  the same retraining and statistics as the benchmark
+from bench import search  # the same retraining and statistics as the benchmark
+from bench.common import RAW, read_rows, write_tsv
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", default=str(search.REPO / "bench" / "raw" / "search.json"))
+    ap.add_argument("--json", default=str(RAW / "search.json"))
     ap.add_argument("--source", choices=["validation", "train"], default="validation")
     ap.add_argument("--append", default=None, help="markdown file to append the table to")
     own = ap.parse_args()
     raw, a = search.earlier_run(own.json)
     work = Path(a.workdir)
     path, start = (a.validation, a.n_eval) if own.source == "validation" else (a.train, a.n_train)
-    header, rows = search.read_rows(path, start, 10**9)
+    header, rows = read_rows(path, start, 10**9)
     if own.source == "train":
         rows = rows[: a.heldout]
     if not rows:
         sys.exit(f"{path}: no rows after the first {start}")
-    heldout = search.write_tsv(work / f"heldout-{own.source}.tsv", header, rows)
+    heldout = write_tsv(work / f"heldout-{own.source}.tsv", header, rows)
     lines = [f"### Held-out rows from the {own.source} file: {path} rows {start + 1}-{start + len(rows)} "
              f"({len(rows)} rows)", "",
-             f"`python bench/heldout.py --json {own.json} --source {own.source}`: each study's chosen config "
+             f"`python -m bench.heldout --json {own.json} --source {own.source}`: each study's chosen config "
              f"retrained {a.retrain_seeds} times, mean ± standard error.", "",
              "| seed | held-out anchor | held-out hpsearch | diff (pts) | within 1 SE |", "|---|---|---|---|---|"]
     ok = 0

@@ -2,7 +2,7 @@
 
 Takes the anchor's configs format (Trainer argument names) and writes a JSON result comparable to
 trainer_baseline.py's: per-trial wall time, accuracy, setup before the first training step, tokens/s.
-Usage: python bench/hpsearch_trials.py --train TSV --eval TSV --model DIR --configs JSON --out JSON
+Usage: python -m bench.hpsearch_trials --train TSV --eval TSV --model DIR --configs JSON --out JSON
        [--n-train N] [--n-eval N] [--max-length L] [--set KEY=VALUE ...]
 """
 from __future__ import annotations
@@ -72,11 +72,11 @@ def main() -> None:
     t0 = time.perf_counter()
     import optuna
 
-    from hpsearch.objective import Objective
-    from hpsearch.progress import Progress
-    from hpsearch.runner import open_study, prepare_run
-    from hpsearch.spacefile import apply_overrides
-    from hpsearch.validation import validate
+    from hpsearch.config.files import apply_overrides
+    from hpsearch.config.validation import validate
+    from hpsearch.study.objective import Objective
+    from hpsearch.study.progress import Progress
+    from hpsearch.study.runner import open_study, prepare_run
 
     configs = json.load(open(a.configs))
     if a.as_anchor_runs:
@@ -85,7 +85,8 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(raw, fh)
     space = validate(raw, fh.name)
-    device, data = prepare_run(space, "auto")  # exactly what `hpsearch run` does before its first trial
+    prepared = prepare_run(space, "auto")  # exactly what `hpsearch run` does before its first trial
+    device, data = prepared.device, prepared.data
     study = open_study(optuna.storages.InMemoryStorage(), "bench", space, warn=lambda m: None)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()

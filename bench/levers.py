@@ -1,30 +1,28 @@
 """Per-step cost of the CPU step levers: ms per training step over one epoch, with each lever off and on.
 
-    python bench/levers.py [--space search_spaces/lr_dropout.yaml] [--reps 3] [--batch-sizes 16,32] [--profile]
+    python -m bench.levers [--space search_spaces/lr_dropout.yaml] [--reps 3] [--batch-sizes 16,32] [--profile]
 
 Variants, alternating within every repetition: ``base`` (full embedding table, ``nn.Dropout``), ``vocab`` (only
-the data's embedding rows, hpsearch/vocab.py), ``dropout`` (cheaper masks, hpsearch/dropout.py), ``both`` (what
-``hpsearch.training.train`` does on a CPU). The step is the training loop's: bf16 autocast where ``use_bf16``
-says so, fused AdamW, clipping at 1.0, length-grouped batches. ``--profile`` prints where a ``both`` step's time goes.
+the data's embedding rows, hpsearch/finetune/vocab.py), ``dropout`` (cheaper masks, hpsearch/finetune/dropout.py),
+``both`` (what ``hpsearch.finetune.loop.train`` does on a CPU). The step is the training loop's: bf16 autocast where
+``use_bf16`` says so, fused AdamW, clipping at 1.0, length-grouped batches. ``--profile`` prints where a ``both``
+step's time goes.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from hpsearch import model as M  # noqa: E402
-from hpsearch import training as T  # noqa: E402
-from hpsearch.runner import prepare_run  # noqa: E402
-from hpsearch.space import load_space  # noqa: E402
-from hpsearch.vocab import shrink_vocabulary  # noqa: E402
+from bench.common import REPO, machine
+from hpsearch.config.load import load_space
+from hpsearch.finetune import loop as T
+from hpsearch.finetune import model as M
+from hpsearch.finetune.device import use_bf16
+from hpsearch.finetune.recipe import prepare
+from hpsearch.finetune.vocab import shrink_vocabulary
 
 VARIANTS = ("base", "vocab", "dropout", "both")
 
@@ -45,7 +43,7 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
         data = shrink_vocabulary(model, data).data
     optimizer = T.make_optimizer(model, hp, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    bf16 = T.use_bf16(space.config["model"]["precision"], device)
+    bf16 = use_bf16(space.config["model"]["precision"], device)
     batches = T.length_grouped_batches(data.train.lengths, batch_size, torch.Generator().manual_seed(0))
     model.train()
 
@@ -75,13 +73,14 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--space", default=str(ROOT / "search_spaces/lr_dropout.yaml"))
+    ap.add_argument("--space", default=str(REPO / "search_spaces/lr_dropout.yaml"))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch-sizes", default="16,32")
     ap.add_argument("--profile", action="store_true")
     a = ap.parse_args()
     space = load_space(a.space)
-    _, data = prepare_run(space, "cpu")
+    data = prepare(space, "cpu").data
+    print(f"machine: {machine()}")
     sizes = [int(b) for b in a.batch_sizes.split(",")]
     if a.profile:
         one_epoch(space, data, sizes[-1], "both", profile=True)

@@ -1,6 +1,6 @@
 """Per-trial speed of token classification: hpsearch's loop against HF Trainer on the same config and data.
 
-    python bench/ner_speed.py --rounds 2          # data/ner-demo, all-MiniLM-L6-v2: writes bench/RESULTS_ner.md
+    python -m bench.ner_speed --rounds 2     # data/ner-demo, all-MiniLM-L6-v2: writes bench/results/RESULTS_ner.md
 
 Each side runs in its own process, alternating order every round: hpsearch's objective through ``hpsearch run``
 (one enqueued trial, no pruner, so one evaluation per epoch on the whole validation set, like Trainer's
@@ -12,10 +12,8 @@ model construction included on both sides; process start-up and tokenization are
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, run_side
+
 CONFIG = {"learning_rate": 1e-4, "batch_size": 32, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
           "dropout": 0.1, "warmup_ratio": 0.0, "num_frozen_layers": 0, "seed": 0, "max_grad_norm": 1.0}
 
@@ -33,10 +32,16 @@ def trainer_side(a: argparse.Namespace) -> dict:
     import numpy as np
     import torch
     from seqeval.metrics import f1_score
-    from transformers import (AutoConfig, AutoModelForTokenClassification, AutoTokenizer,
-                              DataCollatorForTokenClassification, Trainer, TrainingArguments)
+    from transformers import (
+        AutoConfig,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from hpsearch.data import read_conll
+    from hpsearch.finetune.data import read_conll
 
     tok = AutoTokenizer.from_pretrained(a.model)
     raw = {s: read_conll(Path(p), "tokens", "ner_tags") for s, p in (("train", a.train), ("dev", a.validation))}
@@ -110,32 +115,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", default=str(REPO / "data" / "ner-demo" / "train.conll"))
     ap.add_argument("--validation", default=str(REPO / "data" / "ner-demo" / "dev.conll"))
-    ap.add_argument("--model", default=str(REPO / "models" / "all-MiniLM-L6-v2"))
+    ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--side", choices=["hpsearch", "trainer"], help=argparse.SUPPRESS)
-    ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS_ner.md"))
+    ap.add_argument("--out", default=str(RESULTS / "RESULTS_ner.md"))
     a = ap.parse_args()
     if a.side:
         print(json.dumps((hpsearch_side if a.side == "hpsearch" else trainer_side)(a)))
         return
-    runs: dict[str, list[dict]] = {"hpsearch": [], "trainer": []}
-    for r in range(a.rounds):
-        for side in (("hpsearch", "trainer") if r % 2 == 0 else ("trainer", "hpsearch")):
-            out = subprocess.run([sys.executable, __file__, "--side", side, *sys.argv[1:]], check=True,
-                                 capture_output=True, text=True, cwd=REPO)
-            runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(side, runs[side][-1], file=sys.stderr, flush=True)
+    runs = alternate(("hpsearch", "trainer"), a.rounds,
+                     lambda side, r: run_side("bench.ner_speed", side, sys.argv[1:]))
     med = {s: statistics.median(x["seconds"] for x in v) for s, v in runs.items()}
     f1 = {s: statistics.median(x["entity_f1"] for x in v) for s, v in runs.items()}
-    import torch
-
     text = "\n".join([
         "# Token classification: per-trial time, hpsearch against Trainer", "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch {torch.__version__}",
-        f"- command: `python bench/ner_speed.py {' '.join(sys.argv[1:])}`",
+        f"- date: {now()}",
+        f"- machine: {machine()}",
+        f"- command: `python -m bench.ner_speed {' '.join(sys.argv[1:])}`",
         f"- data: {os.path.relpath(a.train, REPO)} / {os.path.relpath(a.validation, REPO)}, max_length {a.max_length}; "
         f"model {os.path.relpath(a.model, REPO)}; config {CONFIG}", "",
         "| side | seconds per trial (median) | rounds | entity F1 (median) |", "|---|---|---|---|",

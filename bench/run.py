@@ -1,52 +1,32 @@
 """The speed benchmark: hpsearch's objective against HF Trainer.hyperparameter_search on identical trials.
 
-One run, one machine, alternating: each round runs hpsearch, the default anchor and the grouped anchor
-(`--group-by-length`), in an order that flips every round, each in a fresh process. Writes a Markdown
-report (per config: wall time, accuracy, ratio to each anchor, setup before the first training step,
+One run, one machine, alternating (:func:`bench.common.alternate`): each round runs hpsearch, the default anchor
+and the grouped anchor (`--group-by-length`), in an order that flips every round, each in a fresh process. Writes a
+Markdown report (per config: wall time, accuracy, ratio to each anchor, setup before the first training step,
 tokens per second, and the machine).
 
-    python bench/run.py --configs ../shared/bench/configs_small.json --out bench/RESULTS.md
+    python -m bench.run --configs ../shared/bench/configs_small.json --rounds 2     # bench/results/RESULTS.md
 
-The anchor script is run unchanged from --anchor (default ../shared/bench/trainer_baseline.py).
+The anchor script (--anchor, default ../shared/bench/trainer_baseline.py, from the project's shared folder) is run
+unchanged.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-
-def machine() -> str:
-    """CPU model and cores, GPU name if any, torch version: enough to know what the numbers belong to."""
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, require, run_json, shared
 
 
 def run_one(kind: str, a: argparse.Namespace, out: Path) -> dict:
     common = ["--train", a.train, "--eval", a.eval, "--model", a.model, "--n-train", str(a.n_train),
               "--n-eval", str(a.n_eval), "--configs", a.configs, "--out", str(out)]
     if kind.startswith("hpsearch"):
-        cmd = [sys.executable, str(HERE / "hpsearch_trials.py"), *common, "--max-length", str(a.max_length)]
+        cmd = [sys.executable, "-m", "bench.hpsearch_trials", *common, "--max-length", str(a.max_length)]
         for s in a.set:
             cmd += ["--set", s]
         if kind in ("hpsearch-as-run", "hpsearch-pruning-evals"):
@@ -61,21 +41,20 @@ def run_one(kind: str, a: argparse.Namespace, out: Path) -> dict:
     return run_json(cmd, out)
 
 
-def run_json(cmd: list[str], out: Path, quiet: bool = False) -> dict:
-    """Run one side of the bench offline (no hub) and read the JSON result it wrote to ``out``."""
-    quiet_io = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
-                   **quiet_io)
-    return json.loads(out.read_text())
-
-
 def add_task_arguments(ap: argparse.ArgumentParser) -> None:
     """The configs, the anchor script, the data and the model: shared with seed_spread.py."""
-    ap.add_argument("--configs", default=str(ROOT.parent / "shared/bench/configs_small.json"))
-    ap.add_argument("--anchor", default=str(ROOT.parent / "shared/bench/trainer_baseline.py"))
-    ap.add_argument("--train", default=str(ROOT / "data/sst2/train.tsv"))
-    ap.add_argument("--eval", default=str(ROOT / "data/sst2/dev.tsv"))
-    ap.add_argument("--model", default=str(ROOT / "models/all-MiniLM-L6-v2"))
+    ap.add_argument("--configs", default=shared("bench/configs_small.json"))
+    ap.add_argument("--anchor", default=shared("bench/trainer_baseline.py"))
+    ap.add_argument("--train", default=str(REPO / "data/sst2/train.tsv"))
+    ap.add_argument("--eval", default=str(REPO / "data/sst2/dev.tsv"))
+    ap.add_argument("--model", default=str(MODEL))
+
+
+def check_task_arguments(a: argparse.Namespace) -> None:
+    """Every file the run needs, each named with where it comes from when missing."""
+    require(a.configs, "the configs file", "--configs")
+    require(a.anchor, "the anchor script", "--anchor")
+    require(a.model, "the model directory (make models)", "--model")
 
 
 def main() -> None:
@@ -88,17 +67,14 @@ def main() -> None:
     ap.add_argument("--kinds", default="hpsearch-as-run,default,grouped,hpsearch-pruning-evals,hpsearch",
                     help="which systems to run")
     ap.add_argument("--set", action="append", default=[], help="space override for the hpsearch side")
-    ap.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    ap.add_argument("--out", default=str(RESULTS / "RESULTS.md"))
     ap.add_argument("--json", default=None, help="also write the raw results here")
     a = ap.parse_args()
+    check_task_arguments(a)
 
-    kinds = a.kinds.split(",")
-    results: dict[str, list[dict]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
-            order = kinds if r % 2 == 0 else kinds[::-1]
-            for kind in order:
-                results[kind].append(run_one(kind, a, Path(tmp) / f"{kind}-{r}.json"))
+        results = alternate(a.kinds.split(","), a.rounds,
+                            lambda kind, r: run_one(kind, a, Path(tmp) / f"{kind}-{r}.json"))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     Path(a.out).write_text(report(a, results))
@@ -127,14 +103,14 @@ def report(a: argparse.Namespace, results: dict[str, list[dict]]) -> str:
     lines = [
         "# Benchmark: hpsearch vs Trainer.hyperparameter_search",
         "",
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {now()}",
         f"- machine: {machine()}",
         f"- device used by hpsearch: {hp[0]['device'] if hp else '-'} (precision auto: bf16 autocast where the "
         "hardware has native bf16)",
         f"- task: SST-2, {a.n_train} train / {a.n_eval} eval examples, max_length {a.max_length}, "
         f"model {Path(a.model).name}",
         f"- configs: `{a.configs}` ({len(configs)} configs), {a.rounds} round(s), systems in alternating order",
-        f"- command: `python bench/run.py --configs {a.configs}"
+        f"- command: `python -m bench.run --configs {a.configs}"
         + (f" --rounds {a.rounds}" if a.rounds != 1 else "") + "".join(f" --set {s}" for s in a.set) + "`",
         "",
         "Wall time is Optuna's trial duration (model construction, training, every evaluation); medians over rounds. "

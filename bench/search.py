@@ -1,20 +1,21 @@
 """Search benchmark: whole studies side by side, hpsearch and the anchor study, per sampler seed, on one machine.
 
-    python bench/search.py --seeds 0,1,2                       # SST-2, the anchor's space: writes bench/SEARCH.md
+    python -m bench.search --seeds 0,1,2               # SST-2, the anchor's space: writes bench/results/SEARCH.md
 
 For each seed it runs the anchor (``../shared/bench/anchor_search.py``, unchanged: HF Trainer.hyperparameter_search
-with TPE and MedianPruner) and ``hpsearch run`` on the same space (``--space``, default bench/search_space.yaml),
+with TPE and MedianPruner) and ``hpsearch run`` on the same space (``--space``, default
+bench/configs/search_space.yaml),
 data rows and sampler seed, one after the other. Then, for each study's chosen config (the anchor's best trial;
 hpsearch's choice, which with ``study.confirm`` is the best confirmed score, and its best trial by value beside it
-when the two differ), it retrains from the config ``--retrain-seeds`` times and measures accuracy on held-out rows that neither training
-nor validation used (the train file's rows after the training rows), so a search that only found validation
-noise shows. It writes a markdown report, the raw numbers (JSON) and one figure: best-so-far validation
+when the two differ), it retrains from the config ``--retrain-seeds`` times and measures accuracy on held-out rows
+that neither training nor validation used (the train file's rows after the training rows), so a search that only found
+validation noise shows. It writes a markdown report, the raw numbers (JSON) and one figure: best-so-far validation
 accuracy against wall time, every run. Any data in the anchor's TSV layout (label, text; a header line) works.
 
 The anchor's trials all ran with dropout 0.1 and no frozen layers (transformers 5 calls its model_init before
 the parameters are suggested; bench/README.md), so its chosen config is retrained as it ran. Both chosen configs
 are retrained by hpsearch's loop, so the held-out comparison measures the configs, not the two training loops
-(whose accuracy agrees over seeds: bench/SEEDS.md).
+(whose accuracy agrees over seeds: bench/results/SEEDS.md).
 
 Lever runs: ``--set KEY=VALUE`` changes hpsearch's space (e.g. ``--set study.pruner.options.n_warmup_steps=4``),
 ``--anchor-json FILE`` reuses anchor runs of an earlier invocation instead of running them again (exploration
@@ -23,18 +24,15 @@ only: the targets are read from a run that ran both). ``--validation-from-train`
 ``--warm-start STUDY`` starts every hpsearch study with the best configs of an earlier study in
 ``<workdir>/search.db`` (another dataset's: bench/README.md gives the command that runs one); the report says
 what it cost and gives the ratio with that time counted too.
-Second dataset: ``bench/bbc_news.py`` writes BBC News business/politics TSVs for ``--train`` / ``--validation``.
+Second dataset: ``python -m bench.bbc_news`` writes BBC News business/politics TSVs for ``--train`` / ``--validation``.
 ``--report-only JSON`` runs nothing and rewrites an earlier invocation's report and figure from its raw results.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,21 +40,21 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared"
+from bench.common import CONFIGS, MODEL, RAW, REPO, RESULTS, machine, now, read_rows, require, shared, write_tsv
+
 ANCHOR_NAMES = {"per_device_train_batch_size": "batch_size", "num_train_epochs": "epochs",
                 "lr_scheduler_type": "scheduler"}
 ANCHOR_AS_RUN = {"dropout": 0.1, "num_frozen_layers": 0}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The benchmark's arguments (``argv``, default the command line), every path resolved, the workdir made."""
+def parse_args(argv: list[str] | None = None, run: bool = True) -> argparse.Namespace:
+    """The benchmark's arguments (``argv``, default the command line), every path resolved, the workdir made;
+    ``run``: the files a run reads are checked (and the validation rows taken from the train file, if asked)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--space", default=str(REPO / "bench" / "search_space.yaml"))
-    ap.add_argument("--train", default=str(SHARED / "data" / "sst2" / "train.tsv"))
-    ap.add_argument("--validation", default=str(SHARED / "data" / "sst2" / "dev.tsv"))
-    ap.add_argument("--model", default=str(REPO / "models" / "all-MiniLM-L6-v2"))
+    ap.add_argument("--space", default=str(CONFIGS / "search_space.yaml"))
+    ap.add_argument("--train", default=shared("data/sst2/train.tsv"))
+    ap.add_argument("--validation", default=shared("data/sst2/dev.tsv"))
+    ap.add_argument("--model", default=str(MODEL))
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--heldout", type=int, default=2000, help="held-out rows: the train file's rows after --n-train")
@@ -68,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trials", type=int, default=20, help="trials per anchor study")
     ap.add_argument("--hp-trials", type=int, default=None, help="trials per hpsearch study (default: --trials)")
     ap.add_argument("--retrain-seeds", type=int, default=3, help="retrains of each chosen config (training seeds)")
-    ap.add_argument("--anchor", default=str(SHARED / "bench" / "anchor_search.py"))
+    ap.add_argument("--anchor", default=shared("bench/anchor_search.py"))
     ap.add_argument("--anchor-json", default=None, help="reuse the anchor runs recorded in this earlier JSON")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--warm-start", default=None, metavar="STUDY",
@@ -78,46 +76,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="hpsearch runs with --workers N: N local worker processes on one study, the CPU cores "
                          "split between them (the anchor runs one study process, as Trainer does)")
     ap.add_argument("--label", default="hpsearch")
-    ap.add_argument("--out", default=str(REPO / "bench" / "SEARCH.md"))
-    ap.add_argument("--json", default=None, help="raw results (default: bench/raw/<out stem>.json)")
-    ap.add_argument("--plot", default=None, help="figure, .png or .html (default: bench/<out stem>.png)")
+    ap.add_argument("--out", default=str(RESULTS / "SEARCH.md"))
+    ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/<out stem>.json)")
+    ap.add_argument("--plot", default=None, help="figure, .png or .html (default: bench/results/<out stem>.png)")
     ap.add_argument("--workdir", default=str(REPO / "bench" / "out"))
     ap.add_argument("--report-only", metavar="JSON", default=None,
                     help="run nothing: rewrite the report and figure of the earlier invocation whose raw results "
                          "are in JSON (after a change to how the report reads them)")
     a = ap.parse_args(argv)
+    run = run and not a.report_only
+    if run:
+        for key, flag in (("train", "--train"), ("validation", "--validation"), ("model", "--model")):
+            require(getattr(a, key), f"the {key} data" if key != "model" else "the model (make models)", flag)
+        if not a.anchor_json:
+            require(a.anchor, "the anchor study script", "--anchor")
     for key in ("space", "train", "validation", "model", "anchor", "out", "workdir"):
         setattr(a, key, str(Path(getattr(a, key)).resolve()))
     Path(a.workdir).mkdir(parents=True, exist_ok=True)
     a.validation_source = f"{a.validation} rows 1-{a.n_eval}"
     if a.validation_from_train:
         start = a.n_train + a.heldout
+        a.validation_source = f"{a.train} rows {start + 1}-{start + a.n_eval}"
+        if not run:
+            return a
         header, rows = read_rows(a.train, start, start + a.n_eval)
         if len(rows) < a.n_eval:
             sys.exit(f"{a.train}: only {len(rows)} rows after the first {start} (--validation-from-train)")
         a.validation = str(write_tsv(Path(a.workdir) / "validation-from-train.tsv", header, rows))
-        a.validation_source = f"{a.train} rows {start + 1}-{start + a.n_eval}"
     return a
 
 
-def earlier_run(json_path: str) -> tuple[dict, argparse.Namespace]:
-    """The raw results of an earlier invocation and the arguments it ran with (for heldout.py, chosen_spread.py)."""
+def earlier_run(json_path: str, run: bool = True) -> tuple[dict, argparse.Namespace]:
+    """The raw results of an earlier invocation and the arguments it ran with (for heldout.py, chosen_spread.py;
+    ``run=False`` to rewrite its report without its data)."""
     raw = json.loads(Path(json_path).read_text())
-    return raw, parse_args(raw["argv"])
-
-
-def read_rows(path: str, start: int, stop: int) -> tuple[list[str], list[list[str]]]:
-    """Header and rows [start, stop) of a TSV file, read as the anchor reads it (no quoting)."""
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return rows[0], rows[1:][start:stop]
-
-
-def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    """Rows as read (fields hold no tab or newline), no quoting or escapes: a quote stays a quote for both tools."""
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.writelines("\t".join(row) + "\n" for row in [header, *rows])
-    return path
+    return raw, parse_args(raw["argv"], run=run)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,9 +176,7 @@ def run_hpsearch(a: argparse.Namespace, seed: int, work: Path) -> dict:
         if t.state.name == "COMPLETE" and t.value > best:
             best, t_best = t.value, at
         curve.append((at, best))
-    from hpsearch.exporter import ranked_trials
-
-    from hpsearch.confirm import confirmations
+    from hpsearch.study.record import confirmations, ranked_trials
 
     chosen = ranked_trials(study)[0]  # by the confirmed score when study.confirm ran
     by_value = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
@@ -203,8 +194,9 @@ def prior_study(a: argparse.Namespace) -> dict:
     """What ``--warm-start`` drew on: the earlier study's data, size, wall time and the configs it hands over."""
     import optuna
 
-    from hpsearch.runner import trial_config, warm_start_params
-    from hpsearch.space import load_space
+    from hpsearch.config.load import load_space
+    from hpsearch.study.record import trial_config
+    from hpsearch.study.runner import warm_start_params
 
     storage = f"sqlite:///{Path(a.workdir) / 'search.db'}"
     study = optuna.load_study(study_name=a.warm_start, storage=storage)
@@ -241,12 +233,13 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
                    seeds: list[int]) -> dict[str, list[float]]:
     """Retrain ``chosen`` once per training seed in ``seeds``; accuracy on each named row set, a file with the
     columns of the ``train`` or ``validation`` source (``sets``: name -> (path, source))."""
-    from hpsearch import training
-    from hpsearch.data import prepare
-    from hpsearch.selection import Selection
-    from hpsearch.model import build_model, load_tokenizer
-    from hpsearch.spacefile import apply_overrides, read_yaml
-    from hpsearch.validation import validate
+    from hpsearch.config.files import apply_overrides, read_yaml
+    from hpsearch.config.validation import validate
+    from hpsearch.finetune.data import prepare
+    from hpsearch.finetune.device import resolve_device
+    from hpsearch.finetune.loop import evaluate
+    from hpsearch.finetune.model import load_tokenizer
+    from hpsearch.finetune.recipe import fine_tune
 
     raw = apply_overrides(read_yaml(a.space), space_overrides(a, 0))
     if as_anchor:  # Trainer reported its last evaluation and trained what it ran
@@ -259,17 +252,13 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
     encoded = {name: prepare({**base.config["data"], "max_eval_samples": None,  # the file has that source's columns
                               "validation": {**base.config["data"][src], "path": str(path)}},
                              tokenizer, model_cfg["max_length"]).validation for name, (path, src) in sets.items()}
-    device = training.resolve_device("auto")
+    device = resolve_device("auto")
     out: dict[str, list[float]] = {name: [] for name in sets}
     for seed in seeds:
         space = base.with_params({**chosen, "seed": seed})
-        hp = dict(space.fixed)
-        model = build_model(model_cfg, hp, data, device)
-        training.train(model, data, hp, device=device, reports_per_epoch=space.study["reports_per_epoch"],
-                       intermediate_eval_samples=space.study["intermediate_eval_samples"],
-                       precision=model_cfg["precision"], selection=Selection.from_study(space.study))
+        model, _ = fine_tune(space, dict(space.fixed), data, device)
         for name, enc in encoded.items():
-            out[name].append(training.evaluate(model, enc, data, device)["accuracy"])
+            out[name].append(evaluate(model, enc, data, device)["accuracy"])
     return out
 
 
@@ -326,25 +315,23 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def _report_date(path: Path) -> str | None:
-    """The date line of an existing report (raw results written before 2026-11-26 do not hold it)."""
+def _report_line(path: Path, head: str) -> str | None:
+    """A line of an existing report (``- date: ``, ``- machine: ``): raw results written before 2026-11-26 do not
+    hold the date, before 2026-11-27 not the machine."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-    return next((ln[len("- date: "):] for ln in lines if ln.startswith("- date: ")), None)
+    return next((ln[len(head):] for ln in lines if ln.startswith(head)), None)
 
 
 def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[str], when: str | None = None,
-           prior: dict | None = None) -> str:
-    """The markdown report of ``runs``; ``when`` the run ended (default now); ``prior`` the ``--warm-start`` study."""
-    import torch
-
-    from hpsearch.workers import worker_env
+           prior: dict | None = None, host: str | None = None) -> str:
+    """The markdown report of ``runs``; ``when`` the run ended (default now) on ``host`` (default this machine);
+    ``prior`` the ``--warm-start`` study."""
+    from hpsearch.study.workers import threads_per_worker
 
     lines = [f"# Search benchmark: hpsearch ({a.label}) against Trainer.hyperparameter_search", "",
              f"- date: {when or now()}",
-             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"{'GPU ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}, torch "
-             f"{torch.__version__}",
-             f"- command: `python bench/search.py {' '.join(argv)}`",
+             f"- machine: {host or machine()}",
+             f"- command: `python -m bench.search {' '.join(argv)}`",
              f"- data: {a.train} rows 1-{a.n_train} (train), {a.validation_source} (validation), "
              f"held-out: {a.train} rows {a.n_train + 1}-{a.n_train + a.heldout}; max_length {a.max_length}",
              f"- space: `{os.path.relpath(a.space, REPO)}`"
@@ -352,8 +339,8 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
              f"- anchor: `{os.path.relpath(a.anchor, REPO)}`, {a.trials} trials per study"
              + (f" (reused from {a.anchor_json})" if a.anchor_json else " (run in this invocation)"),
              f"- hpsearch: {a.hp_trials or a.trials} trials per study"
-             + (f" by {a.workers} worker processes ({worker_env(0, a.workers, None)['OMP_NUM_THREADS']} threads "
-                "each)" if a.workers > 1 else "") + "; held-out accuracy: each chosen config retrained "
+             + (f" by {a.workers} worker processes ({threads_per_worker(a.workers)} threads each)"
+                if a.workers > 1 else "") + "; held-out accuracy: each chosen config retrained "
              f"{a.retrain_seeds} times (training seeds 0-{a.retrain_seeds - 1}), mean ± standard error",
              *([f"- warm start: each hpsearch study first ran the {len(prior['enqueued'])} best configs of the earlier "
                 f"study `{prior['study']}` ({prior['trials']} trials on {prior['train']}, best {prior['best']:.3f}, "
@@ -420,23 +407,24 @@ def _short(params: dict) -> str:
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
-def now() -> str:
-    """The time as the reports write it."""
-    return f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-
-
 def write_report(a: argparse.Namespace, runs: list[dict], argv: list[str], when: str | None = None,
-                 prior: dict | None = None) -> Path:
-    """The figure (``--plot``, default bench/<out stem>.png) and the markdown report (``--out``) of ``runs``."""
-    figure = plot(runs, Path(a.plot or REPO / "bench" / f"{Path(a.out).stem.lower()}.png"))
-    Path(a.out).write_text(report(a, runs, figure, argv, when, prior) + "\n", encoding="utf-8")
+                 prior: dict | None = None, host: str | None = None) -> Path:
+    """The figure (``--plot``, default bench/results/<out stem>.png) and the markdown report (``--out``) of
+    ``runs``."""
+    figure = plot(runs, Path(a.plot or RESULTS / f"{Path(a.out).stem.lower()}.png"))
+    Path(a.out).write_text(report(a, runs, figure, argv, when, prior, host) + "\n", encoding="utf-8")
     return Path(a.out)
 
 
-def rewrite_report(json_path: str) -> Path:
-    """Rewrite an earlier invocation's report and figure from its raw results, with its own arguments."""
-    raw, a = earlier_run(json_path)
-    return write_report(a, raw["runs"], raw["argv"], raw.get("date") or _report_date(Path(a.out)), raw.get("prior"))
+def rewrite_report(json_path: str, out: str | None = None, plot: str | None = None) -> Path:
+    """Rewrite an earlier invocation's report and figure from its raw results, with its own arguments (to ``out``
+    and ``plot`` instead of its own, if given)."""
+    raw, a = earlier_run(json_path, run=False)
+    earlier = Path(a.out)
+    if out is not None:
+        a.out, a.plot = str(Path(out).resolve()), plot
+    return write_report(a, raw["runs"], raw["argv"], raw.get("date") or _report_line(earlier, "- date: "),
+                        raw.get("prior"), raw.get("machine") or _report_line(earlier, "- machine: "))
 
 
 def main() -> None:
@@ -447,12 +435,13 @@ def main() -> None:
     argv = sys.argv[1:]
     work = Path(a.workdir)
     stem = Path(a.out).stem
-    raw_json = Path(a.json or REPO / "bench" / "raw" / f"{stem.lower()}.json")
+    raw_json = Path(a.json or RAW / f"{stem.lower()}.json")
     header, rows = read_rows(a.train, a.n_train, a.n_train + a.heldout)
     if len(rows) < a.heldout:
         sys.exit(f"{a.train}: only {len(rows)} rows after the first {a.n_train} (--heldout {a.heldout})")
     heldout = write_tsv(work / f"heldout-{stem.lower()}.tsv", header, rows)
-    reused = {r["seed"]: r["anchor"] for r in json.loads(Path(a.anchor_json).read_text())["runs"]} if a.anchor_json else {}
+    reused = ({r["seed"]: r["anchor"] for r in json.loads(Path(a.anchor_json).read_text())["runs"]}
+              if a.anchor_json else {})
     prior = prior_study(a) if a.warm_start else None
     runs = []
     for seed in (int(s) for s in a.seeds.split(",")):
@@ -473,7 +462,8 @@ def main() -> None:
                      "held_by_value": mean_se(held_v, len(rows)),
                      "held_values": {"anchor": held_a, "hpsearch": held_h, "by_value": held_v}})
         raw_json.parent.mkdir(parents=True, exist_ok=True)
-        raw_json.write_text(json.dumps({"argv": argv, "date": now(), "prior": prior, "runs": runs}, indent=1))
+        raw_json.write_text(json.dumps({"argv": argv, "date": now(), "machine": machine(), "prior": prior,
+                                        "runs": runs}, indent=1))
         write_report(a, runs, argv, prior=prior)
         print(f"[search] seed {seed} done: {a.out}", file=sys.stderr, flush=True)
 

@@ -1,11 +1,12 @@
 """Search levers, hpsearch side only: whole hpsearch studies per sampler seed with space overrides, no anchor.
 
-    python bench/search_levers.py --label rpe1 --seeds 0,1,2 --set study.reports_per_epoch=1
+    python -m bench.search_levers --label rpe1 --seeds 0,1,2 --set study.reports_per_epoch=1
 
 Runs ``hpsearch run`` exactly as bench/search.py does (same data rows, space, sampler seeds; ``--set`` as there) and
 prints one JSON line per seed: the best validation accuracy, when it was found, the study's length, how many
 trials were pruned, and when the best-so-far first reached each of ``--thresholds``. Exploration only: lever runs
-are compared with each other on one machine in one session; the targets come from bench/search.py (SEARCH.md).
+are compared with each other on one machine in one session; the targets come from bench/search.py
+(bench/results/SEARCH.md).
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import search  # noqa: E402  bench/search.py: the same hpsearch side and its arguments
+from bench import search  # the same hpsearch side and its arguments
 
 
 def main() -> None:

@@ -1,12 +1,12 @@
 """How much validation accuracy moves with the seed alone, for hpsearch and for the anchor: the yardstick for
 "equal accuracy". Analysis only; the benchmark proper is bench/run.py, which runs the anchor unchanged.
 
-    python bench/seed_spread.py --seeds 0,1,2,3,4 --anchor-seeds 1,2,3 --out bench/SEEDS.md
+    python -m bench.seed_spread --seeds 0,1,2,3,4 --anchor-seeds 1,2,3 --out bench/results/SEEDS.md
 
 The anchor fixes ``seed=0`` in its TrainingArguments; for the other seeds this script runs a copy of it in a
 temporary directory in which that one literal is replaced (and nothing else: the script checks the copy differs
 from the original in that one place). hpsearch runs its objective as the anchor really runs the configs
-(bench/hpsearch_trials.py --as-anchor-runs) with ``--set fixed.seed=N``.
+(``python -m bench.hpsearch_trials --as-anchor-runs``) with ``--set fixed.seed=N``.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import add_task_arguments, run_json  # bench/run.py (this folder is on sys.path when run as a script)
+from bench.common import RESULTS, run_json
+from bench.run import add_task_arguments, check_task_arguments
 
-HERE = Path(__file__).resolve().parent
 SEED_LITERAL = "seed=0)"
 
 
@@ -45,8 +45,9 @@ def main() -> None:
     ap.add_argument("--anchor-seeds", default="1,2,3", help="anchor seeds besides its own 0 (taken from --results)")
     ap.add_argument("--kinds", default="default,grouped", help="anchor variants to re-seed")
     ap.add_argument("--results", default=None, help="bench/run.py --json output: its seed-0 anchor runs are reused")
-    ap.add_argument("--out", default=str(HERE / "SEEDS.md"))
+    ap.add_argument("--out", default=str(RESULTS / "SEEDS.md"))
     a = ap.parse_args()
+    check_task_arguments(a)
     common = ["--train", a.train, "--eval", a.eval, "--model", a.model, "--configs", a.configs]
     configs = json.loads(Path(a.configs).read_text())
     values: dict[str, dict[int, list[float]]] = {"hpsearch": {}}
@@ -54,7 +55,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         for seed in [int(s) for s in a.seeds.split(",")]:
             out = tmp / f"hpsearch-{seed}.json"
-            values["hpsearch"][seed] = run([sys.executable, str(HERE / "hpsearch_trials.py"), *common, "--out", str(out),
+            values["hpsearch"][seed] = run([sys.executable, "-m", "bench.hpsearch_trials", *common, "--out", str(out),
                                             "--as-anchor-runs", "--set", f"fixed.seed={seed}"], out)["values"]
         for kind in a.kinds.split(","):
             values[kind] = {}
@@ -65,10 +66,12 @@ def main() -> None:
                 out = tmp / f"{kind}-{seed}.json"
                 script = anchor_with_seed(Path(a.anchor), seed, tmp)
                 extra = ["--group-by-length"] if kind == "grouped" else []
-                values[kind][seed] = run([sys.executable, str(script), *common, "--out", str(out), *extra], out)["values"]
+                cmd = [sys.executable, str(script), *common, "--out", str(out), *extra]
+                values[kind][seed] = run(cmd, out)["values"]
     lines = ["# Accuracy spread over seeds (hpsearch vs the anchor)", "",
-             f"Command: `python bench/seed_spread.py --configs {a.configs} --seeds {a.seeds} --anchor-seeds "
-             f"{a.anchor_seeds}" + (f" --results {a.results}" if a.results else "") + f" --out {a.out}`; hpsearch runs the "
+             f"Command: `python -m bench.seed_spread --configs {a.configs} --seeds {a.seeds} --anchor-seeds "
+             f"{a.anchor_seeds}" + (f" --results {a.results}" if a.results else "") + f" --out {a.out}`; "
+             "hpsearch runs the "
              "configs as the anchor really runs them (dropout 0.1, nothing frozen). Accuracy on the 500 validation "
              "examples; one example is 0.2 points.", "",
              "| config | system | accuracy per seed | mean | sd (pts) |", "|---|---|---|---|---|"]

@@ -1,7 +1,7 @@
 """Storage throughput: how many trials per second a study's storage sustains as workers are added.
 
-    python bench/storage.py                     # 1,000 trials at 1, 4, 16 and 64 workers on each storage
-    python bench/storage.py --trials 300 --workers 1,4 --storages sqlite,journal
+    python -m bench.storage                     # 1,000 trials at 1, 4, 16 and 64 workers on each storage
+    python -m bench.storage --trials 300 --workers 1,4 --storages sqlite,journal
 
 No training: each worker process runs hpsearch's runner loop (``runner._run_to_total``: the shared ``--total``
 budget, the stale-trial check before each trial, hpsearch's heartbeats on storages Optuna gives none) with a
@@ -13,15 +13,13 @@ a common start signal, so process start-up and imports are not counted. Storages
 
 Reported per run: trials per second over the study (wall time from the start signal to the last worker's end)
 and the mean storage time per trial as a worker sees it (its loop time / its trials: everything but the
-objective is storage work). Writes bench/STORAGE.md and bench/raw/storage.json.
+objective is storage work). Writes bench/results/STORAGE.md and bench/results/raw/storage.json.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -31,8 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.common import RAW, REPO, RESULTS, machine, now
+
 POSTGRES = os.environ.get("HPSEARCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = "redis://127.0.0.1:6379/14"
 SQLITE_MAX_WORKERS = 4
@@ -54,9 +52,9 @@ def objective(trial) -> float:
 def worker(url: str, study_name: str, total: int, start_file: str, out_file: str) -> None:
     import optuna
 
-    from hpsearch import runner
-    from hpsearch.objective import BudgetReached
-    from hpsearch.storage import liveness_for, open_storage
+    from hpsearch.study import runner
+    from hpsearch.study.objective import BudgetReached
+    from hpsearch.study.storage import liveness_for, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url)
@@ -75,7 +73,7 @@ def worker(url: str, study_name: str, total: int, start_file: str, out_file: str
 
 def _trial(trial, total: int, liveness) -> float:
     """The objective as hpsearch's Objective wraps a trial: heartbeats where Optuna has none, the budget check."""
-    from hpsearch.objective import start_trial
+    from hpsearch.study.objective import start_trial
 
     if liveness is None:
         start_trial(trial, total)
@@ -115,7 +113,7 @@ class Storage:
                                           "--port", str(port)], cwd=REPO, stderr=subprocess.DEVNULL)
                 self.cleanup.insert(0, lambda: (proxy.send_signal(signal.SIGINT), proxy.wait(timeout=30)))
                 self.url = f"grpc://127.0.0.1:{port}"
-                from hpsearch.storage import open_storage
+                from hpsearch.study.storage import open_storage
 
                 for _ in range(100):
                     try:
@@ -154,7 +152,7 @@ class Storage:
 def one_run(kind: str, workers: int, trials: int, work: Path) -> dict:
     import optuna
 
-    from hpsearch.storage import open_storage
+    from hpsearch.study.storage import open_storage
 
     store = Storage(kind, work)
     try:
@@ -163,8 +161,8 @@ def one_run(kind: str, workers: int, trials: int, work: Path) -> dict:
         start = work / f"{name}.start"
         outs = [work / f"{name}.{i}.json" for i in range(workers)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", store.url, name, str(trials), str(start),
-                                   str(out)], env=env) for out in outs]
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.storage", "--worker", store.url, name, str(trials),
+                                   str(start), str(out)], env=env, cwd=REPO) for out in outs]
         while not all(Path(str(o) + ".ready").exists() for o in outs):
             if any(p.poll() not in (None, 0) for p in procs):
                 raise RuntimeError(f"{kind}: a worker failed to start")
@@ -192,7 +190,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,4,16,64")
     ap.add_argument("--storages", default="sqlite,postgresql,journal,redis,grpc")
     ap.add_argument("--append", action="store_true",
-                    help="Keep the rows of earlier runs in bench/raw/storage.json (this run's replace theirs)")
+                    help="Keep the rows of earlier runs in bench/results/raw/storage.json (this run's replace theirs)")
     ap.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -212,9 +210,10 @@ def main() -> None:
 
 
 def write_report(rows: list[dict], append: bool, command: str) -> None:
-    """bench/raw/storage.json (merged with earlier rows when ``append``) and bench/STORAGE.md from all rows."""
-    raw = REPO / "bench" / "raw"
-    raw.mkdir(exist_ok=True)
+    """bench/results/raw/storage.json (merged with earlier rows when ``append``) and bench/results/STORAGE.md from
+    all rows."""
+    raw = RAW
+    raw.mkdir(parents=True, exist_ok=True)
     if append and (raw / "storage.json").is_file():
         mine = {(r["storage"], r["workers"]) for r in rows}
         rows = [r for r in json.loads((raw / "storage.json").read_text())
@@ -234,17 +233,16 @@ def write_report(rows: list[dict], append: bool, command: str) -> None:
         table.append(f"| {kinds[kind]} | " + " | ".join(cells) + " |")
     text = "\n".join([
         "# Storage throughput: trials per second as workers are added", "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; the workers and the "
-        "database servers share them",
-        f"- command: `python bench/storage.py {command}`",
+        f"- date: {now()}",
+        f"- machine: {machine()}; the workers and the database servers share it",
+        f"- command: `python -m bench.storage {command}`",
         f"- {sorted({r['trials'] for r in rows})} trials per run, a trivial objective through hpsearch's runner loop "
         "(see the script)", "",
         *table, "",
         "ms/trial: a worker's loop time divided by its trials (storage work only: the objective is trivial). "
         f"Every run finished exactly its trials with no duplicate numbers: "
         f"{all(r['duplicates'] == 0 for r in rows) and len({r['trials'] for r in rows}) == 1}.", ""])
-    (REPO / "bench" / "STORAGE.md").write_text(text, encoding="utf-8")
+    (RESULTS / "STORAGE.md").write_text(text, encoding="utf-8")
     print(text)
 
 

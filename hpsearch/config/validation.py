@@ -318,7 +318,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
               "proposes a pruned config again; use pruner: none with gp (or another sampler)")
 
     # One evaluation per epoch by default, pruner or not: epoch ends are whole-validation checkpoints, so the
-    # pruner decides on the same numbers a trial reports (bench/README.md, "Search levers").
+    # pruner decides on the same numbers a trial reports (bench/README.md, "Lever runs").
     reports = c.integer(study, "reports_per_epoch", "study", default=DEFAULT_REPORTS_PER_EPOCH, low=1)
     subset = c.integer(study, "intermediate_eval_samples", "study", default=256, low=1)
     enqueue = _check_enqueue(c, study.get("enqueue"), params)

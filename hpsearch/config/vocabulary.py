@@ -139,7 +139,7 @@ choice on one of two seeds, by nothing the held-out rows could tell, for 12-24 %
 DEFAULT_REPORTS_PER_EPOCH = 1
 """Evaluations per epoch unless a space asks for more. Quarter-epoch reports on a 256-row subset (the old default)
 let the median pruner decide on noise and favour configs that start fast; one whole-validation report per epoch
-reached the same accuracy sooner on every sampler seed measured (bench/README.md, "Search levers")."""
+reached the same accuracy sooner on every sampler seed measured (bench/README.md, "Lever runs")."""
 TRIAL_VALUES = ("best", "last")
 DEFAULT_TRIAL_VALUE = "best"
 """What a trial reports: its best whole-validation checkpoint (and those weights kept), or its last evaluation.

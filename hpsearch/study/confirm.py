@@ -3,7 +3,7 @@
 The best of many trials on one validation set is partly the best fit to that set's sample: on the search
 benchmark, the config a 30-trial study chose scored 2.2 points above the anchor's on the 500 validation rows with
 every one of four training seeds, and 2.0-2.5 points below it on other rows of both files (bench/README.md,
-"Why the chosen configs lost"). Retraining with other seeds cannot see that; other rows can.
+"What a study's best is"). Retraining with other seeds cannot see that; other rows can.
 
 ``study.confirm: {top_k: K, folds: F}``: after a worker's trials, each of the K best completed trials is retrained
 F times, once per cross-validation fold (:meth:`hpsearch.tasks.encoded.PreparedData.fold`: a block of training rows
