@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def hpsearch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     No process boundary: what a command prints and its exit code are the same as the console script's (an
     unexpected exception fails the test instead of becoming exit 1). Tests where the process is the point
-    (signals, workers, the console script) use ``hpsearch_process``."""
+    (signals, workers, servers, the console script) start their own."""
     from click.testing import CliRunner
 
     from hpsearch.cli import cli
@@ -108,22 +107,6 @@ def hpsearch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         if check and ran.returncode != 0:
             raise AssertionError(f"hpsearch {' '.join(args)} exited {ran.returncode}\n{ran.stdout}\n{ran.stderr}")
         return ran
-
-    return _run
-
-
-@pytest.fixture
-def hpsearch_process(tmp_path: Path):
-    """Run the real CLI in a subprocess (as a user would) in tmp_path; returns CompletedProcess."""
-    import subprocess
-
-    def _run(*args: str, check: bool = False, env: dict | None = None, timeout: float = 240):
-        full_env = {**os.environ, **(env or {})}
-        proc = subprocess.run([sys.executable, "-m", "hpsearch", *args], cwd=tmp_path, capture_output=True,
-                              text=True, env=full_env, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"hpsearch {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        return proc
 
     return _run
 

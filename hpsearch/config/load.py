@@ -17,7 +17,11 @@ Overrides = Mapping[str, Any] | Iterable[str] | None
 
 
 def override_strings(overrides: Overrides) -> list[str]:
-    """``{"fixed.epochs": 1}`` or ``["fixed.epochs=1"]`` as ``--set`` strings (JSON values are YAML too)."""
+    """``{"fixed.epochs": 1}`` or ``["fixed.epochs=1"]`` as ``--set`` strings (JSON values are YAML too).
+
+    >>> override_strings({"fixed.epochs": 1, "params.dropout": None, "study.name": "a b"})
+    ['fixed.epochs=1', 'params.dropout=null', 'study.name="a b"']
+    """
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
