@@ -2,7 +2,9 @@
 trial's hyperparameters."""
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,6 +98,17 @@ def tagged_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
                 tags.append("O")
         rows.append((words, tags))
     return rows
+
+
+def write_jsonl_splits(folder: Path, prefix: str, rows: Callable[[int, int], list[dict]],
+                       sizes: dict[str, int]) -> dict[str, Path]:
+    """One JSONL file per split (``{split: rows}``), ``rows(n, seed)`` making each split's rows with its own seed."""
+    out = {}
+    for seed, (name, n) in enumerate(sizes.items(), 1):
+        path = folder / f"{prefix}_{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows(n, seed)), encoding="utf-8")
+        out[name] = path
+    return out
 
 
 def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:

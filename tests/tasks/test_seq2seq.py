@@ -19,7 +19,7 @@ from hpsearch.finetune.checkpoints import Selection
 from hpsearch.finetune.data import prepare
 from hpsearch.tasks import get_task
 from hpsearch.tasks.seq2seq import IGNORE
-from tests.helpers import CPU, PEOPLE, PLACES, TAG_FILLER, trial_hp
+from tests.helpers import CPU, PEOPLE, PLACES, TAG_FILLER, trial_hp, write_jsonl_splits
 
 
 def s2s_rows(n: int, seed: int) -> list[dict]:
@@ -35,12 +35,7 @@ def s2s_rows(n: int, seed: int) -> list[dict]:
 
 @pytest.fixture
 def s2s_files(tmp_path: Path) -> dict[str, Path]:
-    out = {}
-    for name, n, seed in (("train", 96, 1), ("dev", 24, 2)):
-        path = tmp_path / f"s2s_{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in s2s_rows(n, seed)), encoding="utf-8")
-        out[name] = path
-    return out
+    return write_jsonl_splits(tmp_path, "s2s", s2s_rows, {"train": 96, "dev": 24})
 
 
 def s2s_space(model: Path, files: dict[str, Path], **data: object) -> dict:

@@ -20,7 +20,7 @@ from hpsearch.finetune.data import prepare
 from hpsearch.study.progress import Progress
 from hpsearch.tasks import TASKS, get_task
 from hpsearch.tasks.token_classification import IGNORE, entity_scores
-from tests.helpers import CPU, tagged_sentences, trial_hp, write_conll
+from tests.helpers import CPU, tagged_sentences, trial_hp, write_conll, write_jsonl_splits
 
 
 def test_every_task_declares_what_validation_and_the_loop_need() -> None:
@@ -324,12 +324,7 @@ def sft_space(model: Path, train: Path, dev: Path, **data: object) -> dict:
 
 @pytest.fixture
 def sft_files(tmp_path: Path) -> dict[str, Path]:
-    out = {}
-    for name, n, seed in (("train", 64, 1), ("dev", 16, 2)):
-        path = tmp_path / f"sft_{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(n, seed)), encoding="utf-8")
-        out[name] = path
-    return out
+    return write_jsonl_splits(tmp_path, "sft", sft_rows, {"train": 64, "dev": 16})
 
 
 def test_sft_masks_the_prompt_and_ends_with_eos(sft_files, tiny_decoders) -> None:
