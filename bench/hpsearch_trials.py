@@ -90,7 +90,7 @@ def main() -> None:
     study = open_study(optuna.storages.InMemoryStorage(), "bench", space, warn=lambda m: None)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    study.optimize(Objective(space, data, device, Progress()), n_trials=len(configs))
+    study.optimize(Objective(space, prepared, Progress()), n_trials=len(configs))
     total = time.perf_counter() - t1
     trials = study.trials
     res = {

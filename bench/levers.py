@@ -5,7 +5,7 @@
 Variants, alternating within every repetition: ``base`` (full embedding table, ``nn.Dropout``), ``vocab`` (only
 the data's embedding rows, hpsearch/finetune/vocab.py), ``dropout`` (cheaper masks, hpsearch/finetune/dropout.py),
 ``both`` (what ``hpsearch.finetune.loop.train`` does on a CPU). The step is the training loop's: bf16 autocast where
-``use_bf16`` says so, fused AdamW, clipping at 1.0, length-grouped batches. ``--profile`` prints where a ``both``
+the precision plan says so, fused AdamW, clipping at 1.0, length-grouped batches. ``--profile`` prints where a ``both``
 step's time goes.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from bench.common import REPO, machine
 from hpsearch.config.load import load_space
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
-from hpsearch.finetune.device import use_bf16
+from hpsearch.finetune.device import precision_plan
 from hpsearch.finetune.recipe import prepare
 from hpsearch.finetune.vocab import shrink_vocabulary
 
@@ -43,7 +43,7 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
         data = shrink_vocabulary(model, data).data
     optimizer = T.make_optimizer(model, hp, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    bf16 = use_bf16(space.config["model"]["precision"], device)
+    bf16 = precision_plan(space.config["model"]["precision"], "auto", None, device).autocast is not None
     batches = T.length_grouped_batches(data.train.lengths, batch_size, torch.Generator().manual_seed(0))
     model.train()
 

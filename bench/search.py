@@ -235,11 +235,10 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
     columns of the ``train`` or ``validation`` source (``sets``: name -> (path, source))."""
     from hpsearch.config.files import apply_overrides, read_yaml
     from hpsearch.config.validation import validate
-    from hpsearch.finetune.data import prepare
-    from hpsearch.finetune.device import resolve_device
+    from hpsearch.finetune.data import prepare as tokenize
     from hpsearch.finetune.loop import evaluate
     from hpsearch.finetune.model import load_tokenizer
-    from hpsearch.finetune.recipe import fine_tune
+    from hpsearch.finetune.recipe import fine_tune, prepare
 
     raw = apply_overrides(read_yaml(a.space), space_overrides(a, 0))
     if as_anchor:  # Trainer reported its last evaluation and trained what it ran
@@ -248,17 +247,17 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
     base = validate(raw, source=a.space)
     model_cfg = base.config["model"]
     tokenizer = load_tokenizer(model_cfg)
-    data = prepare(base.config["data"], tokenizer, model_cfg["max_length"])
-    encoded = {name: prepare({**base.config["data"], "max_eval_samples": None,  # the file has that source's columns
-                              "validation": {**base.config["data"][src], "path": str(path)}},
-                             tokenizer, model_cfg["max_length"]).validation for name, (path, src) in sets.items()}
-    device = resolve_device("auto")
+    prepared = prepare(base, "auto")
+    encoded = {name: tokenize({**base.config["data"], "max_eval_samples": None,  # the file has that source's columns
+                               "validation": {**base.config["data"][src], "path": str(path)}},
+                              tokenizer, model_cfg["max_length"]).validation.to(prepared.device)
+               for name, (path, src) in sets.items()}
     out: dict[str, list[float]] = {name: [] for name in sets}
     for seed in seeds:
         space = base.with_params({**chosen, "seed": seed})
-        model, _ = fine_tune(space, dict(space.fixed), data, device)
+        model, _ = fine_tune(space, dict(space.fixed), prepared)
         for name, enc in encoded.items():
-            out[name].append(evaluate(model, enc, data, device)["accuracy"])
+            out[name].append(evaluate(model, enc, prepared.data, prepared.device)["accuracy"])
     return out
 
 

@@ -72,13 +72,14 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
     Workers read a space file: the given one with its overrides, or the validated space written to a
     temporary file (a mapping or Space from Python)."""
     from .config.files import dump_yaml
-    from .study.runner import FINISHED, open_study, prepare_run
+    from .finetune.recipe import tokenize
+    from .study.runner import FINISHED, open_study
     from .study.storage import open_storage, redact
     from .study.workers import check_storage_for_workers, launch
 
     url, name, count = opts.storage, opts.study_name, opts.worker_count
     check_storage_for_workers(url, count)
-    prepare_run(validated, "cpu" if opts.device == "auto" else opts.device, weights=False)  # fills the data cache
+    tokenize(validated)  # fills the data cache before the workers start
     study = open_study(open_storage(url, heartbeat_interval=None), name, validated, warm_start=opts.warm_start)
     total = opts.total
     if total is None:

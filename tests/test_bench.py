@@ -74,3 +74,24 @@ def test_the_per_trial_benchmark_runs_its_hpsearch_side(tiny_model: Path, tiny_d
     row = next(ln for ln in text.splitlines() if ln.startswith("| 0: "))
     seconds, accuracy = row.split(" | ")[1:3]
     assert float(seconds) > 0 and 0.0 <= float(accuracy) <= 1.0
+
+
+def test_the_gpu_script_runs_its_sections_reduced_on_the_cpu(tmp_path: Path) -> None:
+    """bench/gpu.py is run first on a lent GPU, with minutes to spare: its reduced mode runs every step here."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "GPU.md"
+    subprocess.run([sys.executable, "-m", "bench.gpu", "--reduced", "--out", str(out)], cwd=REPO, check=True,
+                   capture_output=True, text=True, timeout=600,
+                   env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HPSEARCH_CACHE_DIR": str(tmp_path / "c")})
+    raw = json.loads(out.with_suffix(".json").read_text())
+    failed = {k: v["failed"] for k, v in raw.items() if isinstance(v, dict) and "failed" in v}
+    assert not failed, failed
+    memory = raw["memory given back after pruned trials"]
+    assert memory["ok"] and memory["states"] == ["PRUNED"] * 3
+    evaluation = raw["evaluation of a 128k-vocabulary decoder at 1,024 tokens"]
+    assert evaluation["rows"] == 16 and evaluation["tokens"] == 16 * 1024
+    lora = raw["a 7B LoRA trial, from Llama-7B-shaped slices"]
+    assert lora["bf16, 2 layers"]["steps"] == 2 and "bf16 + checkpointing: scaled to 32 layers, GB" in lora
+    assert out.read_text().startswith("# GPU measurements (reduced")

@@ -19,12 +19,15 @@ from .files import read_columns
 from .space import Space
 from .vocabulary import (
     ALL_LINEAR,
+    ATTN_IMPLEMENTATIONS,
     CONFIRM_KEYS,
     DATA_KEYS,
     DEFAULT_CONFIRM,
     DEFAULT_REPORTS_PER_EPOCH,
     DEFAULT_TRIAL_VALUE,
+    DTYPES,
     EARLY_STOPPING_KEYS,
+    EVAL_BATCH_TOKENS,
     FILE_FORMATS,
     FILE_SOURCE_KEYS,
     HUB_SOURCE_KEYS,
@@ -35,6 +38,7 @@ from .vocabulary import (
     PRECISIONS,
     PRUNER_KEYS,
     PRUNERS,
+    QUANTIZATIONS,
     SAMPLER_KEYS,
     SAMPLERS,
     STUDY_KEYS,
@@ -325,6 +329,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     trial_value = c.string(study, "trial_value", "study", default=DEFAULT_TRIAL_VALUE, choices=TRIAL_VALUES)
     early_stopping = _check_early_stopping(c, study.get("early_stopping"))
     confirm = _check_confirm(c, study.get("confirm", DEFAULT_CONFIRM))
+    deterministic = c.boolean(study, "deterministic", "study", default=False)
     return {
         "name": name,
         "direction": direction,
@@ -337,6 +342,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "trial_value": trial_value,
         "early_stopping": early_stopping,
         "confirm": confirm,
+        "deterministic": deterministic,
     }
 
 
@@ -429,6 +435,16 @@ def _check_model(c: _Checker, raw: Any) -> dict:
     trust = c.boolean(model, "trust_remote_code", "model", default=False)
     revision = c.string(model, "revision", "model", default=None)
     precision = c.string(model, "precision", "model", default="auto", choices=PRECISIONS)
+    dtype = c.string(model, "dtype", "model", default="auto", choices=DTYPES)
+    attn = c.string(model, "attn_implementation", "model", default="auto", choices=ATTN_IMPLEMENTATIONS)
+    checkpointing = c.boolean(model, "gradient_checkpointing", "model", default=False)
+    quantization = c.string(model, "quantization", "model", default="none", choices=QUANTIZATIONS)
+    eval_tokens = c.integer(model, "eval_batch_tokens", "model", default=EVAL_BATCH_TOKENS, low=1)
+    if precision == "fp32" and dtype in ("bfloat16", "float16"):
+        c.add("model.dtype", dtype, "keeps frozen weights in half precision, which precision: fp32 cannot compute "
+                                    "with; use precision bf16 or fp16 (mixed), or dtype float32")
+    if precision == "bf16-true" and dtype not in ("auto", "bfloat16"):
+        c.add("model.dtype", dtype, "precision bf16-true trains every weight in bfloat16; drop model.dtype")
     layers = None
     if isinstance(name, str):
         local = Path(name).expanduser()
@@ -441,7 +457,9 @@ def _check_model(c: _Checker, raw: Any) -> dict:
         elif _looks_like_path(name):
             c.add("model.name_or_path", name, "no such directory (a hub id looks like 'org/name')")
     return {"name_or_path": name, "max_length": max_length, "trust_remote_code": trust, "revision": revision,
-            "precision": precision, "_layers": layers}
+            "precision": precision, "dtype": dtype, "attn_implementation": attn,
+            "gradient_checkpointing": checkpointing, "quantization": quantization, "eval_batch_tokens": eval_tokens,
+            "_layers": layers}
 
 
 def _looks_like_path(name: str) -> bool:
@@ -571,6 +589,7 @@ def validate(raw: Any, source: str = "<config>", default_name: str = "hpsearch")
     study = _check_study(c, raw.get("study"), data.get("task"), params, default_name)
     layers = model.pop("_layers")
     _check_frozen_layers(c, params, fixed, layers, model.get("name_or_path"))
+    _check_quantization(c, model.get("quantization"), params, fixed)
     if c.issues:
         raise ConfigError(source, c.issues)
     config = {"study": study, "model": model, "data": data, "params": params, "fixed": fixed}
@@ -579,6 +598,18 @@ def validate(raw: Any, source: str = "<config>", default_name: str = "hpsearch")
     return Space(config, source)
 
 
+
+
+def _check_quantization(c: _Checker, quantization: Any, params: dict, fixed: dict) -> None:
+    """Quantized weights cannot be trained: every trial must train LoRA adapters on them (QLoRA)."""
+    if quantization in (None, "none", MISSING):
+        return
+    spec = params.get("lora_r")
+    lowest = fixed.get("lora_r", 0) if spec is None else min(spec.get("choices") or [spec.get("low", 0)])
+    if isinstance(lowest, int) and lowest < 1:
+        key = "fixed.lora_r" if spec is None else "params.lora_r"
+        c.add(key, lowest, f"must be > 0 in every trial with model.quantization {quantization}: quantized weights "
+                           f"are not trained, LoRA adapters on them are")
 
 
 def check_layers(space: Space, layers: int | None) -> None:

@@ -83,6 +83,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
                                         help="embeddings plus the first k encoder layers frozen (0: none)"),
     "seed": Hyperparameter("int", 42, low=0, high=2**32 - 1, help="seeds the head's init, dropout and shuffling"),
     "max_grad_norm": Hyperparameter("float", 1.0, low=0, help="gradient clipping norm (0 turns it off)"),
+    "micro_batch_size": Hyperparameter("int", 0, low=0,
+                                       help="examples per forward and backward pass; batch_size is reached by "
+                                            "accumulating gradients (0: the whole batch, halved on out of memory)"),
     "lora_r": Hyperparameter("int", 0, low=0, high=4096,
                              help="LoRA rank (peft); 0 fine-tunes every weight, so one search can compare both"),
     "lora_alpha": Hyperparameter("float", 16.0, low=0, low_open=True, help="LoRA scaling numerator (alpha / r)"),
@@ -129,7 +132,7 @@ tag in the last column, for token classification."""
 
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
 STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
-              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm")
+              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic")
 EARLY_STOPPING_KEYS = ("patience", "min_delta")
 CONFIRM_KEYS = ("top_k", "folds")
 DEFAULT_CONFIRM = None
@@ -146,8 +149,25 @@ DEFAULT_TRIAL_VALUE = "best"
 bench/README.md has the measurement behind the default."""
 SAMPLER_KEYS = ("name", "seed", "options")
 PRUNER_KEYS = ("name", "options", "wrapped")
-MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision")
-PRECISIONS = ("auto", "fp32", "bf16")
+MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision", "dtype",
+              "attn_implementation", "gradient_checkpointing", "quantization", "eval_batch_tokens")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-true")
+"""``model.precision``, how a model trains (:func:`hpsearch.finetune.device.precision_plan`): ``auto`` (bf16 mixed
+where the hardware has native bf16, else fp16 mixed on a GPU and fp32 on a CPU), ``fp32``, ``bf16`` and ``fp16``
+(mixed: trained parameters and AdamW state in fp32, compute autocast; fp16 with a loss scaler), ``bf16-true`` (pure:
+weights, gradients and AdamW state in bf16; the smallest memory, small updates lost)."""
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``model.dtype``, the dtype the weights are loaded in and frozen ones stay in: ``auto`` is the checkpoint's
+(config.json's ``dtype``), float32 where it names none."""
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+"""``model.attn_implementation``: ``auto`` is flash_attention_2 on a GPU in half precision when the flash-attn
+package is installed, else transformers' default (SDPA where the model supports it)."""
+QUANTIZATIONS = ("none", "4bit", "8bit")
+"""``model.quantization``: frozen base weights in 4-bit NF4 or 8-bit (bitsandbytes, a CUDA GPU): QLoRA; every trial
+then needs ``lora_r`` > 0."""
+EVAL_BATCH_TOKENS = 16384
+"""``model.eval_batch_tokens``: padded tokens per evaluation batch (at most 64 rows, where the CPU is fastest). A
+1,024-token decoder evaluates 16 rows at a time, whatever the training batch."""
 DATA_KEYS = ("task", "train", "validation", "max_train_samples", "max_eval_samples")
 """The data keys of every task; a task adds its column keys (a source may override them) and its options."""
 FILE_SOURCE_KEYS = ("path", "format")

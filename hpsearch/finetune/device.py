@@ -1,8 +1,9 @@
-"""Where and in what precision a model trains: the device a run names, bf16 autocast where the hardware has it,
-and the peak memory a trial reports."""
+"""Where and in what precision a model trains: the device a run names, the precision plan (the dtype of loaded,
+trained and computed values), TF32 on GPUs that have it, and the peak memory a trial reports."""
 from __future__ import annotations
 
 import resource
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,22 +30,9 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether to autocast to bf16. ``auto``: on a GPU that supports it, and on a CPU with native bf16.
-
-    On this project's 2-core AMX CPU, bf16 autocast made the benchmark trials 1.3x faster with the same
-    validation accuracy (bench/README.md); ``fp32`` turns it off.
-    """
-    if precision == "fp32":
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return precision == "bf16" or cpu_has_native_bf16()
-
-
-def autocast(device: torch.device, bf16: bool) -> Any:
-    """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device`` (None: a no-op context)."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -52,3 +40,85 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a model trains, said rather than implied: the dtype its weights load in (and frozen ones stay in), the
+    dtype of the trained parameters (and so of their gradients and AdamW state), the autocast dtype of the compute
+    (None: none), and whether a loss scaler guards fp16 gradients against underflow."""
+
+    name: str
+    """What was chosen, as a trial records it: fp32, bf16-mixed, fp16-mixed or bf16-true."""
+    weights: torch.dtype
+    master: torch.dtype
+    autocast: torch.dtype | None
+    scaler: bool
+
+    @property
+    def mixed(self) -> bool:
+        return self.autocast is not None
+
+
+FP32 = Precision("fp32", torch.float32, torch.float32, None, False)
+"""Everything in float32: what a model trains in when nothing else is said."""
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 arithmetic runs natively: AMX / AVX512-BF16 on a CPU, compute capability 8.0+ on a GPU (where
+    ``torch.cuda.is_bf16_supported()`` alone would also count the emulation of a V100 or T4)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return cpu_has_native_bf16()
+
+
+def precision_plan(precision: str, dtype: str, checkpoint: torch.dtype | None, device: torch.device) -> Precision:
+    """The :class:`Precision` of ``model.precision`` and ``model.dtype`` on ``device`` for a checkpoint saved in
+    ``checkpoint`` (None: it says nothing, float32).
+
+    >>> precision_plan("bf16", "auto", torch.bfloat16, torch.device("cpu"))
+    Precision(name='bf16-mixed', weights=torch.bfloat16, master=torch.float32, autocast=torch.bfloat16, scaler=False)
+    >>> precision_plan("fp32", "auto", torch.bfloat16, torch.device("cpu")).weights
+    torch.float32
+    """
+    if precision == "auto":
+        if native_bf16(device):
+            precision = "bf16"
+        else:
+            precision = "fp16" if device.type == "cuda" else "fp32"
+    loaded = DTYPE_NAMES.get(dtype) or (checkpoint if checkpoint in DTYPE_NAMES.values() else torch.float32)
+    if precision == "fp32":
+        return FP32
+    if precision == "bf16-true":
+        return Precision("bf16-true", torch.bfloat16, torch.bfloat16, None, False)
+    if precision == "bf16":
+        if device.type == "cuda" and not native_bf16(device):
+            raise HpsearchError(f"model.precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
+                                f"(it would be emulated, slowly); use fp16 (mixed, with a loss scaler) or auto")
+        return Precision("bf16-mixed", loaded, torch.float32, torch.bfloat16, False)
+    if precision == "fp16":
+        return Precision("fp16-mixed", loaded, torch.float32, torch.float16, True)
+    raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, bf16-true, got {precision!r}")
+
+
+def use_tf32(device: torch.device) -> None:
+    """Let fp32 matrix products use TF32 tensor cores on GPUs that have them (compute capability 8.0+): the fp32
+    parts of mixed precision, and fp32 training, at tensor-core speed (10 mantissa bits in the products)."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def deterministic(device: torch.device) -> None:
+    """``study.deterministic``: the same trial gives the same numbers from its seed on a GPU too (deterministic
+    kernels, cuBLAS's fixed workspace, no cuDNN autotuning), at some speed. Kernels without a deterministic version
+    warn instead of failing the trial."""
+    import os
+
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)

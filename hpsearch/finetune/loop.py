@@ -17,21 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, SCHEDULER_KWARGS
+from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, EVAL_BATCH_TOKENS, SCHEDULER_KWARGS
 from ..errors import HpsearchError
 from ..interrupts import check as check_interrupt
 from ..tasks import Task, get_task
 from ..tasks.base import generates
 from ..tasks.encoded import Encoded, PreparedData
 from .checkpoints import Selection, Tracker, restore
-from .device import autocast, peak_memory_mb, use_bf16
+from .device import FP32, Precision, autocast, peak_memory_mb
 from .vocab import SmallVocabulary, shrink_vocabulary
 
 if TYPE_CHECKING:
     from ..config.space import Space
 
 EVAL_BATCH_SIZE = 64
-"""Measured on a 2-core CPU: batches of 32-64 length-sorted rows evaluate 1.8x faster than 256 (cache-bound)."""
+"""At most this many rows per evaluation batch. Measured on a 2-core CPU: batches of 32-64 length-sorted rows
+evaluate 1.8x faster than 256 (cache-bound). ``model.eval_batch_tokens`` caps a batch's padded tokens too."""
 
 
 class NonFiniteLoss(HpsearchError):
@@ -49,8 +50,11 @@ class TrainSettings:
     intermediate_eval_samples: int | None = None
     """Intermediate (pruner) evaluations use the first N validation rows, the same in every trial; the final one
     always uses the whole validation set. None: every evaluation uses all of it."""
-    precision: str = "auto"
-    """``model.precision``: auto (bf16 autocast where the hardware has it), fp32 or bf16."""
+    precision: Precision = FP32
+    """The resolved ``model.precision`` (:func:`hpsearch.finetune.device.precision_plan`): the autocast dtype, and
+    whether a loss scaler guards fp16 gradients (the parameters' dtypes are set when the model is built)."""
+    eval_batch_tokens: int = EVAL_BATCH_TOKENS
+    """Padded tokens per evaluation batch (``model.eval_batch_tokens``), at most :data:`EVAL_BATCH_SIZE` rows."""
     selection: Selection | None = None
     """Early stopping and the checkpoint kept (:mod:`hpsearch.finetune.checkpoints`); None: the last evaluation
     counts and epoch ends are not checkpoints."""
@@ -65,12 +69,14 @@ class TrainSettings:
             raise ValueError(f"intermediate_eval_samples must be >= 1 or None, got {self.intermediate_eval_samples!r}")
 
     @classmethod
-    def from_space(cls, space: Space) -> TrainSettings:
-        """What a validated space asks for: every trial, confirmation and retraining of it trains this way."""
+    def from_space(cls, space: Space, precision: Precision = FP32) -> TrainSettings:
+        """What a validated space asks for, in the ``precision`` its ``model.precision`` resolved to on the device:
+        every trial, confirmation and retraining of it trains this way."""
         study = space.study
         return cls(reports_per_epoch=study["reports_per_epoch"],
-                   intermediate_eval_samples=study["intermediate_eval_samples"],
-                   precision=space.config["model"]["precision"], selection=Selection.from_study(study))
+                   intermediate_eval_samples=study["intermediate_eval_samples"], precision=precision,
+                   selection=Selection.from_study(study),
+                   eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS))
 
 
 @dataclass
@@ -84,7 +90,11 @@ class TrainingState:
     examples_seen: int = 0
     tokens_seen: int = 0
     report: int = 0
-    loss: float = float("nan")
+    loss: Any = float("nan")
+    """The last step's training loss: a 0-d tensor on the training device (``float(state.loss)`` reads it; on a GPU
+    reading it waits for the step, so the loop never does)."""
+    micro_batch_size: int = 0
+    """Rows per forward and backward pass (the batch when nothing is accumulated)."""
     train_time: float = 0.0
     eval_time: float = 0.0
     setup_time: float = 0.0
@@ -188,20 +198,35 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
+def eval_batches(lengths: torch.Tensor, max_tokens: int = EVAL_BATCH_TOKENS,
+                 max_rows: int = EVAL_BATCH_SIZE) -> list[torch.Tensor]:
+    """Rows by decreasing length, cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens
+    (a batch's first row is its longest; a row longer than the budget is a batch of its own)."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    sizes = lengths[order].tolist()
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(max_rows, max_tokens // max(1, sizes[start])))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device,
-             batch_size: int = EVAL_BATCH_SIZE, bf16: bool = False, generate: bool = False) -> dict[str, float]:
-    """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), batched by
-    sorted length so that padding is minimal. ``generate`` adds the metrics a generative task computes from
-    generated text (ROUGE), at the cost of generating."""
+def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device, *,
+             dtype: torch.dtype | None = None, generate: bool = False,
+             batch_tokens: int = EVAL_BATCH_TOKENS) -> dict[str, float]:
+    """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), in batches of
+    similar length and at most ``batch_tokens`` padded tokens, under autocast to ``dtype`` (None: none).
+    ``generate`` adds the metrics a generative task computes from generated text (ROUGE), at the cost of
+    generating."""
     task = get_task(data.task)
     generate = generate and generates(task)
     was_training = model.training
     model.eval()
-    order = torch.argsort(enc.lengths, descending=True, stable=True)
     parts, generated = [], []
-    with autocast(device, bf16):
-        for idx in order.split(batch_size):
+    with autocast(device, dtype):
+        for idx in eval_batches(enc.lengths, batch_tokens):
             check_interrupt()
             batch, labels = enc.batch(idx, device), enc.labels_of(idx, device)
             parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels))
@@ -251,7 +276,7 @@ class _Run:
     hp: dict
     device: torch.device
     task: Task
-    bf16: bool
+    settings: TrainSettings
     state: TrainingState
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -267,8 +292,22 @@ class _Run:
     """Whether epoch ends are whole-validation checkpoints (something to compare or keep)."""
     vocab: SmallVocabulary | None
     callback: Callback
+    scaler: Any = None
+    """fp16's loss scaler (``torch.amp.GradScaler``), None otherwise."""
+    micro: int = 0
+    """Rows per forward and backward pass: the batch, or ``micro_batch_size`` (halved on out of memory when the
+    batch size chose it)."""
+    shrink_on_oom: bool = False
+    """Whether an out-of-memory step is retried with half the micro-batch (``micro_batch_size`` 0: not set)."""
+    bad_step: torch.Tensor | None = None
+    """On a GPU, the first step whose loss was not finite (0: none so far), kept on the device so that no step
+    waits for the GPU to check; read at each report."""
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return self.settings.precision.autocast
 
 
 def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings, device: torch.device,
@@ -290,12 +329,17 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
     subset = data.validation.head(limit) if limit is not None and limit < len(data.validation) else data.validation
     selection = settings.selection
     task = get_task(data.task)
-    run = _Run(model=model, data=data, hp=hp, device=device, task=task, bf16=use_bf16(settings.precision, device),
+    micro = hp.get("micro_batch_size", 0) or hp["batch_size"]
+    run = _Run(model=model, data=data, hp=hp, device=device, task=task, settings=settings,
                state=state, optimizer=optimizer, scheduler=scheduler,
                trainable=[p for p in model.parameters() if p.requires_grad], generator=generator, subset=subset,
                tracker=Tracker(selection) if selection is not None else None,
                generate_always=selection is not None and generates(task, selection.metric),
-               every_epoch=selection is not None and selection.active, vocab=vocab, callback=callback)
+               every_epoch=selection is not None and selection.active, vocab=vocab, callback=callback,
+               scaler=torch.amp.GradScaler(device.type) if settings.precision.scaler else None,
+               micro=min(micro, hp["batch_size"]), shrink_on_oom=not hp.get("micro_batch_size"),
+               bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None)
+    state.micro_batch_size = run.micro
     model.train()
     state.setup_time = setup_time + (time.perf_counter() - entered)  # everything before the first training step
     return run
@@ -323,27 +367,95 @@ def _epoch(run: _Run, epoch: int) -> bool:
 
 
 def _step(run: _Run, idx: torch.Tensor) -> None:
-    """One optimizer step on the rows ``idx``; a non-finite loss stops the run (NonFiniteLoss)."""
-    state, data = run.state, run.data
-    batch = data.train.batch(idx, run.device)
-    labels = data.train.labels_of(idx, run.device)
-    with autocast(run.device, run.bf16):
-        logits = run.task.forward(run.model, batch, labels)
-    loss = run.task.loss(logits, labels)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"training loss became {loss.item()} at step {state.step + 1}")
-    loss.backward()
-    if run.hp["max_grad_norm"] > 0:
-        torch.nn.utils.clip_grad_norm_(run.trainable, run.hp["max_grad_norm"], foreach=True)
-    run.optimizer.step()
+    """One optimizer step on the rows ``idx``, accumulated over micro-batches of ``run.micro`` rows. An out-of-memory
+    error retries the step with half the micro-batch when the batch size chose it; a non-finite loss stops the run
+    (NonFiniteLoss: at once on the CPU; on a GPU at the next report, so that no step waits for the device)."""
+    while True:
+        try:
+            loss = _accumulate(run, idx)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if not run.shrink_on_oom or run.micro == 1:
+                raise
+            run.optimizer.zero_grad(set_to_none=True)
+            run.micro = max(1, run.micro // 2)
+            run.state.micro_batch_size = run.micro
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+    state, hp = run.state, run.hp
+    state.step += 1
+    _check_finite(run, loss)
+    if run.scaler is not None:
+        run.scaler.unscale_(run.optimizer)
+    if hp["max_grad_norm"] > 0:
+        torch.nn.utils.clip_grad_norm_(run.trainable, hp["max_grad_norm"], foreach=True)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    state.step += 1
     state.examples_seen += len(idx)
-    state.tokens_seen += int(data.train.lengths[idx].sum())
-    state.loss = loss.item()
+    state.tokens_seen += int(run.data.train.lengths[idx].sum())
+    state.loss = loss.detach()
     check_interrupt()
     run.callback.on_step(state)
+
+
+def _accumulate(run: _Run, idx: torch.Tensor) -> torch.Tensor:
+    """Forward and backward over ``idx`` in micro-batches; return the batch's loss (each micro-batch's mean loss
+    weighted by its share of the batch's units: rows, or learned tokens, as the task counts them), so that the
+    gradients are those of one pass over the whole batch."""
+    data, task = run.data.train, run.task
+    parts = idx.split(run.micro)
+    if len(parts) == 1:
+        loss = _forward_loss(run, idx)
+        _backward(run, loss)
+        return loss.detach()
+    units = [_units(task, data.labels_of(part, run.device)) for part in parts]
+    total = sum(units)
+    loss_sum = torch.zeros((), device=run.device)
+    for part, n in zip(parts, units):
+        loss = _forward_loss(run, part) * (n / total)
+        _backward(run, loss)
+        loss_sum = loss_sum + loss.detach()
+    return loss_sum
+
+
+def _forward_loss(run: _Run, rows: torch.Tensor) -> torch.Tensor:
+    data = run.data.train
+    batch, labels = data.batch(rows, run.device), data.labels_of(rows, run.device)
+    with autocast(run.device, run.autocast):
+        logits = run.task.forward(run.model, batch, labels)
+    return run.task.loss(logits, labels)
+
+
+def _backward(run: _Run, loss: torch.Tensor) -> None:
+    (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
+
+
+def _units(task: Task, labels: torch.Tensor) -> torch.Tensor | int:
+    """How many units a batch's mean loss averages over: the task's ``loss_units`` (learned tokens), else rows."""
+    count = getattr(task, "loss_units", None)
+    return count(labels) if count is not None else labels.shape[0]
+
+
+def _check_finite(run: _Run, loss: torch.Tensor) -> None:
+    """Stop on a non-finite loss: on the CPU now; on a GPU remember the step on the device (:func:`_raise_nonfinite`
+    reads it at each report)."""
+    if run.bad_step is None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"training loss became {loss.item()} at step {run.state.step}")
+        return
+    first = (run.bad_step == 0) & ~torch.isfinite(loss)
+    run.bad_step = torch.where(first, run.state.step, run.bad_step)
+
+
+def _raise_nonfinite(run: _Run) -> None:
+    """Raise NonFiniteLoss if a GPU step's loss was not finite since training began."""
+    if run.bad_step is not None and int(run.bad_step):
+        raise NonFiniteLoss(f"training loss became non-finite at step {int(run.bad_step)}")
 
 
 def _report(run: _Run, epoch: int, crossed: int) -> bool:
@@ -352,8 +464,9 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
     t_eval = time.perf_counter()
     last = epoch == run.hp["epochs"] - 1 and crossed == state.reports_per_epoch
     full = last or run.subset is data.validation or (run.every_epoch and crossed == state.reports_per_epoch)
-    run.metrics = evaluate(run.model, data.validation if full else run.subset, data, run.device, bf16=run.bf16,
-                           generate=last or run.generate_always)
+    _raise_nonfinite(run)
+    run.metrics = evaluate(run.model, data.validation if full else run.subset, data, run.device, dtype=run.autocast,
+                           generate=last or run.generate_always, batch_tokens=run.settings.eval_batch_tokens)
     state.eval_time += time.perf_counter() - t_eval
     state.report = epoch * state.reports_per_epoch + crossed
     run.history.append({"report": state.report, "step": state.step, "epoch": round(state.epochs_completed, 4),
@@ -377,8 +490,8 @@ def _finish(run: _Run) -> TrainResult:
     if generates(run.task) and not any(m.generated and m.name in metrics for m in run.task.metrics):
         # The evaluation that counts did not generate (a kept checkpoint, or a stop before the last epoch).
         t_eval = time.perf_counter()
-        metrics = {**metrics, **evaluate(run.model, run.data.validation, run.data, run.device, bf16=run.bf16,
-                                         generate=True)}
+        metrics = {**metrics, **evaluate(run.model, run.data.validation, run.data, run.device, dtype=run.autocast,
+                                         generate=True, batch_tokens=run.settings.eval_batch_tokens)}
         state.eval_time += time.perf_counter() - t_eval
     return TrainResult(metrics=metrics, device=str(run.device), steps=state.step,
                        epochs_completed=state.epochs_completed, train_time_s=state.train_time,

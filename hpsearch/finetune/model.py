@@ -15,6 +15,7 @@ from ..errors import HpsearchError
 from ..tasks import get_task
 from ..tasks.encoded import PreparedData
 from . import lora
+from .device import FP32, Precision
 from .dropout import install as install_cheap_dropout
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
@@ -88,7 +89,8 @@ def auto_class(name: str) -> Any:
 
 
 def _pretrained_weights(model_cfg: dict, config: Any, auto: str) -> dict[str, torch.Tensor]:
-    """The pretrained body weights (no task head), read from disk once per process and Auto class."""
+    """The pretrained body weights (no task head), read from disk once per process and Auto class, in the
+    checkpoint's dtype (a bf16 7B model is 14 GB of host memory per worker, not 28)."""
     key = (model_cfg["name_or_path"], model_cfg.get("revision"), auto)
     if key not in _WEIGHTS:
         try:
@@ -99,7 +101,7 @@ def _pretrained_weights(model_cfg: dict, config: Any, auto: str) -> dict[str, to
             raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load weights: "
                                 f"{exc}") from exc
         fresh = set(info.get("missing_keys", ()))
-        _WEIGHTS[key] = {k: v.detach().float().clone() for k, v in model.state_dict().items() if k not in fresh}
+        _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
     return _WEIGHTS[key]
 
 
@@ -165,26 +167,110 @@ def preload(model_cfg: dict, data: PreparedData) -> None:
     _pretrained_weights(model_cfg, head_config(model_cfg, data), get_task(data.task).auto_class)
 
 
-def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device) -> torch.nn.Module:
-    """A fresh model for the data's task: pretrained body, seeded new head, the trial's dropout, frozen layers,
-    and LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`)."""
+def checkpoint_dtype(model_cfg: dict) -> torch.dtype | None:
+    """The dtype the checkpoint's config.json declares (None when it declares none)."""
+    dtype = getattr(load_model_config(model_cfg), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def attn_implementation(model_cfg: dict, device: torch.device, precision: Precision) -> str | None:
+    """The attention kernel to ask transformers for: ``model.attn_implementation``, where ``auto`` is
+    flash_attention_2 on a GPU in half precision with flash-attn installed, else transformers' own default."""
+    import importlib.util
+
+    asked = model_cfg.get("attn_implementation", "auto")
+    installed = importlib.util.find_spec("flash_attn") is not None
+    if asked == "flash_attention_2" and not installed:
+        raise HpsearchError("model.attn_implementation flash_attention_2: the flash-attn package is not installed "
+                            "(pip install flash-attn; it needs a CUDA GPU), or use sdpa")
+    if asked != "auto":
+        return asked
+    half = precision.autocast is not None or precision.weights != torch.float32
+    return "flash_attention_2" if installed and device.type == "cuda" and half else None
+
+
+def _model_class(auto: str, config: Any, trust_remote_code: bool) -> Any:
+    """The concrete model class an Auto class builds for ``config`` (None for remote code: use the Auto class)."""
+    try:
+        return auto_class(auto)._model_mapping[type(config)]
+    except (KeyError, AttributeError):
+        return None
+
+
+def _load(model_cfg: dict, config: Any, auto: str, device: torch.device, precision: Precision,
+          attn: str | None, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """The task model with pretrained weights, built straight on ``device`` in the plan's weight dtype: the body
+    from the in-memory copy of the checkpoint (or, for quantized weights, the checkpoint through bitsandbytes), the
+    head initialised by transformers under the trial's seed; no random initialisation of the body first."""
+    trust = model_cfg.get("trust_remote_code", False)
+    config.dtype = precision.weights
+    extra = {"attn_implementation": attn} if attn else {}
+    placement = {"device_map": {"": device}} if device.type != "cpu" else {}
+    if model_cfg.get("quantization", "none") != "none":
+        from .quantize import bnb_config
+
+        return auto_class(auto).from_pretrained(
+            model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"), trust_remote_code=trust,
+            quantization_config=bnb_config(model_cfg["quantization"], precision), **placement, **extra)
+    cls = _model_class(auto, config, trust)
+    if cls is None:  # remote code: build, then copy the weights in
+        model = auto_class(auto).from_config(config, trust_remote_code=trust, **extra)
+        _, unexpected = model.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
+        return model.to(device)
+    # from_pretrained adopts a tensor that already has the wanted dtype and device: copy those, so that training
+    # never writes into the copy every trial starts from.
+    own = {k: v.clone() if v.dtype == precision.weights and v.device == device else v for k, v in weights.items()}
+    return cls.from_pretrained(None, config=config, state_dict=own, **placement, **extra)
+
+
+def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device,
+                precision: Precision | None = None) -> torch.nn.Module:
+    """A fresh model for the data's task, on ``device``: pretrained body, seeded new head, the trial's dropout,
+    frozen layers, gradient checkpointing, LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`), and
+    its parameters in the dtypes ``precision`` says (default: fp32)."""
+    precision = precision or FP32
     auto = get_task(data.task).auto_class
     config = head_config(model_cfg, data)
-    weights = _pretrained_weights(model_cfg, config, auto)
+    quantized = model_cfg.get("quantization", "none") != "none"
+    weights = None if quantized else _pretrained_weights(model_cfg, config, auto)
     set_dropout(config, hp["dropout"])
     torch.manual_seed(hp["seed"])  # the head's initialization depends on the trial's seed only
-    model = auto_class(auto).from_config(config, trust_remote_code=model_cfg.get("trust_remote_code", False))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
+    model = _load(model_cfg, config, auto, device, precision, attn_implementation(model_cfg, device, precision),
+                  weights)
     count = model_layer_count(config.to_dict())
     freeze_layers(model, hp["num_frozen_layers"], count)
     if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
         install_cheap_dropout(model)
+    if model_cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(
+            model_cfg.get("gradient_checkpointing")))
     if hp.get("lora_r", 0) > 0:
         blocks = encoder_layers(model, count) if count and hp["num_frozen_layers"] else None
         model = lora.apply(model, hp, get_task(data.task).peft_task_type, blocks)
-    return model.to(device)
+    model = cast_parameters(model, precision)
+    return model if quantized else model.to(device)  # bitsandbytes' weights are placed at load and refuse .to
+
+
+def cast_parameters(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    """Trained parameters in the plan's master dtype (fp32 for mixed precision: small updates are not lost), frozen
+    matrices left as loaded, frozen vectors (norms, biases: a rounding error of the memory, and a CPU's layer norm
+    takes no half-precision weights with fp32 inputs) in the master dtype too; fp32 and bf16-true give every
+    floating weight one dtype. Quantized weights are not floating and stay as they are."""
+    for p in model.parameters():
+        if not p.is_floating_point():
+            continue
+        want = precision.master if (p.requires_grad or not precision.mixed or p.ndim < 2) else p.dtype
+        if p.dtype != want:
+            p.data = p.data.to(want)
+    return model
 
 
 def linear_module_names(model_cfg: dict, data: PreparedData) -> list[str]:

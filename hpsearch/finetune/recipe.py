@@ -16,9 +16,18 @@ import torch
 from ..config.validation import check_layers, check_lora_targets, uses_lora
 from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
-from .device import resolve_device
+from .device import Precision, deterministic, precision_plan, resolve_device, use_tf32
 from .loop import Callback, TrainResult, TrainSettings, train
-from .model import build_model, layer_count, linear_module_names, load_tokenizer, preload
+from .model import (
+    attn_implementation,
+    build_model,
+    checkpoint_dtype,
+    layer_count,
+    linear_module_names,
+    load_tokenizer,
+    preload,
+)
+from .quantize import check_quantization
 
 if TYPE_CHECKING:
     from ..config.space import Space
@@ -26,35 +35,56 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prepared:
-    """What every model of a space starts from: the device it trains on and the tokenized data, resident there."""
+    """What every model of a space starts from: the device it trains on, the precision it trains in, and the
+    tokenized data, resident on the device."""
 
     device: torch.device
     """Where models train (``auto`` resolved)."""
     data: PreparedData
     """Both splits encoded for the space's task, on ``device``."""
+    precision: Precision
+    """``model.precision`` and ``model.dtype`` resolved for this device and checkpoint."""
 
 
 def prepare(space: Space, device: str | torch.device = "auto", *, weights: bool = True) -> Prepared:
-    """Check what only the model can tell (its layer count against ``num_frozen_layers``, its linear layers against
-    ``lora_target_modules``), tokenize the data (cached on disk) and, with ``weights``, read the pretrained weights
-    into memory once for every model this process builds. A problem is a ConfigError naming the key."""
+    """Check what only the model and the machine can tell (the layer count against ``num_frozen_layers``, the linear
+    layers against ``lora_target_modules``, native bf16, bitsandbytes and flash-attn where asked for), set the
+    device's numerics (TF32, ``study.deterministic``), tokenize the data (cached on disk) and, with ``weights``,
+    read the pretrained weights into memory once for every model this process builds. A problem is an error naming
+    the key, before any trial."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    model_cfg = space.config["model"]
+    check_quantization(model_cfg.get("quantization", "none"), dev)
+    precision = precision_plan(model_cfg["precision"], model_cfg.get("dtype", "auto"), checkpoint_dtype(model_cfg),
+                               dev)
+    attn_implementation(model_cfg, dev, precision)
+    use_tf32(dev)
+    if space.study.get("deterministic"):
+        deterministic(dev)
+    data = tokenize(space)
+    if weights and model_cfg.get("quantization", "none") == "none":
+        preload(model_cfg, data)
+    return Prepared(dev, data.to(dev), precision)  # on a GPU the whole tokenized set stays resident
+
+
+def tokenize(space: Space) -> PreparedData:
+    """The space's data tokenized (cached on disk, so that workers and resumed runs skip it), after the checks only
+    the model's config can answer: its layer count against ``num_frozen_layers``, its linear layers against
+    ``lora_target_modules``. Touches no device: ``--workers``' parent runs it before its workers start."""
     model_cfg = space.config["model"]
     check_layers(space, layer_count(model_cfg))
     data = prepare_data(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
     if uses_lora(space):
         check_lora_targets(space, linear_module_names(model_cfg, data))
-    if weights:
-        preload(model_cfg, data)
-    return Prepared(dev, data.to(dev))  # on a GPU the whole tokenized set stays resident
+    return data
 
 
-def fine_tune(space: Space, hp: dict, data: PreparedData, device: torch.device,
+def fine_tune(space: Space, hp: dict, prepared: Prepared,
               callback: Callback | None = None) -> tuple[torch.nn.Module, TrainResult]:
-    """Build the space's model with the hyperparameters ``hp`` and train it on ``data`` as the space says; return
-    the trained model and what training produced (the time to build the model counts as setup)."""
+    """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says;
+    return the trained model and what training produced (the time to build the model counts as setup)."""
     t0 = time.perf_counter()
-    model = build_model(space.config["model"], hp, data, device)
-    result = train(model, data, hp, TrainSettings.from_space(space), device=device, callback=callback,
-                   setup_time=time.perf_counter() - t0)
+    model = build_model(space.config["model"], hp, prepared.data, prepared.device, prepared.precision)
+    result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),
+                   device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0)
     return model, result

@@ -21,11 +21,14 @@ def pruning_savings(study: optuna.Study) -> dict[str, float]:
 
     A pruned trial that trained ``e`` of its planned ``E`` epochs in ``t`` seconds would have taken about
     ``t * E / e`` seconds to finish (its time per epoch, evaluations included, times its planned epochs); the
-    saving is that estimate minus ``t``. Trials pruned before any epoch fraction was recorded are skipped.
+    saving is that estimate minus ``t``. Trials pruned before any epoch fraction was recorded are skipped, and so
+    are those a failure ended (out of memory: recorded PRUNED so that the sampler learns, but not pruning's saving).
     """
     spent = estimated = 0.0
     counted = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        if record.failed(t):
+            continue
         done = t.user_attrs.get(record.EPOCHS_COMPLETED) or 0.0
         planned = (t.user_attrs.get(record.HYPERPARAMETERS) or {}).get("epochs")
         if not t.duration or not done or not planned:

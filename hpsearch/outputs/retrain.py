@@ -28,7 +28,7 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     out = check_new_dir(output_dir, "--output-dir")
     prepared = prepare(space, device, weights=False)
     hp = dict(space.fixed)
-    model, result = fine_tune(space, hp, prepared.data, prepared.device, callback=progress)
+    model, result = fine_tune(space, hp, prepared, callback=progress)
     metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": space.config.get("origin"),
                **{k: v for k, v in result.as_dict().items() if k != "metrics"}}
     write_model_dir(out, model, load_tokenizer(space.config["model"]), metrics, space.to_dict(),

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import optuna
 
 from ..config.space import Space
-from ..finetune.recipe import fine_tune
+from ..finetune.recipe import Prepared, fine_tune
 from . import record
 
 
@@ -30,19 +31,19 @@ def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial
     return [t for t in record.by_value(study)[:top_k] if not record.claimed(study, t.number)]
 
 
-def fold_values(space: Space, params: dict, data: Any, device: Any, folds: int) -> list[float]:
+def fold_values(space: Space, params: dict, prepared: Prepared, folds: int) -> list[float]:
     """The metric of ``params`` (the space's fixed values, its seed included) on each fold, trained as a trial is."""
     run = space.with_params(params)
     hp, metric = dict(run.fixed), run.study["metric"]
     out = []
     for k in range(1, folds + 1):
-        model, result = fine_tune(run, hp, data.fold(k, folds), device)
+        model, result = fine_tune(run, hp, replace(prepared, data=prepared.data.fold(k, folds)))
         out.append(float(result.metrics[metric]))
         del model
     return out
 
 
-def confirm_top(study: optuna.Study, space: Space, data: Any, device: Any, say: Any = None) -> dict[int, dict]:
+def confirm_top(study: optuna.Study, space: Space, prepared: Prepared, say: Any = None) -> dict[int, dict]:
     """Confirm the study's best ``study.confirm.top_k`` trials on ``study.confirm.folds`` folds each (those no
     other worker took); return the confirmations this call made. ``say`` gets one line per confirmed trial."""
     cfg = space.study.get("confirm")
@@ -55,7 +56,7 @@ def confirm_top(study: optuna.Study, space: Space, data: Any, device: Any, say: 
         key = record.confirm_key(trial.number)
         study.set_user_attr(key, {"claimed": True})
         t0 = time.perf_counter()
-        values = fold_values(space, trial.params, data, device, cfg["folds"])
+        values = fold_values(space, trial.params, prepared, cfg["folds"])
         result = {"values": [trial.value, *values], "score": statistics.fmean([trial.value, *values]),
                   "seconds": round(time.perf_counter() - t0, 1)}
         study.set_user_attr(key, result)

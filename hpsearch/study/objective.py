@@ -1,5 +1,9 @@
 """The Optuna objective: one trial = suggest hyperparameters, fine-tune, report, prune, record.
 
+A trial that fails for its config (out of memory, a non-finite loss) is recorded PRUNED with its status ``failed:
+...`` and a violated constraint (Optuna's ``trial.set_constraint``), so that the sampler learns from it: Optuna's
+samplers skip FAIL trials and would propose the same config again. Anything else that raises stops the worker.
+
 Everything a person looking at a trial in optuna-dashboard wants is stored as user attributes: the
 metrics of the evaluation it reports (its best checkpoint or its last, per ``study.trial_value``), times,
 throughput, device, steps and epochs completed, its best checkpoint and whether it stopped early, where it was
@@ -18,19 +22,14 @@ from ..config.space import Space
 from ..errors import HpsearchError
 from ..finetune.device import peak_memory_mb
 from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
-from ..finetune.recipe import fine_tune
+from ..finetune.recipe import Prepared, fine_tune
 from ..interrupts import check as check_interrupt
-from ..tasks.encoded import PreparedData
 from . import record
 from .progress import Progress
 
 if TYPE_CHECKING:
     from .artifacts import ModelKeeper
     from .liveness import Liveness
-
-
-class TrialFailed(HpsearchError):
-    """A trial that could not finish (out of memory, non-finite loss); the study goes on without it."""
 
 
 class BudgetReached(HpsearchError):
@@ -53,11 +52,33 @@ def start_trial(trial: optuna.Trial, total: int | None, liveness: Liveness | Non
     if total is not None:
         ahead = [t for t in trials if t.number < trial.number and t.state in LIVE]
         if len(ahead) >= total:
-            trial.set_user_attr(record.STATUS, f"skipped: the study reached --total {total} (other workers)")
+            trial.set_user_attr(record.STATUS, f"{record.SKIPPED}: the study reached --total {total} (other workers)")
             raise BudgetReached(f"trial {trial.number} skipped: budget of {total} reached")
     me = next((t for t in trials if t.number == trial.number), None)
     if me is not None and "failed_trial" in me.system_attrs:  # retry of a trial whose worker died
         trial.set_user_attr(record.RETRY_OF, me.system_attrs["failed_trial"])
+
+
+ALLOCATION_ERRORS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                     "CUBLAS_STATUS_NOT_INITIALIZED")
+"""Messages of the RuntimeErrors a GPU raises when memory runs out outside the caching allocator (cuBLAS and cuDNN
+workspaces): the trial failed for memory, as with ``torch.cuda.OutOfMemoryError``."""
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """``out of memory`` or ``non-finite loss`` for a trial that failed for its config; None for anything else."""
+    if isinstance(exc, NonFiniteLoss):
+        return "non-finite loss"
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or any(m in str(exc) for m in ALLOCATION_ERRORS):
+        return "out of memory"
+    return None
+
+
+def _let_go(exc: BaseException) -> None:
+    """Clear the locals of the finished frames an exception's traceback holds (the loop's model, optimizer,
+    checkpoint copy, activations), so that they are freed now and not when a garbage collection happens to run:
+    Optuna keeps the exception in a frame that its own traceback refers to, a cycle only the collector breaks."""
+    traceback.clear_frames(exc.__traceback__)
 
 
 class _Reporter(Callback):
@@ -84,12 +105,13 @@ class _Reporter(Callback):
 
 
 def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
-    """What a trial's training measured, as far as it got (names only this module writes and no other reads are
-    written here; the shared ones come from :mod:`hpsearch.study.record`)."""
+    """What a trial's training measured, as far as it got (:mod:`hpsearch.study.record` names the attributes that
+    other modules read back)."""
     if state is None:
         return {record.DEVICE: str(device)}
     return {
         record.DEVICE: str(device),
+        "micro_batch_size": state.micro_batch_size,
         "steps": state.step,
         record.EPOCHS_COMPLETED: round(state.epochs_completed, 4),
         "train_time_s": round(state.train_time, 3),
@@ -103,12 +125,12 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
 class Objective:
     """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
 
-    def __init__(self, space: Space, data: PreparedData, device: torch.device, progress: Progress | None = None,
+    def __init__(self, space: Space, prepared: Prepared, progress: Progress | None = None,
                  config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
                  liveness: Liveness | None = None) -> None:
         self.space = space
-        self.data = data
-        self.device = device
+        self.prepared = prepared
+        self.device = prepared.device
         self.progress = progress or Progress()
         self.config_id = config_id or space.fingerprint()
         self.metric = space.study["metric"]
@@ -133,28 +155,34 @@ class Objective:
         model = None
         try:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
-            model, result = fine_tune(self.space, hp, self.data, self.device, callback=reporter)
+            model, result = fine_tune(self.space, hp, self.prepared, callback=reporter)
             value = result.metrics[self.metric]
             self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
             if self.keeper is not None:
                 self._keep(trial, model, hp, result, value)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
             self._record(trial, reporter, status="pruned")
             s = reporter.state
             trial.set_user_attr(record.PRUNED_AT_REPORT, s.report if s else 0)
             trial.set_user_attr(record.PRUNED_AT_EPOCH, round(s.epochs_completed, 4) if s else 0.0)
+            _let_go(exc)
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._record(trial, reporter, status="failed: interrupted")
+            _let_go(exc)
             raise
-        except (NonFiniteLoss, torch.cuda.OutOfMemoryError) as exc:
-            reason = "out of memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "non-finite loss"
+        except (NonFiniteLoss, torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            reason = failure_reason(exc)
+            if reason is None:  # a bug, not a trial's failure: the worker stops with its traceback
+                raise
             self._record(trial, reporter, status=f"failed: {reason}")
             detail = f"{reason}: {str(exc).splitlines()[0][:300]}"
             trial.set_user_attr(record.FAIL_REASON, detail)
-            # The traceback's frames hold the model, optimizer and activations: drop them so memory is freed now.
-            traceback.clear_frames(exc.__traceback__)
-            raise TrialFailed(f"trial {trial.number} failed: {detail}") from None
+            # Optuna's samplers never look at a FAIL trial, so TPE would propose this config again: the trial is
+            # PRUNED with a violated constraint instead, which TPE ranks below every feasible trial.
+            trial.set_constraint(record.constraint(reason), 1.0)
+            _let_go(exc)
+            raise optuna.TrialPruned(f"trial {trial.number} failed: {detail}") from None
         finally:
             del model
             gc.collect()
@@ -191,3 +219,4 @@ class Objective:
         for key, value in (final or reporter.metrics).items():
             trial.set_user_attr(record.val(key), round(float(value), 6))
         trial.set_user_attr(record.PEAK_MEMORY_MB, round(peak_memory_mb(self.device), 1))
+        trial.set_user_attr("precision", self.prepared.precision.name)

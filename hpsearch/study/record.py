@@ -41,6 +41,25 @@ DEVICE = "device"
 EPOCHS_COMPLETED = "epochs_completed"
 PEAK_MEMORY_MB = "peak_memory_mb"
 VAL_PREFIX = "val_"
+FAILED = "failed"
+"""How a status starts for a trial that did not finish: ``failed: out of memory``, ``failed: interrupted`` ..."""
+
+
+def constraint(reason: str) -> str:
+    """The constraint a trial that failed for ``reason`` violates (``out_of_memory``, ``non_finite_loss``)."""
+    return reason.replace(" ", "_").replace("-", "_")
+
+
+SKIPPED = "skipped"
+"""How the status of a trial starts that was closed untrained because other workers filled the budget."""
+
+
+def failed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial did not finish, whatever its state (a config failure is PRUNED so that samplers learn; a
+    FAIL trial that was only skipped for the budget did not fail)."""
+    status = str(trial.user_attrs.get(STATUS, ""))
+    return status.startswith(FAILED) or (trial.state == optuna.trial.TrialState.FAIL
+                                         and not status.startswith(SKIPPED))
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 

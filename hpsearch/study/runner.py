@@ -165,7 +165,7 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
     (a tracking URI) logs every trial this process runs as an MLflow run (:mod:`hpsearch.study.tracking`).
     """
     from . import storage as st
-    from .objective import BudgetReached, Objective, TrialFailed
+    from .objective import BudgetReached, Objective
     from .progress import make_progress
     from .storage import liveness_for, open_storage
 
@@ -182,7 +182,7 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
     keeper = make_keeper(study, url, max(keep_best, confirm["top_k"]) if keep_best and confirm else keep_best,
                          options.artifacts)
     progress = progress or make_progress(options.quiet)
-    objective = Objective(space, prepared.data, prepared.device, progress, config_id=space.fingerprint(),
+    objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
                           total=options.total, keeper=keeper, liveness=liveness)
     n_trials, total = options.trials, options.total
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
@@ -193,7 +193,7 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
 
         callbacks.append(MLflowLogger(options.mlflow, space.study["metric"]))
     callbacks.append(interrupts.stop_study)
-    kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (TrialFailed, BudgetReached)}
+    kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached,)}
     try:
         with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
             if total is None:
@@ -207,7 +207,7 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
         from .confirm import confirm_top
 
         say = None if options.quiet else lambda msg: print(msg, file=sys.stderr)
-        confirm_top(study, space, prepared.data, prepared.device, say=say)
+        confirm_top(study, space, prepared, say=say)
         if keeper is not None:
             keeper.k = keep_best
             keeper.prune(study)
@@ -253,7 +253,6 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
         study.optimize(objective, n_trials=1, **kwargs)
         ran += 1
         last = mine[-1]
-        skipped = str(last.user_attrs.get(record.STATUS, "")).startswith("skipped")
-        failures = failures + 1 if last.state == optuna.trial.TrialState.FAIL and not skipped else 0
+        failures = failures + 1 if record.failed(last) else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
             raise UsageError(f"{failures} trials failed in a row (see their fail_reason); stopping")

@@ -60,8 +60,10 @@ class Task(Protocol):
       ``peft_task_type`` names the task for peft's LoRA (which then trains the new head in full).
     - ``forward(model, batch, labels)`` runs the model on a batch and returns its logits (an encoder-decoder
       also needs the labels, shifted right, as decoder input).
-    - ``loss(logits, labels)`` is the training loss; ``evaluate_batch`` reduces one evaluation batch to what
-      ``metrics_from`` needs, so evaluation never holds a whole split's logits when it need not.
+    - ``loss(logits, labels)`` is the training loss, a mean; a task whose mean is over tokens rather than rows also
+      has ``loss_units(labels)``, the count it averages over, so that gradients accumulated over micro-batches
+      equal one pass over the batch. ``evaluate_batch`` reduces one evaluation batch to what ``metrics_from``
+      needs, so evaluation never holds a whole split's logits when it need not.
     - ``metrics_from`` returns every metric in ``metrics`` that is not ``generated`` (names as keys), and
       ``eval_loss``.
     - A task with ``generated`` metrics also has ``generate_batch(model, batch, labels, data)``, which generates

@@ -7,7 +7,7 @@ token ends each example, so the model learns to stop. Metrics: the mean next-tok
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import HpsearchError
 from .base import Column, Metric
@@ -19,6 +19,35 @@ if TYPE_CHECKING:
 
 IGNORE = -100
 """The label of positions the loss skips (prompt tokens and padding)."""
+CHUNK_ELEMENTS = 2**26
+"""fp32 logits computed at once in evaluation (256 MB): 512 tokens of a 128k vocabulary."""
+LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config attributes of models that change their logits after the output layer (Gemma's soft capping, Cohere's and
+Granite's scales): those evaluate from their logits."""
+
+
+class Hidden(NamedTuple):
+    """A causal LM's last hidden states and its output layer, in place of logits (evaluation)."""
+
+    hidden: Any
+    head: Any
+
+
+def body_and_head(model: Any) -> tuple[Any, Any] | None:
+    """The (peft-unwrapped) model's body, whose ``last_hidden_state`` the output layer turns into logits, and that
+    output layer; None where the logits are anything more than that (a scale, soft capping) or the parts are not
+    where transformers keeps them."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    body = getattr(base, getattr(base, "base_model_prefix", ""), None)
+    config = getattr(base, "config", None)
+    if not isinstance(head, torch.nn.Linear) or not isinstance(body, torch.nn.Module) or body is base:
+        return None
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in LOGIT_SCALES):
+        return None
+    return body, head
 
 
 class CausalLM:
@@ -59,12 +88,22 @@ class CausalLM:
     def head_config(self, label_names: list[str]) -> dict[str, Any]:
         return {}
 
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], labels: torch.Tensor) -> Any:
         """Logits at the positions whose next token some row of the batch learns (``logits_to_keep``), or at
         every position when that is all of them or the model takes no ``logits_to_keep``.
 
         The output layer over the vocabulary is as costly as the whole body of a small decoder; prompt tokens,
-        masked out of the loss, need none of it (bench/README.md has the measurement)."""
+        masked out of the loss, need none of it (bench/README.md has the measurement). In evaluation (no
+        gradients) a model whose logits are its output layer applied to its body's last hidden states returns
+        those states instead (:class:`Hidden`), and the loss is computed a chunk of tokens at a time: a 128k
+        vocabulary's logits for a batch of 1,024-token rows are tens of GB in fp32."""
+        import torch
+
+        if not torch.is_grad_enabled():
+            parts = body_and_head(model)
+            if parts is not None:
+                body, head = parts
+                return Hidden(body(**batch).last_hidden_state, head)
         keep = learned_positions(labels)
         if keep is None or not takes_logits_to_keep(model):
             return model(**batch).logits
@@ -76,15 +115,30 @@ class CausalLM:
         logits, target = next_token_pairs(logits, labels)
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=IGNORE)
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
-        """The batch's summed next-token loss and the number of learned tokens."""
+    def loss_units(self, labels: torch.Tensor) -> torch.Tensor:
+        """The learned next tokens the mean loss averages over (a row's first token is never predicted)."""
+        return (labels[:, 1:] != IGNORE).sum()
+
+    def evaluate_batch(self, logits: Any, labels: torch.Tensor) -> Any:
+        """The batch's summed next-token loss and the number of learned tokens, in chunks of tokens so that at
+        most :data:`CHUNK_ELEMENTS` fp32 logits exist at once."""
         import torch
 
-        logits, target = next_token_pairs(logits, labels)
-        target = target.flatten()
+        if isinstance(logits, Hidden):
+            hidden, target = logits.hidden[:, :-1], labels[:, 1:]
+        else:
+            hidden, target = next_token_pairs(logits, labels)
         keep = target != IGNORE
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1)[keep], target[keep], reduction="sum")
-        return float(loss), int(keep.sum())
+        hidden, target = hidden[keep], target[keep]
+        width = logits.head.out_features if isinstance(logits, Hidden) else hidden.shape[-1]
+        rows = max(1, CHUNK_ELEMENTS // width)
+        loss = 0.0
+        for start in range(0, len(target), rows):
+            part = hidden[start:start + rows]
+            part = logits.head(part) if isinstance(logits, Hidden) else part
+            loss += float(torch.nn.functional.cross_entropy(part.float().detach(), target[start:start + rows],
+                                                            reduction="sum"))
+        return loss, len(target)
 
     def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:
         import math

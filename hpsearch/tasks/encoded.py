@@ -39,7 +39,7 @@ class Encoded:
         """The rows ``index`` (a CPU tensor) trimmed to their longest sequence (dynamic padding), on ``device``."""
         lengths = self.lengths[index]
         width = int(lengths.max())
-        rows = index.to(self.input_ids.device)
+        rows = _moved(index, self.input_ids.device)
         lengths = lengths.to(device, non_blocking=True)
         out = {"input_ids": self.input_ids[rows, :width].to(device, non_blocking=True),
                "attention_mask": torch.arange(width, device=device) < lengths[:, None]}
@@ -50,7 +50,7 @@ class Encoded:
     def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids, target
         sequences to their longest)."""
-        labels = self.labels[index.to(self.labels.device)]
+        labels = self.labels[_moved(index, self.labels.device)]
         if labels.ndim == 2:
             lengths = self.lengths if self.label_lengths is None else self.label_lengths
             labels = labels[:, : int(lengths[index].max())]
@@ -74,6 +74,14 @@ class Encoded:
         tt = None if self.token_type_ids is None else self.token_type_ids[rows]
         ll = None if self.label_lengths is None else self.label_lengths[index]
         return Encoded(self.input_ids[rows], self.lengths[index], self.labels[rows], tt, ll)
+
+
+def _moved(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU index on ``device``: to a GPU from pinned memory without waiting for the copy (the step's kernels are
+    queued behind it), so that batching never stalls the host."""
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _pad_value(parts: list[Encoded]) -> int:

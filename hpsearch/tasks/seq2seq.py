@@ -80,6 +80,10 @@ class Seq2Seq:
 
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
+    def loss_units(self, labels: torch.Tensor) -> torch.Tensor:
+        """The target tokens the mean loss averages over."""
+        return (labels != IGNORE).sum()
+
     def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
         """The batch's summed target-token loss and its number of target tokens."""
         import torch

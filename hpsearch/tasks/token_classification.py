@@ -76,6 +76,10 @@ class TokenClassification:
 
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
+    def loss_units(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labelled tokens the mean loss averages over."""
+        return (labels != IGNORE).sum()
+
     def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
         """Per row: the labelled positions' gold and predicted ids; plus the batch's summed loss and count."""
         import torch

@@ -25,11 +25,30 @@ def test_a_gpu_number_beyond_the_machine_s_gpus_is_an_error(monkeypatch: pytest.
         D.resolve_device("cuda:2")
 
 
-def test_bf16_follows_the_precision_key_and_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_is_said_per_key_and_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
-    assert D.use_bf16("fp32", cpu) is False
-    assert D.use_bf16("bf16", cpu) is True  # asked for by name: on, native or not
+    bf16 = torch.bfloat16
+    assert D.precision_plan("fp32", "auto", bf16, cpu) == D.FP32  # fp32 means fp32 weights, whatever was saved
+    mixed = D.precision_plan("bf16", "auto", bf16, cpu)  # asked for by name: on, native or not
+    assert (mixed.weights, mixed.master, mixed.autocast, mixed.scaler) == (bf16, torch.float32, bf16, False)
+    assert D.precision_plan("bf16", "float32", bf16, cpu).weights == torch.float32  # model.dtype chooses the load
+    assert D.precision_plan("bf16", "auto", None, cpu).weights == torch.float32  # a config without a dtype: fp32
+    half = D.precision_plan("fp16", "auto", None, cpu)
+    assert (half.master, half.autocast, half.scaler) == (torch.float32, torch.float16, True)
+    pure = D.precision_plan("bf16-true", "auto", torch.float32, cpu)
+    assert (pure.weights, pure.master, pure.autocast) == (bf16, bf16, None)
     monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
-    assert D.use_bf16("auto", cpu) is False  # emulated bf16 is slower: auto leaves it off
+    assert D.precision_plan("auto", "auto", bf16, cpu) == D.FP32  # emulated bf16 is slower: auto leaves it off
     monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
-    assert D.use_bf16("auto", cpu) is True
+    assert D.precision_plan("auto", "auto", None, cpu).name == "bf16-mixed"
+
+
+def test_auto_precision_on_a_gpu_without_native_bf16_is_fp16_with_a_loss_scaler(monkeypatch) -> None:
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(D, "native_bf16", lambda device: False)  # a V100 or T4: bf16 would be emulated
+    assert D.precision_plan("auto", "auto", torch.bfloat16, gpu).name == "fp16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(HpsearchError, match="Tesla T4 has no native bf16"):
+        D.precision_plan("bf16", "auto", None, gpu)
+    monkeypatch.setattr(D, "native_bf16", lambda device: True)
+    assert D.precision_plan("auto", "auto", None, gpu).name == "bf16-mixed"

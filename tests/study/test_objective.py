@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hpsearch.finetune import model
 from hpsearch.study import runner
 from hpsearch.study.progress import Progress
 from hpsearch.tasks.classification import SequenceClassification
+from tests.helpers import CPU
 
 
 def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: str, make_space, study_name: str,
@@ -34,8 +36,8 @@ def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: 
 
     def loss(self, logits, labels):
         calls["n"] += 1
-        if len(models) == 1:  # the first trial runs out of memory at its third step
-            if calls["n"] == 3:
+        if len(models) == 1:  # the first trial runs out of memory from its third step, micro-batches of 1 too
+            if calls["n"] >= 3:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real_loss(self, logits, labels)
 
@@ -44,8 +46,9 @@ def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: 
     options = RunOptions(storage=storage_url, trials=2, study_name=study_name)
     study = runner.run_study(load_space(make_space(fixed__epochs=1)), options, progress=Progress())
     first, second = study.trials
-    assert first.state.name == "FAIL" and "out of memory" in first.user_attrs["fail_reason"]
+    assert first.state.name == "PRUNED" and "out of memory" in first.user_attrs["fail_reason"]  # the sampler sees it
     assert first.user_attrs["status"] == "failed: out of memory" and first.user_attrs["steps"] == 2
+    assert first.user_attrs["micro_batch_size"] == 1 and first.constraints == {"out_of_memory": 1.0}
     assert second.state.name == "COMPLETE"
     gc.collect()
     assert models[0]() is None  # the failed trial's model was released
@@ -57,8 +60,9 @@ def test_non_finite_loss_never_completes(storage_url: str, make_space, study_nam
     monkeypatch.setattr(SequenceClassification, "loss", lambda self, lg, lb: real(self, lg, lb) * float("nan"))
     options = RunOptions(storage=storage_url, trials=2, study_name=study_name)
     study = runner.run_study(load_space(make_space(fixed__epochs=1)), options, progress=Progress())
-    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
     assert all(t.user_attrs["fail_reason"].startswith("non-finite loss") for t in study.trials)
+    assert all(t.user_attrs["status"] == "failed: non-finite loss" for t in study.trials)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -85,3 +89,45 @@ def test_interrupt_marks_the_trial_failed_and_resume_works(storage_url: str, mak
                                          study_name], cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr
     assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 6
+
+
+def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TPE never sees a FAIL trial, so a config that ran out of memory came back again and again. Recorded as a
+    PRUNED trial with a violated constraint, it ranks below every feasible one: TPE stops proposing its region.
+    (A fake training, so that only the sampler is measured: bigger batches score higher and >= 64 run out of
+    memory, so the feasible best sits next to the infeasible region.)"""
+    from types import SimpleNamespace
+
+    from hpsearch.config.validation import validate
+    from hpsearch.finetune.device import FP32
+    from hpsearch.finetune.recipe import Prepared
+    from hpsearch.study.objective import Objective
+    from hpsearch.study.samplers import build_sampler
+
+    space, data = setup
+    raw = space.to_dict()
+    raw["params"] = {"batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
+                     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
+    raw["fixed"].pop("batch_size")
+    raw["study"]["sampler"] = {"name": "tpe", "seed": 3}
+    space = validate(raw)
+
+    def fake_fine_tune(failure: type[Exception]):
+        def fine_tune(space, hp, prepared, callback=None):
+            if hp["batch_size"] >= 64:
+                raise failure("CUDA out of memory. Tried to allocate 8.00 GiB")
+            value = 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
+            return None, SimpleNamespace(metrics={"accuracy": value}, selection={})
+
+        return fine_tune
+
+    def proposed_by_tpe(failure: type[Exception]) -> int:
+        """Out-of-memory configs among the 20 trials TPE chose (after its 10 random ones)."""
+        monkeypatch.setattr("hpsearch.study.objective.fine_tune", fake_fine_tune(failure))
+        study = optuna.create_study(direction="maximize", sampler=build_sampler(space))
+        study.optimize(Objective(space, Prepared(CPU, data, FP32)), n_trials=30, catch=(ValueError,))
+        return sum(t.params["batch_size"] >= 64 for t in study.trials[10:])
+
+    learned = proposed_by_tpe(torch.cuda.OutOfMemoryError)
+    ignored = proposed_by_tpe(ValueError)  # a FAIL trial, as out of memory was before
+    assert learned <= ignored // 2, (learned, ignored)  # seed 3: 4 of 20 against 13 of 20

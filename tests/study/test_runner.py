@@ -37,7 +37,7 @@ def test_non_finite_loss_fails_the_trial_and_the_study_goes_on(make_space, tmp_p
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(SequenceClassification, "loss", lambda self, logits, labels: logits.sum() * float("inf"))
     study = _run(make_space, tmp_path, 2)
-    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]  # learnable by the sampler; status says why
     assert all("non-finite loss" in t.user_attrs["fail_reason"] for t in study.trials)
 
 

@@ -1,0 +1,306 @@
+"""GPU measurements, one command, written to run right the first time a GPU is at hand (at most 8 minutes on an H100).
+
+    python -m bench.gpu --out bench/results/GPU.md        # on a GPU machine
+    python -m bench.gpu --reduced --out /tmp/gpu.md       # the same steps at toy sizes on the CPU (a test runs it)
+
+On this project's lent GPU machines nothing can be downloaded and the image lacks optuna and datasets: carry their
+wheels (``bash bench/gpu_wheels.sh`` makes ``.whl/``, ignored by git) and, for the Trainer comparison, the anchor
+(``mkdir -p .gpu && cp ../shared/bench/trainer_baseline.py .gpu/``), then run, with ``carry: [".whl", ".gpu"]``:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 -m bench.gpu --anchor .gpu/trainer_baseline.py \
+        --out $OUT/GPU.md
+
+No weights are downloaded either: every model is built here with random weights in the shape it stands for (speed
+and memory do not depend on the values). Each section runs on its own; one that fails is reported as failed and the
+others still run. Sections:
+
+1. **memory given back**: 10 trials of a MiniLM-shaped classifier (6 layers, hidden 384) on SST-2, each pruned at
+   its first report, through hpsearch's objective; the GPU memory allocated after each trial against before the
+   first (it must stay at the baseline).
+2. **evaluation of a 128k vocabulary**: a Llama-shaped decoder with Llama 3's 128,256-token vocabulary evaluates
+   16 rows of 1,024 tokens (``eval_batch_tokens`` 16,384): its peak memory, against the 8.4 GB one batch's fp32
+   logits would take.
+3. **a 7B LoRA trial**: Llama-7B-shaped slices (hidden 4,096, 2 and 4 of its 32 layers, vocabulary 32,000), bf16
+   weights, LoRA r 16 on every linear layer, batches of 4 x 1,024 tokens, through hpsearch's build and loop: setup
+   time and peak memory with and without gradient checkpointing, and with 4-bit weights (bitsandbytes); peak memory
+   scaled to 32 layers from the two slices (the per-layer cost is their difference).
+4. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
+   one round, on CUDA (a MiniLM-shaped model with random weights on both sides).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import CONFIGS, RAW, REPO, RESULTS, machine, now
+
+SST2 = REPO / "data" / "sst2"
+
+
+def gpu_mb() -> tuple[float, float]:
+    """(allocated, peak allocated) GPU memory in MB since the last reset; (0, 0) on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0, 0.0
+    return torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def words_vocab(rows: int = 4000) -> list[str]:
+    """A word-level WordPiece vocabulary of SST-2's first training rows (the tokenizer every model here uses)."""
+    import csv
+
+    with open(SST2 / "train.tsv", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        words = {w for i, row in zip(range(rows), reader) for w in row["sentence"].lower().split()}
+    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
+
+
+def save_tokenizer(path: Path, vocab: list[str]) -> None:
+    from transformers import BertTokenizerFast
+
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, eos_token="[SEP]").save_pretrained(path)
+
+
+def save_bert(path: Path, reduced: bool) -> Path:
+    """A MiniLM-shaped BERT (6 layers, hidden 384; reduced: 2 layers, hidden 32) with random weights."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    vocab = words_vocab()
+    save_tokenizer(path, vocab)
+    size = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if not reduced:
+        size = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=max(30522, len(vocab)), max_position_embeddings=512, **size)).save_pretrained(
+        path, safe_serialization=True)
+    return path
+
+
+def save_llama(path: Path, layers: int, hidden: int, vocab: int, inter: int, heads: int, kv: int) -> Path:
+    """A Llama-shaped causal LM with random bf16 weights (the tokenizer of :func:`words_vocab`)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    save_tokenizer(path, words_vocab())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048,
+                         bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    del model
+    return path
+
+
+def text_rows(path: Path, rows: int, words: int) -> Path:
+    """JSONL rows of ``words`` SST-2 words each (a causal LM's ``text``)."""
+    vocab = words_vocab()[5:]
+    path.write_text("".join(json.dumps({"text": " ".join(vocab[(i * 7 + j) % len(vocab)] for j in range(words))})
+                            + "\n" for i in range(rows)))
+    return path
+
+
+def space_for(raw: dict) -> Any:
+    from hpsearch.config.validation import validate
+
+    return validate(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def memory_after_pruned_trials(work: Path, reduced: bool) -> dict:
+    import optuna
+    import torch
+
+    from hpsearch.finetune import recipe
+    from hpsearch.study.objective import Objective
+
+    model = save_bert(work / "minilm", reduced)
+    space = space_for({
+        "study": {"name": "memory", "metric": "accuracy", "sampler": {"name": "random", "seed": 0}},
+        "model": {"name_or_path": str(model), "max_length": 64},
+        "data": {"task": "classification", "label_column": "label",
+                 "train": {"path": str(SST2 / "train.tsv"), "text_column": "sentence"},
+                 "validation": {"path": str(SST2 / "dev.tsv"), "text_column": "content"},
+                 "max_train_samples": 256 if reduced else 4000, "max_eval_samples": 64 if reduced else 500},
+        "params": {"learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+        "fixed": {"batch_size": 32, "epochs": 2}})
+    prepared = recipe.prepare(space, "auto")
+    if prepared.device.type == "cuda":
+        torch.cuda.synchronize()
+    baseline = gpu_mb()[0]
+    after: list[float] = []
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    for _ in range(3 if reduced else 10):
+        study.optimize(Objective(space, prepared), n_trials=1)
+        after.append(round(gpu_mb()[0] - baseline, 1))
+    states = [t.state.name for t in study.trials]
+    return {"device": str(prepared.device), "baseline_mb": round(baseline, 1), "after_each_trial_mb": after,
+            "states": states, "ok": max(after) <= 1.0 and all(s == "PRUNED" for s in states)}
+
+
+def eval_peak_128k(work: Path, reduced: bool) -> dict:
+    import torch
+
+    from hpsearch.finetune import loop, recipe
+    from hpsearch.finetune import model as M
+
+    hidden = 32 if reduced else 4096
+    model = save_llama(work / "llama-128k", layers=2, hidden=hidden, vocab=128256, inter=2 * hidden,
+                       heads=4 if reduced else 32, kv=2 if reduced else 8)
+    rows = text_rows(work / "long.jsonl", 16, 1100)
+    space = space_for({"study": {"name": "eval", "pruner": "none"},
+                       "model": {"name_or_path": str(model), "max_length": 1024, "precision": "auto"},
+                       "data": {"task": "causal_lm", "text_column": "text", "train": {"path": str(rows)},
+                                "validation": {"path": str(rows)}},
+                       "params": {}, "fixed": {"dropout": 0.0}})
+    prepared = recipe.prepare(space, "auto")
+    built = M.build_model(space.config["model"], dict(space.fixed), prepared.data, prepared.device,
+                          prepared.precision)
+    reset_peak()
+    before = gpu_mb()[0]
+    t0 = time.perf_counter()
+    metrics = loop.evaluate(built, prepared.data.validation, prepared.data, prepared.device,
+                            dtype=prepared.precision.autocast)
+    seconds = time.perf_counter() - t0
+    peak = gpu_mb()[1]
+    logits_gb = 16 * 1024 * 128256 * 4 / 1e9
+    del built
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"rows": len(prepared.data.validation), "tokens": int(prepared.data.validation.lengths.sum()),
+            "precision": prepared.precision.name, "eval_s": round(seconds, 2),
+            "peak_above_model_mb": round(peak - before, 1), "full_fp32_logits_gb": round(logits_gb, 1),
+            "eval_loss": round(metrics["eval_loss"], 4)}
+
+
+def lora_7b_slices(work: Path, reduced: bool) -> dict:
+    import importlib.util
+
+    import torch
+
+    from hpsearch.finetune import loop, recipe
+    from hpsearch.finetune import model as M
+
+    hidden, inter, heads, kv, seq = (64, 128, 4, 4, 64) if reduced else (4096, 11008, 32, 32, 1024)
+    layers = (1, 2) if reduced else (2, 4)
+    rows = text_rows(work / "lora.jsonl", 8, seq + 50)
+    variants = {"bf16": {}, "bf16 + checkpointing": {"gradient_checkpointing": True}}
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+        variants["4-bit + checkpointing"] = {"gradient_checkpointing": True, "quantization": "4bit"}
+    out: dict[str, Any] = {"layers": list(layers), "hidden": hidden, "tokens_per_batch": 4 * seq}
+    for n in layers:
+        path = save_llama(work / f"llama-{n}", layers=n, hidden=hidden, vocab=32000, inter=inter, heads=heads, kv=kv)
+        for name, extra in variants.items():
+            space = space_for({"study": {"name": "lora", "pruner": "none"},
+                               "model": {"name_or_path": str(path), "max_length": seq, "precision": "bf16"
+                                         if torch.cuda.is_available() else "fp32", **extra},
+                               "data": {"task": "causal_lm", "text_column": "text", "train": {"path": str(rows)},
+                                        "validation": {"path": str(rows)}, "max_eval_samples": 4},
+                               "params": {}, "fixed": {"lora_r": 16, "lora_alpha": 32, "batch_size": 4, "epochs": 1,
+                                                       "learning_rate": 1e-4, "dropout": 0.0}})
+            prepared = recipe.prepare(space, "auto")
+            reset_peak()
+            t0 = time.perf_counter()
+            built = M.build_model(space.config["model"], dict(space.fixed), prepared.data, prepared.device,
+                                  prepared.precision)
+            setup = time.perf_counter() - t0
+            result = loop.train(built, prepared.data, dict(space.fixed),
+                                loop.TrainSettings.from_space(space, prepared.precision), device=prepared.device)
+            out[f"{name}, {n} layers"] = {"setup_s": round(setup, 2), "peak_mb": round(gpu_mb()[1], 1),
+                                          "steps": result.steps, "train_s": round(result.train_time_s, 2)}
+            del built
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    for name in variants:
+        a, b = (out[f"{name}, {n} layers"]["peak_mb"] for n in layers)
+        per_layer = (b - a) / (layers[1] - layers[0])
+        out[f"{name}: scaled to 32 layers, GB"] = round((a + per_layer * (32 - layers[0])) / 1024, 1)
+    return out
+
+
+def minilm_against_trainer(work: Path, reduced: bool, anchor: str) -> dict:
+    if reduced:
+        return {"skipped": "reduced mode (tests/test_bench.py runs bench.run's hpsearch side on the CPU)"}
+    if not Path(anchor).is_file():
+        return {"skipped": f"no anchor script at {anchor} (copy ../shared/bench/trainer_baseline.py into .gpu/)"}
+    model = save_bert(work / "minilm-run", reduced=False)
+    out = work / "run.md"
+    cmd = [sys.executable, "-m", "bench.run", "--kinds", "hpsearch-as-run,default", "--rounds", "1",
+           "--configs", str(CONFIGS / "configs_other.json"), "--anchor", anchor, "--model", str(model),
+           "--train", str(SST2 / "train.tsv"), "--eval", str(SST2 / "dev.tsv"), "--out", str(out),
+           "--json", str(work / "run.json")]
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=420)
+    text = out.read_text()
+    return {"ratios": [ln for ln in text.splitlines() if ln.startswith("- **")],
+            "raw": json.loads((work / "run.json").read_text())}
+
+
+SECTIONS: dict[str, Callable[..., dict]] = {
+    "memory given back after pruned trials": memory_after_pruned_trials,
+    "evaluation of a 128k-vocabulary decoder at 1,024 tokens": eval_peak_128k,
+    "a 7B LoRA trial, from Llama-7B-shaped slices": lora_7b_slices,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reduced", action="store_true", help="toy sizes, on whatever device there is (a test's run)")
+    ap.add_argument("--anchor", default=str(REPO / ".gpu" / "trainer_baseline.py"))
+    ap.add_argument("--out", default=str(RESULTS / "GPU.md"))
+    ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/gpu.json, or beside --out)")
+    a = ap.parse_args(argv)
+    results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
+    with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-") as tmp:
+        work = Path(tmp)
+        for title, section in SECTIONS.items():
+            t0 = time.perf_counter()
+            try:
+                results[title] = section(work, a.reduced)
+            except Exception as exc:  # report and go on: the first GPU run should bring back all it can
+                results[title] = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            results[title]["seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"[gpu] {title}: {json.dumps(results[title])[:400]}", file=sys.stderr, flush=True)
+        title = "a MiniLM trial against Trainer"
+        try:
+            results[title] = minilm_against_trainer(work, a.reduced, a.anchor)
+        except Exception as exc:
+            results[title] = {"failed": f"{type(exc).__name__}: {exc}"}
+    out = Path(a.out)
+    raw = Path(a.json) if a.json else (RAW / "gpu.json" if out.parent == RESULTS else out.with_suffix(".json"))
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(results, indent=1))
+    lines = [f"# GPU measurements{' (reduced, toy sizes)' if a.reduced else ''}", "",
+             f"- date: {results['date']}", f"- machine: {results['machine']}",
+             f"- command: `python -m bench.gpu {' '.join(argv if argv is not None else sys.argv[1:])}`",
+             f"- raw: `{raw.name}`", ""]
+    for title, body in results.items():
+        if isinstance(body, dict):
+            lines += [f"## {title}", "", "```json", json.dumps({k: v for k, v in body.items() if k != "traceback"},
+                                                                indent=1)[:4000], "```", ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()
