@@ -144,3 +144,48 @@ def test_evaluation_batches_are_cut_by_tokens() -> None:
     assert max(widths) <= 16384 and [len(b) for b in batches[:4]] == [16, 16, 16, 64]
     assert max(len(b) for b in batches) == 64  # short rows: the row cap
     assert [len(b) for b in T.eval_batches(torch.tensor([5000, 10]), max_tokens=100)] == [1, 1]
+
+
+def test_what_cannot_run_here_is_a_clear_error_before_any_trial(setup, tiny_model: Path, tiny_data: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpsearch.config.validation import validate
+    from hpsearch.errors import ConfigError, HpsearchError
+    from hpsearch.finetune.recipe import prepare as prepare_run
+    from tests.helpers import space_dict
+
+    with pytest.raises(ConfigError) as err:  # quantized weights are not trained: every trial needs adapters
+        validate(space_dict(tiny_model, tiny_data, model__quantization="4bit"))
+    assert "params" not in str(err.value) and "fixed.lora_r" in str(err.value)
+    with pytest.raises(ConfigError, match="model.dtype"):
+        validate(space_dict(tiny_model, tiny_data, model__precision="fp32", model__dtype="bfloat16"))
+    quantized = validate(space_dict(tiny_model, tiny_data, model__quantization="8bit", fixed__lora_r=8))
+    with pytest.raises(HpsearchError, match="model.quantization 8bit: bitsandbytes quantization needs a CUDA GPU"):
+        prepare_run(quantized, "cpu")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
+    flash = validate(space_dict(tiny_model, tiny_data, model__attn_implementation="flash_attention_2"))
+    with pytest.raises(HpsearchError, match="flash-attn package is not installed"):
+        prepare_run(flash, "cpu")
+
+
+def test_deterministic_turns_on_torch_s_deterministic_algorithms(setup, tiny_model: Path, tiny_data: dict) -> None:
+    from hpsearch.config.validation import validate
+    from hpsearch.finetune.recipe import prepare as prepare_run
+    from tests.helpers import space_dict
+
+    space = validate(space_dict(tiny_model, tiny_data, study__deterministic=True))
+    try:
+        prepare_run(space, "cpu", weights=False)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_on_a_gpu_a_non_finite_loss_is_caught_at_the_next_report_without_a_sync_per_step() -> None:
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(bad_step=torch.zeros((), dtype=torch.int64), state=SimpleNamespace(step=0))
+    for step, loss in enumerate((0.5, 0.4, float("nan"), 0.3, float("inf")), 1):
+        run.state.step = step
+        T._check_finite(run, torch.tensor(loss))  # a device tensor kept, no comparison on the host
+    with pytest.raises(T.NonFiniteLoss, match="non-finite at step 3"):
+        T._raise_nonfinite(run)
