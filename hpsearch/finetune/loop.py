@@ -377,11 +377,12 @@ def _step(run: _Run, idx: torch.Tensor) -> None:
         except torch.cuda.OutOfMemoryError:
             if not run.shrink_on_oom or run.micro == 1:
                 raise
-            run.optimizer.zero_grad(set_to_none=True)
-            run.micro = max(1, run.micro // 2)
-            run.state.micro_batch_size = run.micro
-            if run.device.type == "cuda":
-                torch.cuda.empty_cache()
+        # Out of the handler, the failed pass's activations are no longer held by the exception: free them.
+        run.optimizer.zero_grad(set_to_none=True)
+        run.micro = max(1, run.micro // 2)
+        run.state.micro_batch_size = run.micro
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
     state, hp = run.state, run.hp
     state.step += 1
     _check_finite(run, loss)

@@ -191,7 +191,7 @@ def attn_implementation(model_cfg: dict, device: torch.device, precision: Precis
     return "flash_attention_2" if installed and device.type == "cuda" and half else None
 
 
-def _model_class(auto: str, config: Any, trust_remote_code: bool) -> Any:
+def _model_class(auto: str, config: Any) -> Any:
     """The concrete model class an Auto class builds for ``config`` (None for remote code: use the Auto class)."""
     try:
         return auto_class(auto)._model_mapping[type(config)]
@@ -214,7 +214,7 @@ def _load(model_cfg: dict, config: Any, auto: str, device: torch.device, precisi
         return auto_class(auto).from_pretrained(
             model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"), trust_remote_code=trust,
             quantization_config=bnb_config(model_cfg["quantization"], precision), **placement, **extra)
-    cls = _model_class(auto, config, trust)
+    cls = _model_class(auto, config)
     if cls is None:  # remote code: build, then copy the weights in
         model = auto_class(auto).from_config(config, trust_remote_code=trust, **extra)
         _, unexpected = model.load_state_dict(weights, strict=False)
