@@ -1,4 +1,4 @@
-# make demo   — set up a virtual environment and run the demo search (50 trials, about 7 min on a 2-core CPU)
+# make demo   — set up a virtual environment and run the demo search (50 trials, about 8 min on a 2-core CPU)
 # make test   — set up the same environment with the test dependencies and the demo model, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
