@@ -3,7 +3,12 @@ trial's hyperparameters."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,3 +134,47 @@ def wordpiece(vocab: list[str], **special: str):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``hpsearch ARGS`` as a process of its own (one thread), for tests where processes are the point."""
+    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    """Wait for each process; each must exit 0."""
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err
+
+
+def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, study_name: str) -> object:
+    """A worker killed (SIGKILL) while its trial 0 trains, then a second worker with ``--total 2`` on the same study,
+    both with a 1 s heartbeat and a 3 s grace period, as every storage must survive it: trial 0 ends FAIL, nothing
+    stays RUNNING, the total is reached, and trial 0's params are retried once. Returns the retry."""
+    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
+    victim = start_cli(["run", "--space", str(make_space("slow.yaml", fixed__epochs=500)), "--trials", "1", "--quiet",
+                        *beat], tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "trial 0 started" not in victim.stderr.readline():
+        pass
+    time.sleep(1.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    import optuna
+
+    from hpsearch.study.storage import open_storage
+
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True)).trials
+    assert [t.state.name for t in trials] == ["RUNNING"]  # nobody has noticed yet
+    finish([start_cli(["run", "--space", str(make_space("fast.yaml", fixed__epochs=1)), "--total", "2", "--quiet",
+                       *beat], tmp_path)], timeout=180)
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True)).trials
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and "RUNNING" not in states
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retried) == 1 and retried[0].params == trials[0].params
+    assert retried[0].user_attrs["retry_of"] == 0
+    return retried[0]

@@ -16,8 +16,7 @@ import pytest
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.study import storage as S
 from hpsearch.study.liveness import HEARTBEAT_ATTR, Liveness
-
-from .test_workers import _finish, _popen
+from tests.helpers import finish, kill_a_worker_mid_trial, start_cli
 
 REDIS_DB = 15
 """A Redis database of its own: the fixture clears the journal's keys there before and after each test."""
@@ -114,9 +113,9 @@ def test_n_workers_by_m_trials_share_the_study(other_storage: str, make_space, h
     then the read-only commands work on the same storage."""
     space = str(make_space(fixed__epochs=1))
     n, m = 3, 2
-    procs = [_popen(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", other_storage,
+    procs = [start_cli(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", other_storage,
                      "--study-name", study_name], tmp_path) for _ in range(n)]
-    _finish(procs)
+    finish(procs)
     study = optuna.load_study(study_name=study_name, storage=S.open_storage(other_storage, read_only=True))
     assert sorted(t.number for t in study.trials) == list(range(n * m))
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
@@ -136,27 +135,8 @@ def test_total_is_shared_through_the_workers_flag_on_a_journal_file(make_space, 
 def test_a_killed_worker_s_trial_on_the_journal_is_failed_and_retried(make_space, tmp_path: Path,
                                                                      study_name: str) -> None:
     url = journal(tmp_path / "killed.log")
-    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
-    victim = _popen(["run", "--space", str(make_space("slow.yaml", fixed__epochs=500)), "--trials", "1", "--quiet",
-                     *beat], tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "trial 0 started" not in victim.stderr.readline():
-        pass
-    time.sleep(1.5)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
-    assert [t.state.name for t in optuna.load_study(study_name=study_name, storage=S.open_storage(url)).trials] \
-        == ["RUNNING"]
-    survivor = _popen(["run", "--space", str(make_space("fast.yaml", fixed__epochs=1)), "--total", "2", "--quiet",
-                       *beat], tmp_path)
-    _finish([survivor], timeout=180)
-    trials = optuna.load_study(study_name=study_name, storage=S.open_storage(url)).trials
-    states = [t.state.name for t in trials]
-    assert states[0] == "FAIL" and "RUNNING" not in states
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
-    assert len(retried) == 1 and retried[0].params == trials[0].params
-    assert retried[0].user_attrs["retry_of"] == 0
+    retry = kill_a_worker_mid_trial(url, make_space, tmp_path, study_name)
+    assert HEARTBEAT_ATTR in retry.system_attrs  # hpsearch's heartbeats: the journal has none of Optuna's
 
 
 def test_stale_trials_are_failed_once_when_two_workers_notice_together(tmp_path: Path) -> None:

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -13,18 +9,7 @@ import pytest
 import yaml
 
 from hpsearch.study.workers import check_storage_for_workers, worker_env
-from tests.helpers import REPO
-
-
-def _popen(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
-    for p in procs:
-        out, err = p.communicate(timeout=timeout)
-        assert p.returncode == 0, err
+from tests.helpers import REPO, finish, kill_a_worker_mid_trial, start_cli
 
 
 def test_n_workers_by_m_trials_on_an_empty_database(empty_database: str, make_space, tmp_path: Path,
@@ -33,9 +18,9 @@ def test_n_workers_by_m_trials_on_an_empty_database(empty_database: str, make_sp
     url = empty_database
     space = str(make_space(fixed__epochs=1))
     n, m = 3, 2
-    procs = [_popen(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", url,
+    procs = [start_cli(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", url,
                      "--study-name", study_name], tmp_path) for _ in range(n)]
-    _finish(procs)
+    finish(procs)
     trials = optuna.load_study(study_name=study_name, storage=url).trials
     assert sorted(t.number for t in trials) == list(range(n * m))  # no duplicates, no gaps
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials)
@@ -56,9 +41,9 @@ def test_workers_flag_shares_a_total_on_sqlite(make_space, hpsearch, tmp_path: P
 def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tmp_path: Path,
                                                study_name: str) -> None:
     space = str(make_space(fixed__epochs=1))
-    procs = [_popen(["run", "--space", space, "--total", "5", "--quiet", "--storage", postgres_url,
+    procs = [start_cli(["run", "--space", space, "--total", "5", "--quiet", "--storage", postgres_url,
                      "--study-name", study_name], tmp_path) for _ in range(3)]
-    _finish(procs)
+    finish(procs)
     trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 5
     others = [t for t in trials if t.state.name not in ("COMPLETE", "PRUNED")]
@@ -68,28 +53,8 @@ def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tm
 
 def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url: str, make_space, tmp_path: Path,
                                                                   study_name: str) -> None:
-    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", postgres_url, "--study-name", study_name]
-    slow = str(make_space("slow.yaml", fixed__epochs=500))
-    victim = _popen(["run", "--space", slow, "--trials", "1", "--quiet", *beat], tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "trial 0 started" not in victim.stderr.readline():
-        pass
-    time.sleep(1.5)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
-    storage_trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
-    assert [t.state.name for t in storage_trials] == ["RUNNING"]  # nobody has noticed yet
-
-    fast = str(make_space("fast.yaml", fixed__epochs=1))
-    survivor = _popen(["run", "--space", fast, "--total", "2", "--quiet", *beat], tmp_path)
-    _finish([survivor], timeout=180)
-    trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
-    states = [t.state.name for t in trials]
-    assert states[0] == "FAIL" and "RUNNING" not in states
-    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == trials[0].number]
-    assert len(retried) == 1 and retried[0].params == trials[0].params
-    assert retried[0].user_attrs["retry_of"] == 0 and retried[0].state.name in ("COMPLETE", "PRUNED")
+    retry = kill_a_worker_mid_trial(postgres_url, make_space, tmp_path, study_name)
+    assert retry.state.name in ("COMPLETE", "PRUNED")
 
 
 def test_worker_environment_pins_gpus_or_splits_cores() -> None:
