@@ -411,22 +411,23 @@ def _accumulate(run: _Run, idx: torch.Tensor) -> torch.Tensor:
     data, task = run.data.train, run.task
     parts = idx.split(run.micro)
     if len(parts) == 1:
-        loss = _forward_loss(run, idx)
+        loss = _forward_loss(run, idx, data.labels_of(idx, run.device))
         _backward(run, loss)
         return loss.detach()
-    units = [_units(task, data.labels_of(part, run.device)) for part in parts]
+    labels = [data.labels_of(part, run.device) for part in parts]
+    units = [_units(task, part_labels) for part_labels in labels]
     total = sum(units)
     loss_sum = torch.zeros((), device=run.device)
-    for part, n in zip(parts, units):
-        loss = _forward_loss(run, part) * (n / total)
+    for part, part_labels, n in zip(parts, labels, units):
+        loss = _forward_loss(run, part, part_labels) * (n / total)
         _backward(run, loss)
         loss_sum = loss_sum + loss.detach()
     return loss_sum
 
 
-def _forward_loss(run: _Run, rows: torch.Tensor) -> torch.Tensor:
-    data = run.data.train
-    batch, labels = data.batch(rows, run.device), data.labels_of(rows, run.device)
+def _forward_loss(run: _Run, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The task's mean loss on the training rows ``rows`` (whose ``labels`` the caller already gathered)."""
+    batch = run.data.train.batch(rows, run.device)
     with autocast(run.device, run.autocast):
         logits = run.task.forward(run.model, batch, labels)
     return run.task.loss(logits, labels)
