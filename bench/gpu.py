@@ -17,7 +17,7 @@ others still run. Sections:
 
 1. **memory given back**: 10 trials of a MiniLM-shaped classifier (6 layers, hidden 384) on SST-2, each pruned at
    its first report, through hpsearch's objective; the GPU memory allocated after each trial against before the
-   first (it must stay at the baseline).
+   first (it must not grow after the first trial, which leaves the cuBLAS workspaces: 64 MiB on an H200).
 2. **evaluation of a 128k vocabulary**: a Llama-shaped decoder with Llama 3's 128,256-token vocabulary evaluates
    16 rows of 1,024 tokens (``eval_batch_tokens`` 16,384): its peak memory, against the 8.4 GB one batch's fp32
    logits would take.
@@ -25,7 +25,9 @@ others still run. Sections:
    weights, LoRA r 16 on every linear layer, batches of 4 x 1,024 tokens, through hpsearch's build and loop: setup
    time and peak memory with and without gradient checkpointing, and with 4-bit weights (bitsandbytes); peak memory
    scaled to 32 layers from the two slices (the per-layer cost is their difference).
-4. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
+4. **a MiniLM step in each precision**: fp32 (TF32), bf16 mixed, bf16-true; ms per step in a process's first
+   trial and after it (what ``model.precision: auto`` should pick for small models on a GPU).
+5. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
    one round, on CUDA (a MiniLM-shaped model with random weights on both sides).
 """
 from __future__ import annotations
@@ -155,8 +157,12 @@ def memory_after_pruned_trials(work: Path, reduced: bool) -> dict:
         study.optimize(Objective(space, prepared), n_trials=1)
         after.append(round(gpu_mb()[0] - baseline, 1))
     states = [t.state.name for t in study.trials]
+    # What stays after the first trial is the cuBLAS workspaces PyTorch's allocator holds (32 MiB per handle and
+    # stream on Hopper: the forward's and the backward thread's), allocated once per process: the check is that
+    # nothing grows from trial to trial.
     return {"device": str(prepared.device), "baseline_mb": round(baseline, 1), "after_each_trial_mb": after,
-            "states": states, "ok": max(after) <= 1.0 and all(s == "PRUNED" for s in states)}
+            "states": states, "growth_after_first_mb": round(max(after) - after[0], 1),
+            "ok": max(after) - after[0] <= 1.0 and all(s == "PRUNED" for s in states)}
 
 
 def eval_peak_128k(work: Path, reduced: bool) -> dict:
@@ -239,6 +245,35 @@ def lora_7b_slices(work: Path, reduced: bool) -> dict:
     return out
 
 
+def minilm_step_by_precision(work: Path, reduced: bool) -> dict:
+    """A MiniLM trial's ms per step in each precision, after a warm-up trial in the same process (on an H200 the
+    bf16-mixed trial was launch-bound: the GPU busy 7 % of it, autocast's casts a third of the kernels)."""
+    from hpsearch.finetune import recipe
+
+    model = save_bert(work / "minilm-precision", reduced)
+    out: dict[str, Any] = {}
+    for precision in ("fp32", "bf16", "bf16-true"):
+        space = space_for({
+            "study": {"name": "precision", "metric": "accuracy", "pruner": "none"},
+            "model": {"name_or_path": str(model), "max_length": 64, "precision": precision},
+            "data": {"task": "classification", "label_column": "label",
+                     "train": {"path": str(SST2 / "train.tsv"), "text_column": "sentence"},
+                     "validation": {"path": str(SST2 / "dev.tsv"), "text_column": "content"},
+                     "max_train_samples": 128 if reduced else 2000, "max_eval_samples": 64 if reduced else 500},
+            "params": {}, "fixed": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4}})
+        try:
+            prepared = recipe.prepare(space, "auto")
+        except Exception as exc:  # bf16 on a CPU without native bf16 is refused: say so and go on
+            out[precision] = {"refused": str(exc)[:200]}
+            continue
+        cold = recipe.fine_tune(space, dict(space.fixed), prepared)[1]
+        warm = recipe.fine_tune(space, dict(space.fixed), prepared)[1]
+        out[precision] = {"ms_per_step_first": round(1000 * cold.train_time_s / cold.steps, 1),
+                          "ms_per_step_warm": round(1000 * warm.train_time_s / warm.steps, 1),
+                          "accuracy": round(warm.metrics["accuracy"], 4), "plan": prepared.precision.name}
+    return out
+
+
 def minilm_against_trainer(work: Path, reduced: bool, anchor: str) -> dict:
     if reduced:
         return {"skipped": "reduced mode (tests/test_bench.py runs bench.run's hpsearch side on the CPU)"}
@@ -260,6 +295,7 @@ SECTIONS: dict[str, Callable[..., dict]] = {
     "memory given back after pruned trials": memory_after_pruned_trials,
     "evaluation of a 128k-vocabulary decoder at 1,024 tokens": eval_peak_128k,
     "a 7B LoRA trial, from Llama-7B-shaped slices": lora_7b_slices,
+    "a MiniLM step in each precision": minilm_step_by_precision,
 }
 
 
@@ -270,10 +306,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(RESULTS / "GPU.md"))
     ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/gpu.json, or beside --out)")
     a = ap.parse_args(argv)
+    out = Path(a.out)
+    raw = Path(a.json) if a.json else (RAW / "gpu.json" if out.parent == RESULTS else out.with_suffix(".json"))
+    raw.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
+    sections: dict[str, Callable[[Path, bool], dict]] = {
+        **SECTIONS, "a MiniLM trial against Trainer": lambda work, reduced: minilm_against_trainer(work, reduced,
+                                                                                                   a.anchor)}
     with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-") as tmp:
         work = Path(tmp)
-        for title, section in SECTIONS.items():
+        for title, section in sections.items():
             t0 = time.perf_counter()
             try:
                 results[title] = section(work, a.reduced)
@@ -281,15 +323,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[title] = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
             results[title]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"[gpu] {title}: {json.dumps(results[title])[:400]}", file=sys.stderr, flush=True)
-        title = "a MiniLM trial against Trainer"
-        try:
-            results[title] = minilm_against_trainer(work, a.reduced, a.anchor)
-        except Exception as exc:
-            results[title] = {"failed": f"{type(exc).__name__}: {exc}"}
-    out = Path(a.out)
-    raw = Path(a.json) if a.json else (RAW / "gpu.json" if out.parent == RESULTS else out.with_suffix(".json"))
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(results, indent=1))
+            raw.write_text(json.dumps(results, indent=1))  # after each section: a run cut short keeps what it did
     lines = [f"# GPU measurements{' (reduced, toy sizes)' if a.reduced else ''}", "",
              f"- date: {results['date']}", f"- machine: {results['machine']}",
              f"- command: `python -m bench.gpu {' '.join(argv if argv is not None else sys.argv[1:])}`",

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -33,8 +34,8 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
     (``{"fixed.epochs": 1}``; None removes a key). The other keyword arguments are ``hpsearch run``'s options
     (:class:`~hpsearch.config.options.RunOptions`: ``trials``, ``total``, ``storage``, ``study_name``, ``device``,
     ``workers``, ``keep_best``, ``mlflow``, ...), checked before anything is written. ``storage`` defaults to
-    ``$HPSEARCH_STORAGE``, else ``sqlite:///studies.db``; ``workers`` > 1 (or ``gpus``) starts that many local
-    worker processes sharing one budget; ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI (""
+    ``$HPSEARCH_STORAGE``, else ``sqlite:///studies.db``; ``workers`` > 1, ``gpus`` or ``trials_per_gpu`` start
+    local worker processes sharing one budget, placed on the GPUs by :func:`hpsearch.study.workers.place`; ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI (""
     means $MLFLOW_TRACKING_URI).
     """
     from .study.storage import resolve_url
@@ -46,7 +47,7 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
         opts = replace(opts, mlflow=tracking_uri(opts.mlflow))
     validated = load_space(space, overrides)
     opts = replace(opts, storage=resolve_url(opts.storage), study_name=opts.study_name or validated.name)
-    if opts.worker_count > 1:
+    if opts.local_workers:
         return _run_workers(space, validated, overrides, opts)
     from .study.runner import run_study
 
@@ -75,9 +76,15 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
     from .finetune.recipe import tokenize
     from .study.runner import FINISHED, open_study
     from .study.storage import open_storage, redact
-    from .study.workers import check_storage_for_workers, launch
+    from .study.workers import check_storage_for_workers, launch, place, visible_gpus
 
-    url, name, count = opts.storage, opts.study_name, opts.worker_count
+    url, name = opts.storage, opts.study_name
+    gpus = list(opts.gpus or visible_gpus(opts.device))
+    if opts.trials_per_gpu and not gpus:
+        raise UsageError(f"--trials-per-gpu {opts.trials_per_gpu}: no GPU is visible (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --workers N to split the CPU")
+    slots = place(opts.workers, gpus, opts.trials_per_gpu)
+    count = len(slots)
     check_storage_for_workers(url, count)
     tokenize(validated)  # fills the data cache before the workers start
     study = open_study(open_storage(url, heartbeat_interval=None), name, validated, warm_start=opts.warm_start)
@@ -94,7 +101,7 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
         args += ["--study-name", name, *opts.worker_args()]
         print(f"[hpsearch] {count} workers on study {name} in {redact(url)}, until {total} finished trials",
               file=sys.stderr, flush=True)
-        code = launch(args, count, opts.gpus, total, env={"HPSEARCH_STORAGE": url})
+        code = launch(args, slots, total, env={"HPSEARCH_STORAGE": url})
     if code:
         error = HpsearchError(f"{count} workers on study {name}: a worker exited with status {code}")
         error.exit_code = code  # the CLI exits with the worker's status (130 when interrupted)

@@ -105,9 +105,16 @@ class RunOptions:
     device: str = dataclasses.field(default="auto", metadata={"option": DEVICE})
     workers: int | None = option(
         flag="--workers", kind=int, low=1,
-        help="Start N local worker processes on the study (CPU cores split between them).")
+        help="Start N local worker processes on the study, round robin over the GPUs (every visible one, or "
+             "--gpus); workers sharing a GPU split its memory. Without a GPU they split the CPU cores.")
     gpus: tuple[str, ...] | None = option(
-        flag="--gpus", kind=tuple, metavar="0,1,..", help="One worker per listed GPU (CUDA_VISIBLE_DEVICES).")
+        flag="--gpus", kind=tuple, metavar="0,1,..",
+        help="The GPUs workers use (CUDA_VISIBLE_DEVICES numbers); one worker per GPU unless --workers or "
+             "--trials-per-gpu says more.")
+    trials_per_gpu: int | None = option(
+        flag="--trials-per-gpu", kind=int, low=1, metavar="K",
+        help="Pack K trials on each GPU: K workers per GPU, each capped at 1/K of its memory (small models leave "
+             "a GPU mostly idle; Ray Tune's gpu=1/K).")
     timeout: float | None = option(
         flag="--timeout", kind=float, low=1, help="Stop starting new trials after SECONDS.", to_workers=True)
     heartbeat_interval: int | None = option(
@@ -153,9 +160,10 @@ class RunOptions:
         return [(f.name, f.metadata["option"]) for f in dataclasses.fields(RunOptions)]
 
     @property
-    def worker_count(self) -> int:
-        """How many processes run trials: one per listed GPU, else ``workers``, else this one."""
-        return len(self.gpus) if self.gpus else self.workers or 1
+    def local_workers(self) -> bool:
+        """Whether trials run in worker processes (``workers``, ``gpus`` or ``trials_per_gpu`` given) rather than
+        in this one; :func:`hpsearch.study.workers.place` says where each goes."""
+        return (self.workers or 1) > 1 or self.gpus is not None or self.trials_per_gpu is not None
 
     def worker_args(self) -> list[str]:
         """The flags a local worker gets from these options (those marked ``to_workers`` that are set)."""
@@ -185,12 +193,17 @@ def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[
                    f"trials in the study)")
     if grace and beat and grace <= beat:
         out.append(f"{name('grace_period')} {grace}: must be longer than {name('heartbeat_interval')} {beat}")
-    if gpus and str(values.get("device", "")).startswith("cuda:"):
-        out.append(f"{name('device')} {values['device']}: with {name('gpus')} each worker sees its own GPU as cuda:0; "
+    per_gpu, device = values.get("trials_per_gpu"), str(values.get("device", ""))
+    placed = [name(k) for k, v in (("gpus", gpus), ("trials_per_gpu", per_gpu)) if v]
+    if placed and device.startswith("cuda:"):
+        out.append(f"{name('device')} {device}: with {' and '.join(placed)} each worker sees its own GPU as cuda:0; "
                    f"give cuda or auto")
-    if gpus and workers and workers != len(gpus):
-        out.append(f"{name('workers')} {workers}: one worker per GPU, and {len(gpus)} GPUs were given "
-                   f"({','.join(gpus)})")
+    if placed and device == "cpu":
+        out.append(f"{name('device')} cpu: {' and '.join(placed)} place workers on GPUs; give {name('workers')} "
+                   f"to split the CPU cores")
+    if per_gpu and workers:
+        out.append(f"{name('workers')} {workers} and {name('trials_per_gpu')} {per_gpu}: give one (K per GPU makes "
+                   f"K x GPUs workers)")
     return out
 
 

@@ -2,6 +2,7 @@
 trained and computed values), TF32 on GPUs that have it, and the peak memory a trial reports."""
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -11,16 +12,43 @@ import torch
 from ..errors import HpsearchError
 
 
+MEMORY_FRACTION_ENV = "HPSEARCH_GPU_MEMORY_FRACTION"
+"""This process's cap on its GPU's memory, a fraction in (0, 1]: set by the launcher for workers that share a GPU."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks the GPU when there is one; ``cuda`` without one is an error naming the flag."""
+    """``auto`` picks the GPU when there is one; ``cuda`` without one is an error naming the flag. On a GPU, the
+    memory cap of :data:`MEMORY_FRACTION_ENV` is applied."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HpsearchError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
-    device = torch.device(name)
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise HpsearchError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise HpsearchError(f"--device {name}: no CUDA device is available (use --device cpu or auto)")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HpsearchError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), numbered "
+                                "from 0")
+    if device.type == "cuda":
+        cap_memory(device)
     return device
+
+
+def cap_memory(device: torch.device) -> float | None:
+    """Cap this process's share of ``device``'s memory at :data:`MEMORY_FRACTION_ENV` (unset: no cap); a worker
+    that outgrows it meets an out-of-memory error (its micro-batch halves, or the trial fails) instead of
+    starving the others on the GPU. Return the cap."""
+    raw = os.environ.get(MEMORY_FRACTION_ENV)
+    if raw is None:
+        return None
+    try:
+        fraction = float(raw)
+    except ValueError:
+        fraction = -1.0
+    if not 0 < fraction <= 1:
+        raise HpsearchError(f"{MEMORY_FRACTION_ENV}={raw!r}: must be a fraction of the GPU's memory in (0, 1]")
+    torch.cuda.set_per_process_memory_fraction(fraction, device.index if device.index is not None else
+                                               torch.cuda.current_device())
+    return fraction
 
 
 def cpu_has_native_bf16() -> bool:

@@ -12,6 +12,7 @@ pruned or why it failed, and peak memory.
 from __future__ import annotations
 
 import gc
+import os
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ import torch
 
 from ..config.space import Space
 from ..errors import HpsearchError
-from ..finetune.device import peak_memory_mb
+from ..finetune.device import MEMORY_FRACTION_ENV, peak_memory_mb
 from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
 from ..finetune.recipe import Prepared, fine_tune
 from ..interrupts import check as check_interrupt
@@ -107,10 +108,11 @@ class _Reporter(Callback):
 def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
     """What a trial's training measured, as far as it got (:mod:`hpsearch.study.record` names the attributes that
     other modules read back)."""
+    where = {record.DEVICE: str(device), **_placement()}
     if state is None:
-        return {record.DEVICE: str(device)}
+        return where
     return {
-        record.DEVICE: str(device),
+        **where,
         "micro_batch_size": state.micro_batch_size,
         "steps": state.step,
         record.EPOCHS_COMPLETED: round(state.epochs_completed, 4),
@@ -120,6 +122,16 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
         "examples_per_s": round(state.examples_per_s, 2),
         "tokens_per_s": round(state.tokens_per_s, 1),
     }
+
+
+def _placement() -> dict[str, Any]:
+    """The GPU and memory share the launcher gave this process (:func:`hpsearch.study.workers.place`), as set."""
+    out: dict[str, Any] = {}
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        out[record.GPU] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if os.environ.get(MEMORY_FRACTION_ENV):
+        out[record.GPU_MEMORY_FRACTION] = os.environ[MEMORY_FRACTION_ENV]
+    return out
 
 
 class Objective:

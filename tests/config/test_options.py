@@ -32,7 +32,11 @@ def test_every_option_is_a_flag_of_run_and_a_keyword_of_the_api() -> None:
     ({"trials": True}, "trials: must be an integer"),
     ({"trials": 1, "timeout": 0.5}, "timeout: must be a number >= 1, got 0.5"),
     ({"trials": 1, "max_retry": -1}, "max_retry: must be an integer >= 0"),
-    ({"trials": 1, "workers": 2, "gpus": ["0"]}, "workers 2: one worker per GPU, and 1 GPUs"),
+    ({"trials": 1, "workers": 4, "trials_per_gpu": 2}, "workers 4 and trials_per_gpu 2: give one"),
+    ({"trials": 1, "trials_per_gpu": 0}, "trials_per_gpu: must be an integer >= 1, got 0"),
+    ({"trials": 1, "trials_per_gpu": 2, "device": "cpu"}, "device cpu: trials_per_gpu place workers on GPUs"),
+    ({"trials": 1, "gpus": ["0"], "device": "cpu"}, "device cpu: gpus place workers on GPUs"),
+    ({"trials": 1, "trials_per_gpu": 2, "device": "cuda:0"}, "device cuda:0: with trials_per_gpu each worker"),
     ({"trials": 1, "heartbeat_interval": 10, "grace_period": 5}, "grace_period 5: must be longer than"),
     ({"trials": 1, "device": "gpu"}, "device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ({"trials": 1, "device": "cuda:x"}, "device: must be auto, cpu, cuda or cuda:N"),
@@ -71,6 +75,8 @@ def test_workers_get_the_options_marked_for_them_in_order() -> None:
                          warm_start="old", mlflow="file:m", storage="sqlite:///x.db", quiet=False)
     assert options.worker_args() == ["--device", "cpu", "--timeout", "60", "--keep-best", "2", "--artifacts", "a",
                                      "--mlflow", "file:m"]
-    assert options.worker_count == 2
+    assert options.local_workers
     assert RunOptions(trials=1, gpus=[" 0", "1 ", ""]).gpus == ("0", "1")
-    assert RunOptions(trials=1, gpus=["0", "1"]).worker_count == 2
+    assert RunOptions(trials=1, gpus=["0"]).local_workers  # one listed GPU still pins a worker to it
+    assert RunOptions(trials=1, trials_per_gpu=1).local_workers
+    assert not RunOptions(trials=1, workers=1).local_workers

@@ -62,7 +62,7 @@ def test_run_rejects_bad_arguments_before_touching_anything(tiny_model, tiny_dat
     raw = space_dict(tiny_model, tiny_data)
     storage = f"sqlite:///{tmp_path / 'x.db'}"
     for kwargs, message in (({}, "give trials=N"), ({"trials": 0}, "trials: must be an integer >= 1"),
-                            ({"trials": 1, "workers": 2, "gpus": ["0"]}, "one worker per GPU"),
+                            ({"trials": 1, "workers": 2, "trials_per_gpu": 2}, "give one"),
                             ({"trials": 1, "heartbeat_interval": 10, "grace_period": 5}, "grace_period 5")):
         with pytest.raises(UsageError, match=message):
             hpsearch.run(raw, storage=storage, **kwargs)

@@ -52,3 +52,26 @@ def test_auto_precision_on_a_gpu_without_native_bf16_is_fp16_with_a_loss_scaler(
         D.precision_plan("bf16", "auto", None, gpu)
     monkeypatch.setattr(D, "native_bf16", lambda device: True)
     assert D.precision_plan("auto", "auto", None, gpu).name == "bf16-mixed"
+
+
+def test_a_packed_worker_caps_its_share_of_the_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, int]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.delenv(D.MEMORY_FRACTION_ENV, raising=False)
+    D.resolve_device("cuda")
+    assert calls == []  # a worker alone on its GPU is not capped
+    monkeypatch.setenv(D.MEMORY_FRACTION_ENV, "0.25")
+    assert D.resolve_device("auto") == torch.device("cuda")
+    assert calls == [(0.25, 0)]
+    monkeypatch.setenv(D.MEMORY_FRACTION_ENV, "0.5")
+    D.resolve_device("cuda:0")
+    assert calls[-1] == (0.5, 0)
+    for bad in ("0", "1.5", "half"):
+        monkeypatch.setenv(D.MEMORY_FRACTION_ENV, bad)
+        with pytest.raises(HpsearchError, match=f"{D.MEMORY_FRACTION_ENV}='{bad}': must be a fraction"):
+            D.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert D.resolve_device("auto") == torch.device("cpu")  # no GPU: nothing to cap, no error

@@ -8,7 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.study.workers import check_storage_for_workers, worker_env
+from hpsearch.finetune.device import MEMORY_FRACTION_ENV
+from hpsearch.study import record
+from hpsearch.study.workers import Slot, check_storage_for_workers, place, visible_gpus, worker_env
 from tests.helpers import REPO, finish, kill_a_worker_mid_trial, start_cli
 
 
@@ -57,11 +59,52 @@ def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url:
     assert retry.state.name in ("COMPLETE", "PRUNED")
 
 
-def test_worker_environment_pins_gpus_or_splits_cores() -> None:
-    assert worker_env(1, 2, ["3", "5"])["CUDA_VISIBLE_DEVICES"] == "5"
-    env = worker_env(0, 2, None)
-    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) and "CUDA_VISIBLE_DEVICES" not in {
-        k for k in env if env.get(k) != os.environ.get(k)}
+def test_packed_workers_get_their_gpu_and_memory_share(make_space, hpsearch, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--trials-per-gpu 2` on a machine whose one visible GPU is number 4: two workers, both pinned to GPU 4 with
+    half its memory each (here on the CPU, each trial records what its worker process was given)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    url = f"sqlite:///{tmp_path}/p.db"
+    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "2", "--trials-per-gpu", "2",
+                   "--storage", url, check=True)
+    assert res.stderr.count("gpu 4, 50% of its memory") == 2
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert len(trials) == 2
+    assert {(t.user_attrs[record.GPU], t.user_attrs[record.GPU_MEMORY_FRACTION]) for t in trials} == {("4", "0.5")}
+
+
+def test_workers_go_round_robin_over_gpus_and_share_their_memory() -> None:
+    slots = place(5, ["0", "1"])
+    assert [s.gpu for s in slots] == ["0", "1", "0", "1", "0"]
+    assert [s.memory_fraction for s in slots] == pytest.approx([1 / 3, 0.5, 1 / 3, 0.5, 1 / 3])
+    assert [s.gpu for s in place(None, ["2", "3"], per_gpu=2)] == ["2", "3", "2", "3"]
+    assert [(s.gpu, s.memory_fraction) for s in place(None, ["0", "1"])] == [("0", None), ("1", None)]
+    assert [s.gpu for s in place(3, [])] == [None] * 3
+    cores = os.cpu_count() or 1
+    assert {s.threads for s in place(2, [])} == {max(1, cores // 2)}
+    assert {s.threads for s in place(None, ["0"], per_gpu=4)} == {max(1, cores // 4)}
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (("2,3", ["2", "3"]), (" 1 ", ["1"]), ("", []), ("-1", []),
+                            ("GPU-5c1e,GPU-77ab", ["GPU-5c1e", "GPU-77ab"])):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        assert visible_gpus() == expected, value
+        assert visible_gpus("cpu") == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 3)
+    assert visible_gpus() == ["0", "1", "2"]
+
+
+def test_worker_environment_pins_gpus_caps_memory_and_splits_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MEMORY_FRACTION_ENV, "0.3")  # the parent's own cap is not inherited
+    env = worker_env(Slot("5", 0.25, 4), {"HPSEARCH_STORAGE": "x"})
+    assert (env["CUDA_VISIBLE_DEVICES"], env[MEMORY_FRACTION_ENV], env["OMP_NUM_THREADS"]) == ("5", "0.25", "4")
+    assert env["HPSEARCH_STORAGE"] == "x"
+    alone = worker_env(Slot("5", None, 8))
+    assert MEMORY_FRACTION_ENV not in alone and alone["MKL_NUM_THREADS"] == "8"
+    cpu = worker_env(Slot(None, None, 1))
+    assert cpu["OMP_NUM_THREADS"] == "1" and cpu.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def test_many_sqlite_workers_are_refused_with_a_pointer_to_postgres() -> None:
