@@ -81,7 +81,8 @@ def run_k(k: int, gpu: bool, space_file: Path, trials: int, work: Path) -> dict[
     per_trial = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished]
     return {"k": k, "trials": len(finished), "states": sorted({t.state.name for t in study.trials}),
             "wall_s": round(wall, 1), "steady_s": round(steady, 1),
-            "per_hour_wall": round(len(finished) / wall * 3600), "per_hour_steady": round(len(finished) / steady * 3600),
+            "per_hour_wall": round(len(finished) / wall * 3600),
+            "per_hour_steady": round(len(finished) / steady * 3600),
             "mean_trial_s": round(sum(per_trial) / len(per_trial), 2),
             "peak_memory_mb": max(t.user_attrs.get("peak_memory_mb", 0.0) for t in finished),
             "best_value": round(best.value, 4), "best_params": best.params,
@@ -100,7 +101,8 @@ def report(results: dict[str, Any], argv: list[str]) -> str:
     rows = results["runs"]
     base = next((r for r in rows if r.get("k") == 1 and "failed" not in r), None)
     flag = "--trials-per-gpu" if results["gpu"] else "--workers"
-    lines = [f"# Packing trials on one {'GPU' if results['gpu'] else 'CPU'}{' (reduced, toy sizes)' if results['reduced'] else ''}",
+    reduced = " (reduced, toy sizes)" if results["reduced"] else ""
+    lines = [f"# Packing trials on one {'GPU' if results['gpu'] else 'CPU'}{reduced}",
              "", f"- date: {results['date']}", f"- machine: {results['machine']}",
              f"- command: `python -m bench.packing {' '.join(argv)}`", f"- raw: `{results['raw']}`",
              f"- each K: a fresh study of the same {results['grid']} configs (grid, no pruning, seed 42), "

@@ -35,8 +35,8 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
     (:class:`~hpsearch.config.options.RunOptions`: ``trials``, ``total``, ``storage``, ``study_name``, ``device``,
     ``workers``, ``keep_best``, ``mlflow``, ...), checked before anything is written. ``storage`` defaults to
     ``$HPSEARCH_STORAGE``, else ``sqlite:///studies.db``; ``workers`` > 1, ``gpus`` or ``trials_per_gpu`` start
-    local worker processes sharing one budget, placed on the GPUs by :func:`hpsearch.study.workers.place`; ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI (""
-    means $MLFLOW_TRACKING_URI).
+    local worker processes sharing one budget, placed on the GPUs by :func:`hpsearch.study.workers.place`;
+    ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI ("" means $MLFLOW_TRACKING_URI).
     """
     from .study.storage import resolve_url
 

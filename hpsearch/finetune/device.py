@@ -11,7 +11,6 @@ import torch
 
 from ..errors import HpsearchError
 
-
 MEMORY_FRACTION_ENV = "HPSEARCH_GPU_MEMORY_FRACTION"
 """This process's cap on its GPU's memory, a fraction in (0, 1]: set by the launcher for workers that share a GPU."""
 
