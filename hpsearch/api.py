@@ -27,7 +27,7 @@ __all__ = ["RunOptions", "Space", "export", "load_space", "run", "train"]
 
 
 def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides = None,
-        **options: Any) -> optuna.Study:
+        **options: Any) -> optuna.Study | None:
     """Run ``trials`` more trials (or until the study has ``total`` finished ones) and return the study.
 
     ``space`` is a file, a mapping in the file's form, or a Space; ``overrides`` changes keys before validation
@@ -76,14 +76,17 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
     from .finetune.recipe import tokenize
     from .study.runner import FINISHED, open_study
     from .study.storage import open_storage, redact
-    from .study.workers import check_storage_for_workers, launch, place, visible_gpus
+    from .study.workers import check_storage_for_workers, launch, place, place_groups, visible_gpus
 
     url, name = opts.storage, opts.study_name
     gpus = list(opts.gpus or visible_gpus(opts.device))
     if opts.trials_per_gpu and not gpus:
         raise UsageError(f"--trials-per-gpu {opts.trials_per_gpu}: no GPU is visible (CUDA_VISIBLE_DEVICES="
                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --workers N to split the CPU")
-    slots = place(opts.workers, gpus, opts.trials_per_gpu)
+    if opts.gpus_per_trial:
+        slots = place_groups(opts.workers, [] if opts.device == "cpu" else gpus, opts.gpus_per_trial)
+    else:
+        slots = place(opts.workers, gpus, opts.trials_per_gpu)
     count = len(slots)
     check_storage_for_workers(url, count)
     tokenize(validated)  # fills the data cache before the workers start

@@ -125,7 +125,8 @@ def run(space_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
 
     signal.signal(signal.SIGTERM, raise_terminated)
     study = run_api(space_file, overrides=overrides, **flags)
-    _print_best(study, redact(resolve_url(flags["storage"])))
+    if study is not None:  # None: a rank of a trial group other than 0, which never opens the study
+        _print_best(study, redact(resolve_url(flags["storage"])))
 
 
 def _print_best(study: Any, where: str) -> None:

@@ -115,6 +115,10 @@ class RunOptions:
         flag="--trials-per-gpu", kind=int, low=1, metavar="K",
         help="Pack K trials on each GPU: K workers per GPU, each capped at 1/K of its memory (small models leave "
              "a GPU mostly idle; Ray Tune's gpu=1/K).")
+    gpus_per_trial: int | None = option(
+        flag="--gpus-per-trial", kind=int, low=1, metavar="K",
+        help="Train each trial data-parallel on K GPUs (DDP; rank 0 talks to the study); with --device cpu, K "
+             "processes (gloo).")
     timeout: float | None = option(
         flag="--timeout", kind=float, low=1, help="Stop starting new trials after SECONDS.", to_workers=True)
     heartbeat_interval: int | None = option(
@@ -163,7 +167,8 @@ class RunOptions:
     def local_workers(self) -> bool:
         """Whether trials run in worker processes (``workers``, ``gpus`` or ``trials_per_gpu`` given) rather than
         in this one; :func:`hpsearch.study.workers.place` says where each goes."""
-        return (self.workers or 1) > 1 or self.gpus is not None or self.trials_per_gpu is not None
+        return ((self.workers or 1) > 1 or self.gpus is not None or self.trials_per_gpu is not None
+                or self.gpus_per_trial is not None)
 
     def worker_args(self) -> list[str]:
         """The flags a local worker gets from these options (those marked ``to_workers`` that are set)."""
@@ -201,6 +206,12 @@ def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[
     if placed and device == "cpu":
         out.append(f"{name('device')} cpu: {' and '.join(placed)} place workers on GPUs; give {name('workers')} "
                    f"to split the CPU cores")
+    if per_gpu and values.get("gpus_per_trial"):
+        out.append(f"{name('trials_per_gpu')} {per_gpu} and {name('gpus_per_trial')} {values['gpus_per_trial']}: "
+                   f"give one (several trials per GPU, or several GPUs per trial)")
+    if values.get("gpus_per_trial") and device.startswith("cuda:"):
+        out.append(f"{name('device')} {device}: with {name('gpus_per_trial')} each rank takes its own GPU; give cuda "
+                   f"or auto")
     if per_gpu and workers:
         out.append(f"{name('workers')} {workers} and {name('trials_per_gpu')} {per_gpu}: give one (K per GPU makes "
                    f"K x GPUs workers)")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .. import interrupts
 from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, EVAL_BATCH_TOKENS, SCHEDULER_KWARGS
 from ..errors import HpsearchError
 from ..interrupts import check as check_interrupt
@@ -25,6 +27,7 @@ from ..tasks.base import generates
 from ..tasks.encoded import Encoded, PreparedData
 from .checkpoints import Selection, Tracker, restore
 from .device import FP32, Precision, autocast, peak_memory_mb
+from .distributed import Group, GroupLost, is_group_error
 from .vocab import SmallVocabulary, shrink_vocabulary
 
 if TYPE_CHECKING:
@@ -244,7 +247,8 @@ def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: t
 
 
 def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings = TrainSettings(), *,
-          device: torch.device, callback: Callback | None = None, setup_time: float = 0.0) -> TrainResult:
+          device: torch.device, callback: Callback | None = None, setup_time: float = 0.0,
+          group: Group | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with the hyperparameters ``hp``, evaluating as ``settings`` say.
 
     Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been seen.
@@ -252,16 +256,26 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainS
     best`` the model ends with the weights of its best checkpoint and the result reports that checkpoint's
     metrics. With ``settings.shrink_vocab`` the full embedding table is put back also when a callback stops
     training. ``setup_time`` is what building the model cost before this call.
+
+    With a ``group`` (:mod:`hpsearch.finetune.distributed`), every rank calls this with the same arguments: each
+    trains on its share of every batch (the gradients averaged: the same update as one process on the whole
+    batch), rank 0 alone evaluates and tells the callback, and the others stop when it does; they return a result
+    without metrics.
     """
     entered = time.perf_counter()
-    vocab = shrink_vocabulary(model, data) if settings.shrink_vocab else None
+    vocab = shrink_vocabulary(model, data) if settings.shrink_vocab and group is None else None
     try:
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
-                     setup_time + time.perf_counter() - entered)
+                     setup_time + time.perf_counter() - entered, group)
         for epoch in range(hp["epochs"]):
             if _epoch(run, epoch):
                 break
-        return _finish(run)
+        return _finish(run) if group is None or group.main else _follower_result(run)
+    except RuntimeError as exc:
+        if group is not None and is_group_error(exc):
+            raise GroupLost(f"a rank of the trial's process group is gone ({str(exc).splitlines()[0][:200]})") \
+                from exc
+        raise
     finally:
         if vocab is not None:
             vocab.restore(model)
@@ -304,6 +318,10 @@ class _Run:
     waits for the GPU to check; read at each report."""
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    group: Group | None = None
+    """The trial's process group when it trains across devices (None: this process alone)."""
+    trainer: torch.nn.Module | None = None
+    """What the training passes run: the model, or the model in DistributedDataParallel within a group."""
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -311,7 +329,7 @@ class _Run:
 
 
 def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings, device: torch.device,
-           vocab: SmallVocabulary | None, callback: Callback, setup_time: float) -> _Run:
+           vocab: SmallVocabulary | None, callback: Callback, setup_time: float, group: Group | None = None) -> _Run:
     """Optimizer, schedule, seeded batch order and dropout, the evaluation subset and the checkpoint tracker."""
     entered = time.perf_counter()
     n = len(data.train)
@@ -337,8 +355,9 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
                generate_always=selection is not None and generates(task, selection.metric),
                every_epoch=selection is not None and selection.active, vocab=vocab, callback=callback,
                scaler=torch.amp.GradScaler(device.type) if settings.precision.scaler else None,
-               micro=min(micro, hp["batch_size"]), shrink_on_oom=not hp.get("micro_batch_size"),
-               bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None)
+               micro=min(micro, hp["batch_size"]), shrink_on_oom=not hp.get("micro_batch_size") and group is None,
+               bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None,
+               group=group, trainer=group.wrap(model, device) if group is not None else model)
     state.micro_batch_size = run.micro
     model.train()
     state.setup_time = setup_time + (time.perf_counter() - entered)  # everything before the first training step
@@ -400,6 +419,9 @@ def _step(run: _Run, idx: torch.Tensor) -> None:
     state.examples_seen += len(idx)
     state.tokens_seen += int(run.data.train.lengths[idx].sum())
     state.loss = loss.detach()
+    if run.group is not None and run.group.any(interrupts.requested()):
+        check_interrupt()  # the rank that holds the signal raises it; the others stop at the same step
+        raise KeyboardInterrupt()
     check_interrupt()
     run.callback.on_step(state)
 
@@ -409,6 +431,8 @@ def _accumulate(run: _Run, idx: torch.Tensor) -> torch.Tensor:
     weighted by its share of the batch's units: rows, or learned tokens, as the task counts them), so that the
     gradients are those of one pass over the whole batch."""
     data, task = run.data.train, run.task
+    if run.group is not None:
+        return _accumulate_share(run, idx, run.group)
     parts = idx.split(run.micro)
     if len(parts) == 1:
         loss = _forward_loss(run, idx, data.labels_of(idx, run.device))
@@ -425,11 +449,31 @@ def _accumulate(run: _Run, idx: torch.Tensor) -> torch.Tensor:
     return loss_sum
 
 
+def _accumulate_share(run: _Run, idx: torch.Tensor, group: Group) -> torch.Tensor:
+    """This rank's share of a batch: every ``world``-th row from its ``rank``-th, in micro-batches, each loss
+    weighted by its share of the whole batch's units times ``world`` (DistributedDataParallel averages the ranks'
+    gradients, so their sum is one pass over the whole batch); return this rank's part of the batch's loss."""
+    data, task = run.data.train, run.task
+    total = float(_units(task, data.labels_of(idx, torch.device("cpu"))))
+    mine, scale = idx[group.rank::group.world], float(group.world)
+    if len(mine) == 0:  # fewer rows than ranks: still take part in the all-reduce, with a zero-weighted row
+        mine, scale = idx[:1], 0.0
+    parts = mine.split(run.micro)
+    loss_sum = torch.zeros((), device=run.device)
+    for i, part in enumerate(parts):
+        labels = data.labels_of(part, run.device)
+        with run.trainer.no_sync() if i < len(parts) - 1 else nullcontext():  # gradients all-reduced once, at the end
+            loss = _forward_loss(run, part, labels) * (_units(task, labels) / total * scale)
+            _backward(run, loss)
+        loss_sum = loss_sum + loss.detach() / group.world
+    return loss_sum
+
+
 def _forward_loss(run: _Run, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The task's mean loss on the training rows ``rows`` (whose ``labels`` the caller already gathered)."""
     batch = run.data.train.batch(rows, run.device)
     with autocast(run.device, run.autocast):
-        logits = run.task.forward(run.model, batch, labels)
+        logits = run.task.forward(run.trainer or run.model, batch, labels)
     return run.task.loss(logits, labels)
 
 
@@ -461,7 +505,24 @@ def _raise_nonfinite(run: _Run) -> None:
 
 
 def _report(run: _Run, epoch: int, crossed: int) -> bool:
-    """Evaluate for report ``crossed`` of this epoch, tell the callback, and record a checkpoint; True to stop."""
+    """Evaluate for report ``crossed`` of this epoch, tell the callback, and record a checkpoint; True to stop.
+    Within a group, rank 0 does this and tells the other ranks whether to stop (also when it raises)."""
+    group = run.group
+    if group is None:
+        return _evaluate_and_tell(run, epoch, crossed)
+    if not group.main:
+        run.state.report = epoch * run.state.reports_per_epoch + crossed
+        return bool(group.broadcast())
+    try:
+        stop = _evaluate_and_tell(run, epoch, crossed)
+    except BaseException:
+        group.broadcast(True)
+        raise
+    group.broadcast(stop)
+    return stop
+
+
+def _evaluate_and_tell(run: _Run, epoch: int, crossed: int) -> bool:
     state, data = run.state, run.data
     t_eval = time.perf_counter()
     last = epoch == run.hp["epochs"] - 1 and crossed == state.reports_per_epoch
@@ -478,6 +539,15 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
         return False
     extra = run.vocab.decay if run.vocab is not None else None
     return run.tracker.update(run.model, run.metrics, state.report, state.epochs_completed, extra) and not last
+
+
+def _follower_result(run: _Run) -> TrainResult:
+    """What a rank other than 0 returns: how far it trained (rank 0's result holds the metrics)."""
+    state = run.state
+    return TrainResult(metrics={}, device=str(run.device), steps=state.step, epochs_completed=state.epochs_completed,
+                       train_time_s=state.train_time, eval_time_s=0.0, setup_time_s=state.setup_time,
+                       train_examples_per_s=state.examples_per_s, train_tokens_per_s=state.tokens_per_s,
+                       peak_memory_mb=peak_memory_mb(run.device))
 
 
 def _finish(run: _Run) -> TrainResult:

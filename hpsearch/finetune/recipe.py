@@ -17,6 +17,7 @@ from ..config.validation import check_layers, check_lora_targets, uses_lora
 from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import Precision, deterministic, precision_plan, resolve_device, use_tf32
+from .distributed import Group, rank_device
 from .loop import Callback, TrainResult, TrainSettings, train
 from .model import (
     attn_implementation,
@@ -52,7 +53,7 @@ def prepare(space: Space, device: str | torch.device = "auto", *, weights: bool 
     device's numerics (TF32, ``study.deterministic``), tokenize the data (cached on disk) and, with ``weights``,
     read the pretrained weights into memory once for every model this process builds. A problem is an error naming
     the key, before any trial."""
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = rank_device(device if isinstance(device, torch.device) else resolve_device(device))
     model_cfg = space.config["model"]
     check_quantization(model_cfg.get("quantization", "none"), dev)
     precision = precision_plan(model_cfg["precision"], model_cfg.get("dtype", "auto"), checkpoint_dtype(model_cfg),
@@ -79,12 +80,13 @@ def tokenize(space: Space) -> PreparedData:
     return data
 
 
-def fine_tune(space: Space, hp: dict, prepared: Prepared,
-              callback: Callback | None = None) -> tuple[torch.nn.Module, TrainResult]:
-    """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says;
-    return the trained model and what training produced (the time to build the model counts as setup)."""
+def fine_tune(space: Space, hp: dict, prepared: Prepared, callback: Callback | None = None,
+              group: Group | None = None) -> tuple[torch.nn.Module, TrainResult]:
+    """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says
+    (data-parallel across ``group``'s ranks when given); return the trained model and what training produced (the
+    time to build the model counts as setup)."""
     t0 = time.perf_counter()
     model = build_model(space.config["model"], hp, prepared.data, prepared.device, prepared.precision)
     result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),
-                   device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0)
+                   device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0, group=group)
     return model, result

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ import torch
 from ..config.space import Space
 from ..errors import HpsearchError
 from ..finetune.device import MEMORY_FRACTION_ENV, peak_memory_mb
+from ..finetune.distributed import Group, GroupLost
 from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
 from ..finetune.recipe import Prepared, fine_tune
 from ..interrupts import check as check_interrupt
@@ -134,12 +136,33 @@ def _placement() -> dict[str, Any]:
     return out
 
 
+def follow(space: Space, prepared: Prepared, group: Group) -> int:
+    """A rank other than 0 of a trial's process group: train each trial rank 0 sends, until it sends None (the
+    study run is over); return the number of trials trained. A signal held here stops after the trial."""
+    trials = 0
+    while True:
+        hp = group.broadcast()
+        if hp is None:
+            return trials
+        model = None
+        try:
+            model, result = fine_tune(space, hp, prepared, group=group)
+            print(f"[hpsearch] rank {group.rank}: trial ended at step {result.steps}", file=sys.stderr, flush=True)
+        finally:
+            del model
+            gc.collect()
+            if prepared.device.type == "cuda":
+                torch.cuda.empty_cache()
+        trials += 1
+        check_interrupt()
+
+
 class Objective:
     """Callable for ``study.optimize``: fine-tunes one model per trial on data prepared once."""
 
     def __init__(self, space: Space, prepared: Prepared, progress: Progress | None = None,
                  config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
-                 liveness: Liveness | None = None) -> None:
+                 liveness: Liveness | None = None, group: Group | None = None) -> None:
         self.space = space
         self.prepared = prepared
         self.device = prepared.device
@@ -150,6 +173,9 @@ class Objective:
         self.keeper = keeper
         self.liveness = liveness
         """hpsearch's heartbeats, on storages Optuna gives none (journal, gRPC proxy); None elsewhere."""
+        self.group = group
+        """The trial's process group (``--gpus-per-trial``): this process is its rank 0 and sends each trial's
+        hyperparameters to the other ranks (:func:`follow`)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.liveness is None:
@@ -167,7 +193,9 @@ class Objective:
         model = None
         try:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
-            model, result = fine_tune(self.space, hp, self.prepared, callback=reporter)
+            if self.group is not None:
+                self.group.broadcast(hp)
+            model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group)
             value = result.metrics[self.metric]
             self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
             if self.keeper is not None:
@@ -181,6 +209,10 @@ class Objective:
             raise
         except KeyboardInterrupt as exc:
             self._record(trial, reporter, status="failed: interrupted")
+            _let_go(exc)
+            raise
+        except GroupLost as exc:  # not the config's failure: FAIL (retried elsewhere), and this group stops
+            self._record(trial, reporter, status=f"failed: {exc}")
             _let_go(exc)
             raise
         except (NonFiniteLoss, torch.cuda.OutOfMemoryError, RuntimeError) as exc:

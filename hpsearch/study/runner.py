@@ -154,7 +154,7 @@ def budget(study: optuna.Study, liveness: Any = None) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
-def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna.Study:
+def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna.Study | None:
     """Prepare model and data, open (or resume) the study ``options.study_name`` in ``options.storage`` (a resolved
     URL), and run trials in this process.
 
@@ -163,13 +163,49 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
     share one budget without overshooting. ``keep_best`` keeps the weights of the study's best K trials in the
     artifact store (:mod:`hpsearch.study.artifacts`); ``warm_start`` enqueues an earlier study's best; ``mlflow``
     (a tracking URI) logs every trial this process runs as an MLflow run (:mod:`hpsearch.study.tracking`).
+
+    In a trial's process group (``--gpus-per-trial``: WORLD_SIZE > 1), rank 0 runs the study and the other ranks
+    follow it (:func:`hpsearch.study.objective.follow`) and return None.
     """
+    from ..finetune.distributed import join
+    from .objective import follow
+
+    prepared = prepare_run(space, options.device)
+    group = join(prepared.device)
+    if group is not None:
+        if space.study.get("confirm"):
+            raise UsageError("study.confirm with --gpus-per-trial: the confirmation folds run in one process; "
+                             "confirm the study's best afterwards without --gpus-per-trial")
+        if not group.main:  # rank 0 talks to the study; this rank trains what it sends
+            with interrupts.handled():
+                follow(space, prepared, group)
+            group.close()
+            return None
+    try:
+        return _lead(space, options, prepared, group, progress)
+    finally:
+        if group is not None:
+            _release(group)
+
+
+def _release(group: Any) -> None:
+    """Tell the other ranks the study run is over (when they can still hear it) and leave the group."""
+    from ..finetune.distributed import GroupLost
+
+    try:
+        group.broadcast(None)
+    except GroupLost:
+        pass
+    group.close()
+
+
+def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, progress: Any) -> optuna.Study:
+    """The study side of :func:`run_study`: this process alone, or rank 0 of a trial's process group."""
     from . import storage as st
     from .objective import BudgetReached, Objective
     from .progress import make_progress
     from .storage import liveness_for, open_storage
 
-    prepared = prepare_run(space, options.device)
     url = options.storage
     interval = options.heartbeat_interval or st.HEARTBEAT_INTERVAL
     retries = st.MAX_RETRY if options.max_retry is None else options.max_retry
@@ -183,7 +219,7 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
                          options.artifacts)
     progress = progress or make_progress(options.quiet)
     objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
-                          total=options.total, keeper=keeper, liveness=liveness)
+                          total=options.total, keeper=keeper, liveness=liveness, group=group)
     n_trials, total = options.trials, options.total
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
     progress.study_started(study, planned, space.study["metric"])

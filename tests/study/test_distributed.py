@@ -1,0 +1,129 @@
+"""A trial across several devices (``--gpus-per-trial 2``), here as two gloo processes on the CPU: the same trial
+value as one process with the same global batch, a pruned trial stops both ranks at one step, an interrupt leaves
+no rank behind and no trial RUNNING, and a killed rank fails the trial and frees the others."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpsearch.config.options import RunOptions
+from hpsearch.errors import UsageError
+from hpsearch.study import record
+from hpsearch.study.workers import place_groups, worker_env
+from tests.helpers import start_cli
+
+pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_available(), reason="no torch.distributed")
+
+VALUE_TOLERANCE = 1e-4
+"""How far a 2-rank trial's validation loss may be from one process's: the same update up to float summation order
+(each rank sums its half of the batch; measured: about 5e-6)."""
+
+
+def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).trials
+
+
+def test_two_ranks_train_the_same_trial_as_one_process(make_space, hpsearch, tmp_path: Path) -> None:
+    """Dropout off, 33 training rows in batches of 16: the last batch has one row, fewer than the ranks."""
+    space = str(make_space(study__pruner={"name": "none"}, study__sampler={"name": "random", "seed": 3},
+                           data__max_train_samples=33, params__dropout={"type": "float", "low": 0.0, "high": 0.0}))
+    one, two = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
+    hpsearch("run", "--space", space, "--trials", "2", "--device", "cpu", "--storage", one, check=True)
+    res = hpsearch("run", "--space", space, "--trials", "2", "--device", "cpu", "--gpus-per-trial", "2",
+                   "--storage", two, check=True)
+    assert "rank 0 of 2 in group 0" in res.stderr and "rank 1 of 2 in group 0" in res.stderr
+    assert res.stderr.count("rank 1: trial ended at step 6") == 2  # 3 steps x 2 epochs, on the follower too
+    for a, b in zip(_trials(one), _trials(two), strict=True):
+        assert a.params == b.params and a.state == b.state == optuna.trial.TrialState.COMPLETE
+        assert a.user_attrs["steps"] == b.user_attrs["steps"] == 6
+        assert b.user_attrs[record.val("eval_loss")] == pytest.approx(a.user_attrs[record.val("eval_loss")],
+                                                                       abs=VALUE_TOLERANCE)
+        assert b.value == pytest.approx(a.value, abs=1 / 64)  # accuracy on 64 rows: at most one row apart
+
+
+def test_a_pruned_trial_stops_every_rank_at_the_same_step(make_space, hpsearch, tmp_path: Path) -> None:
+    """Trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7): a percentile pruner prunes trial 1 before its end;
+    rank 1 ends that trial at the step rank 0 recorded, then trains nothing more."""
+    space = str(make_space(study__pruner={"name": "percentile", "options": {
+        "percentile": 99.0, "n_startup_trials": 1, "n_warmup_steps": 0}},
+        study__enqueue=[{"learning_rate": 3e-3, "dropout": 0.0}, {"learning_rate": 1e-7, "dropout": 0.0}],
+        params__learning_rate={"type": "float", "low": 1e-7, "high": 3e-3, "log": True}, fixed__epochs=3))
+    url = f"sqlite:///{tmp_path}/p.db"
+    res = hpsearch("run", "--space", space, "--trials", "2", "--device", "cpu", "--gpus-per-trial", "2",
+                   "--storage", url, check=True)
+    done, pruned = _trials(url)
+    assert done.state.name == "COMPLETE" and pruned.state.name == "PRUNED"
+    assert pruned.user_attrs[record.PRUNED_AT_REPORT] < 6  # of 3 epochs x 2 reports
+    ends = [int(s) for s in re.findall(r"rank 1: trial ended at step (\d+)", res.stderr)]
+    assert ends == [done.user_attrs["steps"], pruned.user_attrs["steps"]] and ends[1] < ends[0]
+
+
+def _start_group(make_space, tmp_path: Path, url: str) -> tuple[subprocess.Popen, list[int]]:
+    """A 2-rank run of one long trial; returns the launcher and its ranks' pids once the trial trains."""
+    space = str(make_space("slow.yaml", fixed__epochs=400))
+    launcher = start_cli(["run", "--space", space, "--trials", "1", "--device", "cpu", "--gpus-per-trial", "2",
+                          "--storage", url, "--quiet"], tmp_path)
+    pids: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = launcher.stderr.readline()
+        pids += [int(p) for p in re.findall(r"worker w\d started \(pid (\d+)", line)]
+        if "trial 0 started" in line:
+            break
+    assert len(pids) == 2
+    time.sleep(2.0)  # well into the trial's steps
+    return launcher, pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_an_interrupted_launcher_leaves_no_rank_and_no_running_trial(make_space, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/i.db"
+    launcher, pids = _start_group(make_space, tmp_path, url)
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, err
+    assert all(_gone(p) for p in pids)
+    (trial,) = _trials(url)
+    assert trial.state.name == "FAIL" and trial.user_attrs[record.STATUS] == "failed: interrupted"
+
+
+def test_a_killed_rank_fails_the_trial_and_frees_the_other(make_space, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/k.db"
+    launcher, pids = _start_group(make_space, tmp_path, url)
+    subprocess.run(["kill", "-KILL", str(pids[1])], check=True)
+    _, err = launcher.communicate(timeout=90)
+    assert launcher.returncode != 0
+    assert all(_gone(p) for p in pids)
+    (trial,) = _trials(url)
+    assert trial.state.name == "FAIL" and "process group" in trial.user_attrs[record.STATUS], err
+
+
+def test_ranks_are_placed_on_consecutive_gpus_with_torchrun_variables() -> None:
+    slots = place_groups(None, ["0", "1", "2", "3", "4"], 2)  # the fifth GPU makes no group
+    assert [(s.gpu, s.group, s.rank, s.world) for s in slots] == [
+        ("0,1", 0, 0, 2), ("0,1", 0, 1, 2), ("2,3", 1, 0, 2), ("2,3", 1, 1, 2)]
+    env = worker_env(slots[3], master_port=29611)
+    assert {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")} == {
+        "CUDA_VISIBLE_DEVICES": "2,3", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29611"}
+    assert "RANK" not in worker_env(place_groups(None, ["0"], 1)[0], {"RANK": "3"})  # no group: no rank
+    assert [s.gpu for s in place_groups(2, [], 2)] == [None] * 4  # the CPU: 2 groups of 2 processes
+    with pytest.raises(UsageError, match="--gpus-per-trial 4: only 2 GPU"):
+        place_groups(None, ["0", "1"], 4)
+    with pytest.raises(UsageError, match="needs 6 GPUs, 4 visible"):
+        place_groups(3, ["0", "1", "2", "3"], 2)
+    with pytest.raises(UsageError, match="give one"):
+        RunOptions(trials=1, gpus_per_trial=2, trials_per_gpu=2)
+    assert RunOptions(trials=1, gpus_per_trial=2).local_workers and not RunOptions(trials=1).local_workers
