@@ -79,14 +79,19 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
     from .study.workers import check_storage_for_workers, launch, place, place_groups, visible_gpus
 
     url, name = opts.storage, opts.study_name
-    gpus = list(opts.gpus or visible_gpus(opts.device))
+    if opts.ray is not None:
+        gpus: list[str] = []
+    else:
+        gpus = list(opts.gpus or visible_gpus(opts.device))
     if opts.trials_per_gpu and not gpus:
         raise UsageError(f"--trials-per-gpu {opts.trials_per_gpu}: no GPU is visible (CUDA_VISIBLE_DEVICES="
                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --workers N to split the CPU")
-    if opts.gpus_per_trial:
+    if opts.ray is not None:
+        slots = place(opts.workers or 1, [])  # Ray places them
+    elif opts.gpus_per_trial:
         slots = place_groups(opts.workers, [] if opts.device == "cpu" else gpus, opts.gpus_per_trial)
     else:
-        slots = place(opts.workers, gpus, opts.trials_per_gpu)
+        slots = place(opts.workers, gpus, opts.trials_per_gpu, threads=opts.cpus_per_worker)
     count = len(slots)
     check_storage_for_workers(url, count)
     tokenize(validated)  # fills the data cache before the workers start
@@ -96,7 +101,8 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
         total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (opts.trials or 0)
     with tempfile.TemporaryDirectory(prefix="hpsearch-space-") as tmp:
         if isinstance(space, (str, Path)):
-            args = ["--space", str(space)] + [a for o in override_strings(overrides) for a in ("--set", o)]
+            args = ["--space", str(Path(space).resolve())]
+            args += [a for o in override_strings(overrides) for a in ("--set", o)]
         else:
             file = Path(tmp) / f"{validated.name}.yaml"
             file.write_text(dump_yaml(validated.to_dict()), encoding="utf-8")
@@ -104,7 +110,14 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
         args += ["--study-name", name, *opts.worker_args()]
         print(f"[hpsearch] {count} workers on study {name} in {redact(url)}, until {total} finished trials",
               file=sys.stderr, flush=True)
-        code = launch(args, slots, total, env={"HPSEARCH_STORAGE": url})
+        if opts.ray is not None:
+            from .study.raylaunch import launch_on_ray
+
+            code = launch_on_ray(opts.ray, args, count, total, {"HPSEARCH_STORAGE": url}, device=opts.device,
+                                 trials_per_gpu=opts.trials_per_gpu, gpus_per_trial=opts.gpus_per_trial,
+                                 cpus=opts.cpus_per_worker)
+        else:
+            code = launch(args, slots, total, env={"HPSEARCH_STORAGE": url})
     if code:
         error = HpsearchError(f"{count} workers on study {name}: a worker exited with status {code}")
         error.exit_code = code  # the CLI exits with the worker's status (130 when interrupted)

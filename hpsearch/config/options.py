@@ -119,6 +119,15 @@ class RunOptions:
         flag="--gpus-per-trial", kind=int, low=1, metavar="K",
         help="Train each trial data-parallel on K GPUs (DDP; rank 0 talks to the study); with --device cpu, K "
              "processes (gloo).")
+    ray: str | None = option(
+        flag="--ray", flag_value="", metavar="[ADDRESS]",
+        help="Run the workers (--workers N, default 1) as Ray tasks on the Ray cluster at ADDRESS (without one: "
+             "$RAY_ADDRESS, else a local Ray), each with a GPU (1/K of one with --trials-per-gpu K, K with "
+             "--gpus-per-trial K) and --cpus-per-worker CPUs.")
+    cpus_per_worker: float | None = option(
+        flag="--cpus-per-worker", kind=float, low=0.01, metavar="C",
+        help="CPU cores each worker gets: Ray's num_cpus with --ray (default 1); locally its threads (default: an "
+             "equal share).")
     timeout: float | None = option(
         flag="--timeout", kind=float, low=1, help="Stop starting new trials after SECONDS.", to_workers=True)
     heartbeat_interval: int | None = option(
@@ -168,7 +177,7 @@ class RunOptions:
         """Whether trials run in worker processes (``workers``, ``gpus`` or ``trials_per_gpu`` given) rather than
         in this one; :func:`hpsearch.study.workers.place` says where each goes."""
         return ((self.workers or 1) > 1 or self.gpus is not None or self.trials_per_gpu is not None
-                or self.gpus_per_trial is not None)
+                or self.gpus_per_trial is not None or self.ray is not None)
 
     def worker_args(self) -> list[str]:
         """The flags a local worker gets from these options (those marked ``to_workers`` that are set)."""
@@ -212,6 +221,8 @@ def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[
     if values.get("gpus_per_trial") and device.startswith("cuda:"):
         out.append(f"{name('device')} {device}: with {name('gpus_per_trial')} each rank takes its own GPU; give cuda "
                    f"or auto")
+    if values.get("ray") is not None and gpus:
+        out.append(f"{name('gpus')} {','.join(gpus)}: with {name('ray')} Ray gives each worker its GPUs")
     if per_gpu and workers:
         out.append(f"{name('workers')} {workers} and {name('trials_per_gpu')} {per_gpu}: give one (K per GPU makes "
                    f"K x GPUs workers)")

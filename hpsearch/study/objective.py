@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sys
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -127,8 +128,8 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
 
 
 def _placement() -> dict[str, Any]:
-    """The GPU and memory share the launcher gave this process (:func:`hpsearch.study.workers.place`), as set."""
-    out: dict[str, Any] = {}
+    """Which process this is, and the GPU and memory share the launcher gave it (:func:`hpsearch.study.workers.place`), as set."""
+    out: dict[str, Any] = {record.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         out[record.GPU] = os.environ["CUDA_VISIBLE_DEVICES"]
     if os.environ.get(MEMORY_FRACTION_ENV):

@@ -83,9 +83,11 @@ def place_groups(groups: int | None, gpus: Sequence[str], per_trial: int) -> lis
             for g in range(count) for r in range(per_trial)]
 
 
-def place(workers: int | None, gpus: Sequence[str], per_gpu: int | None = None) -> list[Slot]:
+def place(workers: int | None, gpus: Sequence[str], per_gpu: int | None = None,
+          threads: float | None = None) -> list[Slot]:
     """One :class:`Slot` per worker: ``per_gpu`` workers on each GPU (default: ``workers`` spread round robin
-    over ``gpus``, else one per GPU); on the CPU (no ``gpus``), ``workers`` processes splitting the cores.
+    over ``gpus``, else one per GPU); on the CPU (no ``gpus``), ``workers`` processes splitting the cores. Each
+    gets ``threads`` CPU threads (default: an equal share of the cores).
 
     >>> [s.gpu for s in place(4, ["0", "1"])], place(4, ["0", "1"])[0].memory_fraction
     (['0', '1', '0', '1'], 0.5)
@@ -93,12 +95,12 @@ def place(workers: int | None, gpus: Sequence[str], per_gpu: int | None = None) 
     (8, None)
     """
     count = workers or (len(gpus) * (per_gpu or 1) if gpus else 1)
-    threads = threads_per_worker(count)
+    each = max(1, int(threads)) if threads else threads_per_worker(count)
     if not gpus:
-        return [Slot(None, None, threads) for _ in range(count)]
+        return [Slot(None, None, each) for _ in range(count)]
     assigned = [gpus[i % len(gpus)] for i in range(count)]
     sharing = {g: assigned.count(g) for g in assigned}
-    return [Slot(g, 1 / sharing[g] if sharing[g] > 1 else None, threads) for g in assigned]
+    return [Slot(g, 1 / sharing[g] if sharing[g] > 1 else None, each) for g in assigned]
 
 
 def worker_env(slot: Slot, extra: dict[str, str] | None = None, master_port: int | None = None) -> dict[str, str]:

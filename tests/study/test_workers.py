@@ -120,6 +120,9 @@ def test_compose_and_dockerfile_are_consistent_with_the_cli(hpsearch) -> None:
     assert {"postgres", "dashboard", "worker", "redis", "proxy"} <= set(services)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    # one container sees every GPU and its launcher spreads the workers (replicas of count 1 all got GPU 0)
+    assert gpu["count"] == "all" and "replicas" not in services["worker"]["deploy"]
+    assert "--workers" in services["worker"]["command"]
     assert services["dashboard"]["ports"][0].startswith("${DASHBOARD_BIND:-127.0.0.1}:")
     for service, sub in (("worker", "run"), ("dashboard", "dashboard"), ("proxy", "storage-proxy")):
         command = services[service]["command"]

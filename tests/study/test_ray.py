@@ -1,0 +1,37 @@
+"""``hpsearch run --ray``: the study's workers as Ray tasks, here on a local Ray instance on the CPU."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpsearch.errors import UsageError
+from hpsearch.study import record
+from hpsearch.study.raylaunch import gpus_per_worker
+
+ray = pytest.importorskip("ray", reason="the ray extra (pip install 'hpsearch[ray]')")
+
+
+def test_workers_run_as_ray_tasks_on_one_shared_study(make_space, hpsearch, tmp_path: Path) -> None:
+    """Two Ray tasks share a total of 3 trials; a worker outside Ray then joins the same study."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    space = str(make_space(fixed__epochs=1))
+    res = hpsearch("run", "--space", space, "--total", "3", "--workers", "2", "--ray", "--device", "cpu",
+                   "--storage", url, check=True)
+    assert "2 workers as Ray tasks on a local Ray" in res.stderr and "0 GPU and 1 CPU each" in res.stderr
+    trials = optuna.load_study(study_name="tiny", storage=url).trials
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
+    assert len({t.user_attrs[record.WORKER] for t in trials if t.state.name != "FAIL"}) == 2  # both tasks trained
+    hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--storage", url, check=True)
+    assert len(optuna.load_study(study_name="tiny", storage=url).trials) == len(trials) + 1
+
+
+def test_what_a_ray_worker_asks_for() -> None:
+    assert gpus_per_worker("auto", None, None, cluster_gpus=8) == 1.0
+    assert gpus_per_worker("auto", 4, None, cluster_gpus=8) == 0.25
+    assert gpus_per_worker("cuda", None, 2, cluster_gpus=8) == 2.0
+    assert gpus_per_worker("auto", None, None, cluster_gpus=0) == 0.0
+    assert gpus_per_worker("cpu", 4, None, cluster_gpus=8) == 0.0
+    with pytest.raises(UsageError, match="--device cuda with --ray: the Ray cluster has no GPU"):
+        gpus_per_worker("cuda", None, None, cluster_gpus=0)
