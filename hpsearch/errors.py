@@ -16,6 +16,11 @@ class UsageError(HpsearchError):
     exit_code = 2
 
 
+class DataError(UsageError):
+    """A problem in a data file or dataset: names the split and file, the row (counted from 1, after any header)
+    and the value (exit 2, before anything is written)."""
+
+
 @dataclass(frozen=True)
 class Issue:
     """One problem in a config: where (dotted key path), what was found, and why it is wrong."""

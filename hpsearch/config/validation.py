@@ -25,6 +25,7 @@ from .vocabulary import (
     DEFAULT_CONFIRM,
     DEFAULT_REPORTS_PER_EPOCH,
     DEFAULT_TRIAL_VALUE,
+    DISTRIBUTED,
     DTYPES,
     EARLY_STOPPING_KEYS,
     EVAL_BATCH_TOKENS,
@@ -440,6 +441,7 @@ def _check_model(c: _Checker, raw: Any) -> dict:
     checkpointing = c.boolean(model, "gradient_checkpointing", "model", default=False)
     quantization = c.string(model, "quantization", "model", default="none", choices=QUANTIZATIONS)
     eval_tokens = c.integer(model, "eval_batch_tokens", "model", default=EVAL_BATCH_TOKENS, low=1)
+    distributed = c.string(model, "distributed", "model", default="ddp", choices=DISTRIBUTED)
     if precision == "fp32" and dtype in ("bfloat16", "float16"):
         c.add("model.dtype", dtype, "keeps frozen weights in half precision, which precision: fp32 cannot compute "
                                     "with; use precision bf16 or fp16 (mixed), or dtype float32")
@@ -459,7 +461,7 @@ def _check_model(c: _Checker, raw: Any) -> dict:
     return {"name_or_path": name, "max_length": max_length, "trust_remote_code": trust, "revision": revision,
             "precision": precision, "dtype": dtype, "attn_implementation": attn,
             "gradient_checkpointing": checkpointing, "quantization": quantization, "eval_batch_tokens": eval_tokens,
-            "_layers": layers}
+            "distributed": distributed, "_layers": layers}
 
 
 def _looks_like_path(name: str) -> bool:

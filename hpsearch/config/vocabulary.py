@@ -150,7 +150,11 @@ bench/README.md has the measurement behind the default."""
 SAMPLER_KEYS = ("name", "seed", "options")
 PRUNER_KEYS = ("name", "options", "wrapped")
 MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision", "dtype",
-              "attn_implementation", "gradient_checkpointing", "quantization", "eval_batch_tokens")
+              "attn_implementation", "gradient_checkpointing", "quantization", "eval_batch_tokens", "distributed")
+DISTRIBUTED = ("ddp", "fsdp")
+"""``model.distributed``, how the devices of a trial (``--gpus-per-trial K``) hold the model: ``ddp`` (a whole copy
+on each, gradients averaged) or ``fsdp`` (parameters, gradients and AdamW state sharded over them, each block
+gathered for its forward and backward: for models that do not fit one device)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-true")
 """``model.precision``, how a model trains (:func:`hpsearch.finetune.device.precision_plan`): ``auto`` (bf16 mixed
 where the hardware has native bf16, else fp16 mixed on a GPU and fp32 on a CPU), ``fp32``, ``bf16`` and ``fp16``

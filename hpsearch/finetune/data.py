@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import HpsearchError
+from ..errors import DataError
 from ..tasks import get_task
 from ..tasks.encoded import Encoded, PreparedData, RawSplit
 
@@ -46,7 +46,7 @@ def load_source(src: dict) -> Any:
                                      **kwargs)
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
         where = src.get("path") or f"{src.get('hub')} ({src.get('config')}, {src.get('split')})"
-        raise HpsearchError(f"cannot load data from {where}: {exc}") from exc
+        raise DataError(f"cannot load data from {where}: {exc}") from exc
 
 
 def read_conll(path: Path, tokens_column: str, tags_column: str) -> Any:
@@ -175,7 +175,7 @@ def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True)
         if limit is not None and limit < len(ds):
             ds = ds.select(range(limit))
         if len(ds) == 0:
-            raise HpsearchError(f"{where}: no rows")
+            raise DataError(f"{where}: no rows")
         raw[split] = RawSplit(ds, cols, where)
     task = get_task(data["task"])
     options = task_options(data)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,10 +65,22 @@ class Group:
         _collective(torch.distributed.all_reduce, t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """``model`` in DistributedDataParallel (gradients averaged over the ranks), its own attributes still
-        reachable (a task may call ``prepare_decoder_input_ids_from_labels``)."""
+    def wrap(self, model: torch.nn.Module, device: torch.device, mode: str = "ddp") -> torch.nn.Module:
+        """What the training passes run. ``ddp``: ``model`` in DistributedDataParallel (gradients averaged over
+        the ranks), its own attributes still reachable (a task may call ``prepare_decoder_input_ids_from_labels``).
+        ``fsdp``: ``model`` itself, its blocks and then the whole sharded in place (FSDP2's ``fully_shard``;
+        gradients averaged the same way); build the optimizer after this."""
+        if mode == "fsdp":
+            return shard(model)
+        if mode != "ddp":
+            raise ValueError(f"mode must be ddp or fsdp, got {mode!r}")
         return _DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    @staticmethod
+    def no_sync(trainer: torch.nn.Module) -> Any:
+        """A context in which backward passes accumulate gradients without reducing them (DDP's ``no_sync``;
+        FSDP reduces every micro-batch: nothing to skip safely)."""
+        return trainer.no_sync() if isinstance(trainer, torch.nn.parallel.DistributedDataParallel) else nullcontext()
 
     def close(self) -> None:
         """Leave the group together (a rank that exits while gloo's threads still talk to it aborts)."""
@@ -85,6 +98,20 @@ class _DDP(torch.nn.parallel.DistributedDataParallel):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.module, name)
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` over the process group with FSDP2: each block the model names as not to be split
+    (transformers' ``_no_split_modules``: a transformer layer), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft keeps the names there
+    blocks = set(getattr(base, "_no_split_modules", None) or [])
+    for module in list(model.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model
 
 
 def _backend() -> str:

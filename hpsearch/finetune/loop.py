@@ -61,6 +61,8 @@ class TrainSettings:
     selection: Selection | None = None
     """Early stopping and the checkpoint kept (:mod:`hpsearch.finetune.checkpoints`); None: the last evaluation
     counts and epoch ends are not checkpoints."""
+    distributed: str = "ddp"
+    """How the devices of a trial's process group hold the model (``model.distributed``): ``ddp`` or ``fsdp``."""
     shrink_vocab: bool = True
     """Train only the embedding rows the data uses and put the full table back at the end
     (:mod:`hpsearch.finetune.vocab`): the same model without per-step work on rows whose gradient is zero."""
@@ -79,7 +81,8 @@ class TrainSettings:
         return cls(reports_per_epoch=study["reports_per_epoch"],
                    intermediate_eval_samples=study["intermediate_eval_samples"], precision=precision,
                    selection=Selection.from_study(study),
-                   eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS))
+                   eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS),
+                   distributed=space.config["model"].get("distributed", "ddp"))
 
 
 @dataclass
@@ -270,7 +273,7 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainS
         for epoch in range(hp["epochs"]):
             if _epoch(run, epoch):
                 break
-        return _finish(run) if group is None or group.main else _follower_result(run)
+        return _finish(run) if group is None or group.main or run.sharded else _follower_result(run)
     except RuntimeError as exc:
         if group is not None and is_group_error(exc):
             raise GroupLost(f"a rank of the trial's process group is gone ({str(exc).splitlines()[0][:200]})") \
@@ -327,6 +330,12 @@ class _Run:
     def autocast(self) -> torch.dtype | None:
         return self.settings.precision.autocast
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded over the group (FSDP): then every rank evaluates, each forward gathering
+        the shards (rank 0 alone tells the callback)."""
+        return self.group is not None and self.settings.distributed == "fsdp"
+
 
 def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings, device: torch.device,
            vocab: SmallVocabulary | None, callback: Callback, setup_time: float, group: Group | None = None) -> _Run:
@@ -335,6 +344,7 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
     n = len(data.train)
     state = TrainingState(total_steps=steps_per_epoch(n, hp["batch_size"]) * hp["epochs"], train_examples=n,
                           reports_per_epoch=settings.reports_per_epoch)
+    trainer = group.wrap(model, device, settings.distributed) if group is not None else model  # before the optimizer
     optimizer = make_optimizer(model, hp, device)
     scheduler = make_scheduler(optimizer, hp, state.total_steps)
     if vocab is not None:
@@ -357,7 +367,7 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
                scaler=torch.amp.GradScaler(device.type) if settings.precision.scaler else None,
                micro=min(micro, hp["batch_size"]), shrink_on_oom=not hp.get("micro_batch_size") and group is None,
                bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None,
-               group=group, trainer=group.wrap(model, device) if group is not None else model)
+               group=group, trainer=trainer)
     state.micro_batch_size = run.micro
     model.train()
     state.setup_time = setup_time + (time.perf_counter() - entered)  # everything before the first training step
@@ -462,7 +472,7 @@ def _accumulate_share(run: _Run, idx: torch.Tensor, group: Group) -> torch.Tenso
     loss_sum = torch.zeros((), device=run.device)
     for i, part in enumerate(parts):
         labels = data.labels_of(part, run.device)
-        with run.trainer.no_sync() if i < len(parts) - 1 else nullcontext():  # gradients all-reduced once, at the end
+        with group.no_sync(run.trainer) if i < len(parts) - 1 else nullcontext():  # gradients reduced once, at the end
             loss = _forward_loss(run, part, labels) * (_units(task, labels) / total * scale)
             _backward(run, loss)
         loss_sum = loss_sum + loss.detach() / group.world
@@ -511,7 +521,10 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
     if group is None:
         return _evaluate_and_tell(run, epoch, crossed)
     if not group.main:
-        run.state.report = epoch * run.state.reports_per_epoch + crossed
+        if run.sharded:  # every forward gathers shards from every rank: evaluate too, telling no one
+            _evaluate_and_tell(run, epoch, crossed)
+        else:
+            run.state.report = epoch * run.state.reports_per_epoch + crossed
         return bool(group.broadcast())
     try:
         stop = _evaluate_and_tell(run, epoch, crossed)

@@ -128,7 +128,8 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
 
 
 def _placement() -> dict[str, Any]:
-    """Which process this is, and the GPU and memory share the launcher gave it (:func:`hpsearch.study.workers.place`), as set."""
+    """Which process this is, and the GPU and memory share the launcher gave it
+    (:func:`hpsearch.study.workers.place`), where set."""
     out: dict[str, Any] = {record.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         out[record.GPU] = os.environ["CUDA_VISIBLE_DEVICES"]

@@ -176,6 +176,9 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
         if space.study.get("confirm"):
             raise UsageError("study.confirm with --gpus-per-trial: the confirmation folds run in one process; "
                              "confirm the study's best afterwards without --gpus-per-trial")
+        if options.keep_best and space.config["model"].get("distributed") == "fsdp":
+            raise UsageError("--keep-best with model.distributed: fsdp: a sharded model is not written whole; "
+                             "export the best config and retrain it (hpsearch train)")
         if not group.main:  # rank 0 talks to the study; this rank trains what it sends
             with interrupts.handled():
                 follow(space, prepared, group)

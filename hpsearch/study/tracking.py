@@ -28,13 +28,32 @@ def tracking_uri(flag: str | None) -> str:
     writes anything (the URI is given and mlflow is installed)."""
     uri = flag or os.environ.get(ENV_VAR)
     if not uri:
-        raise UsageError("--mlflow: give a tracking URI (e.g. --mlflow file:./mlruns or http://mlflow:5000) "
+        raise UsageError("--mlflow: give a tracking URI (e.g. --mlflow sqlite:///mlflow.db or http://mlflow:5000) "
                          f"or set {ENV_VAR}")
     import importlib.util
 
     if importlib.util.find_spec("mlflow") is None:
         raise UsageError("--mlflow needs mlflow: pip install 'hpsearch[mlflow]'") from None
+    _check_store(uri)
     return uri
+
+
+def _check_store(uri: str) -> None:
+    """Open the tracking store now, so that a URI MLflow refuses (MLflow 3 refuses a file store unless
+    MLFLOW_ALLOW_FILE_STORE is set) is a one-line error before the study is written, not a traceback after."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_store
+    except ImportError:  # a private helper: an MLflow without it is checked at the first trial instead
+        return
+
+    try:
+        _get_store(uri)
+    except MlflowException as exc:
+        first = str(exc).split(". ")[0]
+        hint = (" (or set MLFLOW_ALLOW_FILE_STORE=true)" if "filesystem" in str(exc) else "")
+        raise UsageError(f"--mlflow {uri}: {first}; use a database URI such as sqlite:///mlflow.db{hint}") from None
 
 
 class MLflowLogger:

@@ -184,15 +184,14 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:
     """Prompt (masked) + response + EOS, or text + EOS, truncated to ``max_length``; labels = ids where learned."""
     import torch
 
-    from .encoded import Encoded, column_values
+    from .encoded import Encoded, text_values
 
     eos = tokenizer.eos_token_id
     if split.columns.get("response_column"):
-        responses = [str(r or "") for r in column_values(split, "response_column")]
-        prompts = ([str(p or "") for p in column_values(split, "prompt_column")] if split.columns.get("prompt_column")
-                   else [""] * len(responses))
+        responses = text_values(split, "response_column")
+        prompts = text_values(split, "prompt_column") if split.columns.get("prompt_column") else [""] * len(responses)
     else:
-        responses = [str(t or "") for t in column_values(split, "text_column")]
+        responses = text_values(split, "text_column")
         prompts = [""] * len(responses)
     prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
     response_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HpsearchError
+from ..errors import DataError
 from .base import Column, Metric
 
 if TYPE_CHECKING:
@@ -25,26 +25,30 @@ TEXT_COLUMNS = (
 
 def encode_text(split: RawSplit, tokenizer: Any, max_length: int, labels: torch.Tensor) -> Encoded:
     """One split's text (and pair) tokenized, with ``labels``: what classification and regression share."""
-    from .encoded import Encoded, column_values, tokenize
+    from .encoded import Encoded, text_values, tokenize
 
-    texts = [("" if t is None else str(t)) for t in column_values(split, "text_column")]
-    pair_col = split.columns.get("text_pair_column")
-    pairs = (None if pair_col is None
-             else [("" if t is None else str(t)) for t in column_values(split, "text_pair_column")])
+    texts = text_values(split, "text_column")
+    pairs = None if split.columns.get("text_pair_column") is None else text_values(split, "text_pair_column")
     ids, lengths, types = tokenize(tokenizer, texts, pairs, max_length)
     return Encoded(ids, lengths, labels, types)
 
 
-def label_names(train_raw: list, eval_raw: list, where: str) -> list:
-    """The distinct training labels, sorted (numbers before strings); every validation label among them."""
-    if any(v is None for v in train_raw) or any(v is None for v in eval_raw):
-        raise HpsearchError(f"{where}: the label column has empty values")
+def label_names(train_raw: list, eval_raw: list, where: tuple[str, str]) -> list:
+    """The distinct training labels, sorted (numbers before strings); every validation label among them. ``where``
+    names the train and validation splits in errors."""
+    for split, values in zip(where, (train_raw, eval_raw)):
+        row = next((i for i, v in enumerate(values, 1) if v is None or v == ""), None)
+        if row is not None:
+            raise DataError(f"{split}: row {row}: the label is {'null' if values[row - 1] is None else 'empty'}: "
+                            f"fill it or drop the row")
     names = sorted(set(train_raw), key=lambda v: (isinstance(v, str), v))
     if len(names) < 2:
-        raise HpsearchError(f"{where}: classification needs at least 2 distinct labels in train, found {names}")
-    unknown = sorted({str(v) for v in eval_raw if v not in set(names)})
+        raise DataError(f"{where[0]}: classification needs at least 2 distinct labels in train, found {names}")
+    known = set(names)
+    unknown = [(i, v) for i, v in enumerate(eval_raw, 1) if v not in known]
     if unknown:
-        raise HpsearchError(f"{where}: validation labels not seen in train: {', '.join(unknown[:10])}")
+        raise DataError(f"{where[1]}: row {unknown[0][0]}: label {unknown[0][1]!r} never occurs in train "
+                        f"({len(unknown)} such rows; train's labels: {', '.join(map(str, names[:10]))})")
     return names
 
 
@@ -73,7 +77,7 @@ class SequenceClassification:
         from .encoded import column_values
 
         raw = [column_values(s, "label_column") for s in (train, validation)]
-        names = label_names(raw[0], raw[1], "data")
+        names = label_names(raw[0], raw[1], (train.where, validation.where))
         index = {v: i for i, v in enumerate(names)}
         enc = [encode_text(s, tokenizer, max_length, torch.tensor([index[v] for v in values]))
                for s, values in zip((train, validation), raw)]

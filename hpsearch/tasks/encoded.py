@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import HpsearchError
+from ..errors import DataError, HpsearchError
 
 
 @dataclass
@@ -117,9 +117,23 @@ def column_values(split: RawSplit, key: str) -> list:
     """The values of the column that ``key`` (e.g. ``text_column``) names for this split."""
     column = split.columns.get(key)
     if column not in split.rows.column_names:
-        raise HpsearchError(f"{split.where}: column '{column}' ({key}) not found; columns are "
+        raise DataError(f"{split.where}: column '{column}' ({key}) not found; columns are "
                             f"{', '.join(split.rows.column_names)}")
     return list(split.rows[column])
+
+
+def text_values(split: RawSplit, key: str, prefix: str = "") -> list[str]:
+    """The texts of the column ``key`` names, each a string (``prefix`` put before it): a null is refused with its
+    row, not read as an empty text (a missing answer trained as "" would teach the model to say nothing)."""
+    out = []
+    column = split.columns.get(key)
+    for row, value in enumerate(column_values(split, key), 1):
+        if not isinstance(value, str):
+            what = "null (a missing value is not an empty text): fill it or drop the row" if value is None else \
+                f"not a text: {value!r}"
+            raise DataError(f"{split.where}: row {row}: {key} '{column}' is {what}")
+        out.append(prefix + value)
+    return out
 
 
 def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None,

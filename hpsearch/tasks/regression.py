@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HpsearchError
+from ..errors import DataError
 from .base import Metric
 from .classification import TEXT_COLUMNS, encode_text
 
@@ -44,10 +44,11 @@ class Regression:
 
         out = []
         for split in (train, validation):
-            try:
-                labels = torch.tensor([float(v) for v in column_values(split, "label_column")], dtype=torch.float32)
-            except (TypeError, ValueError) as exc:
-                raise HpsearchError(f"{split.where}: regression labels must be numbers ({exc})") from None
+            values = column_values(split, "label_column")
+            for row, v in enumerate(values, 1):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise DataError(f"{split.where}: row {row}: a regression label must be a number, got {v!r}")
+            labels = torch.tensor([float(v) for v in values], dtype=torch.float32)
             out.append(encode_text(split, tokenizer, max_length, labels))
         return out[0], out[1], []
 

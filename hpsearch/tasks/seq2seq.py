@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HpsearchError
+from ..errors import DataError, HpsearchError
 from .base import Column, Metric
 
 if TYPE_CHECKING:
@@ -131,11 +131,11 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
     """Prefixed sources as input ids; targets as labels right-padded with IGNORE, with their own lengths."""
     import torch
 
-    from .encoded import Encoded, column_values, tokenize
+    from .encoded import Encoded, text_values, tokenize
 
     prefix = options.get("source_prefix", "")
-    sources = [prefix + ("" if s is None else str(s)) for s in column_values(split, "source_column")]
-    targets = [("" if t is None else str(t)) for t in column_values(split, "target_column")]
+    sources = text_values(split, "source_column", prefix)
+    targets = text_values(split, "target_column")
     ids, lengths, _ = tokenize(tokenizer, sources, None, max_length)
     limit = options["max_target_length"]
     rows = tokenizer(text_target=targets, truncation=True, max_length=limit)["input_ids"]
@@ -144,7 +144,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
         rows = [r if r and r[-1] == eos else (r[: limit - 1] + [eos]) for r in rows]
     label_lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
     if len(rows) and int(label_lengths.min()) == 0:
-        raise HpsearchError(f"{split.where}: a target encodes to no tokens")
+        raise DataError(f"{split.where}: a target encodes to no tokens")
     labels = torch.full((len(rows), int(label_lengths.max()) if len(rows) else 1), IGNORE, dtype=torch.int64)
     for i, r in enumerate(rows):
         labels[i, : len(r)] = torch.tensor(r, dtype=torch.int64)

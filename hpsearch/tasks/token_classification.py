@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HpsearchError
+from ..errors import DataError, HpsearchError
 from .base import Column, Metric
 
 if TYPE_CHECKING:
@@ -129,18 +129,18 @@ def _tag_strings(split: RawSplit) -> list[list[str]]:
     out = []
     for r, (row, ws) in enumerate(zip(values, words)):
         if not isinstance(row, (list, tuple)) or not isinstance(ws, (list, tuple)):
-            raise HpsearchError(f"{split.where}: row {r}: '{col}' and '{split.columns['tokens_column']}' must be "
+            raise DataError(f"{split.where}: row {r + 1}: '{col}' and '{split.columns['tokens_column']}' must be "
                                 f"lists (one tag per word)")
         if len(row) != len(ws):
-            raise HpsearchError(f"{split.where}: row {r} has {len(ws)} words but {len(row)} tags")
+            raise DataError(f"{split.where}: row {r + 1} has {len(ws)} words but {len(row)} tags")
         if any(isinstance(t, bool) or not isinstance(t, (int, str)) for t in row):
-            raise HpsearchError(f"{split.where}: row {r}: tags must be strings or integers, got {row[:5]}")
+            raise DataError(f"{split.where}: row {r + 1}: tags must be strings or integers, got {row[:5]}")
         if any(isinstance(t, int) for t in row):
             if names is None:
-                raise HpsearchError(f"{split.where}: the tags in '{col}' are integers and the dataset does not name "
+                raise DataError(f"{split.where}: the tags in '{col}' are integers and the dataset does not name "
                                     f"them (no ClassLabel feature); give the tags as strings such as B-PER")
             if any(isinstance(t, int) and not 0 <= t < len(names) for t in row):
-                raise HpsearchError(f"{split.where}: row {r}: a tag id is outside 0..{len(names) - 1} ({names})")
+                raise DataError(f"{split.where}: row {r + 1}: a tag id is outside 0..{len(names) - 1} ({names})")
             row = [names[t] if isinstance(t, int) else t for t in row]
         out.append(list(row))
     return out

@@ -47,6 +47,26 @@ def test_two_ranks_train_the_same_trial_as_one_process(make_space, hpsearch, tmp
         assert b.value == pytest.approx(a.value, abs=1 / 64)  # accuracy on 64 rows: at most one row apart
 
 
+def test_a_sharded_trial_fsdp_trains_as_one_process(make_space, hpsearch, tmp_path: Path) -> None:
+    """model.distributed: fsdp shards the model over the two ranks; every rank evaluates (each forward gathers the
+    shards), rank 0 alone reports; the trial's value matches one process's."""
+    space = str(make_space(study__pruner={"name": "none"}, study__sampler={"name": "random", "seed": 3},
+                           data__max_train_samples=40, model__distributed="fsdp",
+                           params__dropout={"type": "float", "low": 0.0, "high": 0.0}))
+    one, two = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
+    hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--storage", one, check=True)
+    res = hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--gpus-per-trial", "2",
+                   "--storage", two, check=True)
+    assert "rank 1: trial ended at step 6" in res.stderr
+    (a,), (b,) = _trials(one), _trials(two)
+    assert a.params == b.params and b.state.name == "COMPLETE"
+    assert b.user_attrs[record.val("eval_loss")] == pytest.approx(a.user_attrs[record.val("eval_loss")],
+                                                                   abs=VALUE_TOLERANCE)
+    refused = hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--gpus-per-trial", "2",
+                       "--keep-best", "--storage", two)
+    assert refused.returncode != 0 and "--keep-best with model.distributed: fsdp" in refused.stderr
+
+
 def test_a_pruned_trial_stops_every_rank_at_the_same_step(make_space, hpsearch, tmp_path: Path) -> None:
     """Trial 0 learns (lr 3e-3), trial 1 cannot (lr 1e-7): a percentile pruner prunes trial 1 before its end;
     rank 1 ends that trial at the step rank 0 recorded, then trains nothing more."""

@@ -113,7 +113,7 @@ def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest
     space = validate(raw)
 
     def fake_fine_tune(failure: type[Exception]):
-        def fine_tune(space, hp, prepared, callback=None):
+        def fine_tune(space, hp, prepared, callback=None, group=None):
             if hp["batch_size"] >= 64:
                 raise failure("CUDA out of memory. Tried to allocate 8.00 GiB")
             value = 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000

@@ -187,6 +187,17 @@ def test_mlflow_logs_every_trial_with_its_reports_metrics_and_state(make_space, 
         assert run.data.tags["hpsearch.status"] == t.user_attrs["status"]
 
 
+def test_a_tracking_store_mlflow_refuses_is_one_line_before_anything_is_written(make_space, hpsearch,
+                                                                                 tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--mlflow", f"file://{tmp_path}/mlruns")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "--mlflow file://" in res.stderr and "sqlite:///mlflow.db" in res.stderr
+    assert "MLFLOW_ALLOW_FILE_STORE" in res.stderr
+    assert not (make_space().parent / "studies.db").exists()
+
+
 def test_mlflow_flag_without_uri_needs_the_environment_variable(make_space, hpsearch) -> None:
     res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--mlflow",
                    env={"MLFLOW_TRACKING_URI": None})  # None: unset for the command
