@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import MISSING, ConfigError, Issue
 from ..tasks import TASKS, all_metrics, get_task
+from . import conditions
 from .files import read_columns
 from .space import Space
 from .vocabulary import (
@@ -31,6 +32,7 @@ from .vocabulary import (
     EVAL_BATCH_TOKENS,
     FILE_FORMATS,
     FILE_SOURCE_KEYS,
+    FIXED_KEYS,
     HUB_SOURCE_KEYS,
     HYPERPARAMETERS,
     MODEL_KEYS,
@@ -184,6 +186,7 @@ def _check_params(c: _Checker, raw: Any) -> dict:
         spec = c.mapping(spec, path, PARAM_KEYS)
         if not spec:
             continue
+        spec = {k: v for k, v in spec.items() if k != "when"}  # conditions: _check_when
         ptype = spec.get("type", "categorical" if "choices" in spec else MISSING)
         out[name] = {"type": ptype}  # recorded even when invalid, so later checks know it is searched
         if ptype is MISSING:
@@ -265,6 +268,12 @@ def _check_fixed(c: _Checker, raw: Any, params: dict) -> dict:
     for name, value in fixed.items():
         if name not in HYPERPARAMETERS:
             continue
+        if isinstance(value, dict):  # {value: V, when: CONDITION}
+            given = c.mapping(value, f"fixed.{name}", FIXED_KEYS)
+            if "value" not in given:
+                c.add(f"fixed.{name}.value", MISSING, "is required when a fixed hyperparameter is a mapping")
+                continue
+            value = given["value"]
         if name in params:
             c.add(f"fixed.{name}", value, "is also in params: a hyperparameter is either searched or fixed")
             continue
@@ -275,6 +284,61 @@ def _check_fixed(c: _Checker, raw: Any, params: dict) -> dict:
     full = {name: hp.default for name, hp in HYPERPARAMETERS.items() if name not in params}
     full.update(out)
     return full
+
+
+def _check_when(c: _Checker, raw: dict, params: dict, fixed: dict) -> dict[str, str]:
+    """Every condition (``params.X.when``, ``fixed.X: {value, when}`` or the top-level ``when: {X: ...}``, where
+    the normalized config keeps them all): readable, on known hyperparameters, without cycles, able to hold."""
+    given: dict[str, tuple[str, Any]] = {}
+    for name, spec in (raw.get("params") or {}).items() if isinstance(raw.get("params"), dict) else []:
+        if isinstance(spec, dict) and "when" in spec:
+            given[name] = (f"params.{name}.when", spec["when"])
+    for name, value in (raw.get("fixed") or {}).items() if isinstance(raw.get("fixed"), dict) else []:
+        if isinstance(value, dict) and "when" in value:
+            given[name] = (f"fixed.{name}.when", value["when"])
+    top = c.mapping(raw.get("when", {}), "when", HYPERPARAMETERS, required=False)
+    for name, cond in top.items():
+        if name in given:
+            c.add(f"when.{name}", cond, f"{name} already has a condition at {given[name][0]}")
+        elif name in HYPERPARAMETERS:
+            given[name] = (f"when.{name}", cond)
+    parsed: dict[str, list] = {}
+    for name, (key, text) in given.items():
+        if name not in HYPERPARAMETERS:
+            continue
+        try:
+            clauses = conditions.parse(text)
+        except ValueError as exc:
+            c.add(key, text, str(exc))
+            continue
+        ok = True
+        for clause in clauses:
+            if clause.name not in HYPERPARAMETERS:
+                c.add(key, text, f"names '{clause.name}', not a hyperparameter{_did_you_mean(clause.name)}")
+                ok = False
+            elif clause.name == name:
+                c.add(key, text, f"{name} cannot depend on itself")
+                ok = False
+            else:
+                domain = params[clause.name] if clause.name in params else {"value": fixed.get(clause.name)}
+                if not conditions.can_hold(clause, domain):
+                    where = "its choices" if "choices" in domain else (
+                        "its range" if "low" in domain else f"its fixed value {domain.get('value')!r}")
+                    c.add(key, text, f"can never hold: '{clause.name} {clause.op} {clause.value}' is false for "
+                                     f"{where}")
+                    ok = False
+        if ok:
+            parsed[name] = clauses
+    try:
+        conditions.order(parsed, list(parsed))
+    except ValueError as exc:
+        c.add("when", MISSING, f"conditions depend on each other in a cycle: {exc}")
+    return {name: given[name][1] for name in parsed}
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, list(HYPERPARAMETERS), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: str) -> dict:
@@ -586,15 +650,21 @@ def validate(raw: Any, source: str = "<config>", default_name: str = "hpsearch")
     c.mapping(raw, "", TOP_KEYS)
     params = _check_params(c, raw.get("params"))
     fixed = _check_fixed(c, raw.get("fixed"), params)
+    when = _check_when(c, raw, params, fixed)
     model = _check_model(c, raw.get("model", MISSING))
     data = _check_data(c, raw.get("data", MISSING))
     study = _check_study(c, raw.get("study"), data.get("task"), params, default_name)
+    if when and isinstance(study.get("sampler"), dict) and study["sampler"].get("name") == "grid":
+        c.add("study.sampler.name", "grid", "cannot search conditional parameters (when:): a grid is one fixed set "
+                                           "of combinations; use tpe or random")
     layers = model.pop("_layers")
     _check_frozen_layers(c, params, fixed, layers, model.get("name_or_path"))
     _check_quantization(c, model.get("quantization"), params, fixed)
     if c.issues:
         raise ConfigError(source, c.issues)
     config = {"study": study, "model": model, "data": data, "params": params, "fixed": fixed}
+    if when:
+        config["when"] = when
     if isinstance(raw.get("origin"), dict):
         config["origin"] = raw["origin"]
     return Space(config, source)

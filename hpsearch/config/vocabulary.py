@@ -130,7 +130,7 @@ FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"
 """Data file formats by extension (``format:`` names one for any other name). ``conll``: a word per line with its
 tag in the last column, for token classification."""
 
-TOP_KEYS = ("study", "model", "data", "params", "fixed", "origin")
+TOP_KEYS = ("study", "model", "data", "params", "fixed", "when", "origin")
 STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
               "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic")
 EARLY_STOPPING_KEYS = ("patience", "min_delta")
@@ -176,7 +176,9 @@ DATA_KEYS = ("task", "train", "validation", "max_train_samples", "max_eval_sampl
 """The data keys of every task; a task adds its column keys (a source may override them) and its options."""
 FILE_SOURCE_KEYS = ("path", "format")
 HUB_SOURCE_KEYS = ("hub", "config", "split", "revision")
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
+FIXED_KEYS = ("value", "when")
+"""A fixed hyperparameter given as a mapping: its value and the condition under which it is active."""
 PARAM_TYPES = ("float", "int", "categorical")
 
 

@@ -189,7 +189,8 @@ class Objective:
         start_trial(trial, self.total, self.liveness)
         hp = self.space.suggest(trial)
         trial.set_user_attr(record.CONFIG_ID, self.config_id)
-        trial.set_user_attr(record.HYPERPARAMETERS, hp)
+        off = self.space.inactive(hp)
+        trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in hp.items() if k not in off})
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress)
         model = None

@@ -36,6 +36,10 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
 
     def build(seed: int | None) -> optuna.samplers.BaseSampler:
         options = dict(cfg["options"])
+        if cfg["name"] == "tpe" and space.config.get("when") and "group" not in options:
+            # Conditional parameters: TPE models each group of parameters that occur together (Optuna's advice
+            # for conditional spaces) instead of falling back to independent sampling.
+            options.update(group=True, multivariate=True)
         if cfg["name"] == "grid":
             options["search_space"] = grid_search_space(space.params)
         if seed is not None:
