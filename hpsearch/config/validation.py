@@ -22,6 +22,7 @@ from .vocabulary import (
     ALL_LINEAR,
     ATTN_IMPLEMENTATIONS,
     CONFIRM_KEYS,
+    CONSTRAINT_ATTRIBUTES,
     DATA_KEYS,
     DEFAULT_CONFIRM,
     DEFAULT_REPORTS_PER_EPOCH,
@@ -395,6 +396,7 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     early_stopping = _check_early_stopping(c, study.get("early_stopping"))
     confirm = _check_confirm(c, study.get("confirm", DEFAULT_CONFIRM))
     deterministic = c.boolean(study, "deterministic", "study", default=False)
+    constraints = _check_constraints(c, study.get("constraints"))
     return {
         "name": name,
         "direction": direction,
@@ -408,7 +410,35 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "early_stopping": early_stopping,
         "confirm": confirm,
         "deterministic": deterministic,
+        **({"constraints": constraints} if constraints else {}),
     }
+
+
+def _check_constraints(c: _Checker, raw: Any) -> list[str]:
+    """``study.constraints``: a list of ``ATTRIBUTE OP NUMBER`` (OP one of <= < >= >) on recorded attributes."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        c.add("study.constraints", raw, "must be a list such as ['peak_memory_mb <= 20000', 'train_time_s <= 900']")
+        return []
+    out = []
+    for i, text in enumerate(raw):
+        key = f"study.constraints[{i}]"
+        try:
+            (clause,) = conditions.parse(text)
+        except ValueError as exc:
+            c.add(key, text, f"{exc}; one bound per entry" if "cannot" not in str(exc) else str(exc))
+            continue
+        if clause.name not in CONSTRAINT_ATTRIBUTES:
+            close = difflib.get_close_matches(clause.name, list(CONSTRAINT_ATTRIBUTES), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            c.add(key, text, f"'{clause.name}' is not an attribute a trial records; {hint}one of "
+                             f"{', '.join(CONSTRAINT_ATTRIBUTES)}")
+        elif clause.op not in ("<=", "<", ">=", ">"):
+            c.add(key, text, f"bound it with <=, <, >= or >, not {clause.op}")
+        else:
+            out.append(f"{clause.name} {clause.op} {clause.value}")
+    return out
 
 
 def _check_pruner(c: _Checker, raw: Any, path: str, optuna: Any) -> dict:

@@ -132,7 +132,21 @@ tag in the last column, for token classification."""
 
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "when", "origin")
 STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
-              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic")
+              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic",
+              "constraints")
+CONSTRAINT_ATTRIBUTES = {
+    "peak_memory_mb": "the trial's peak memory: allocated GPU memory, or the process's peak RSS on a CPU (which "
+                      "never goes down within a process: use it on GPUs)",
+    "train_time_s": "seconds of training (a trial past the bound is stopped there and counts as a violation)",
+    "eval_time_s": "seconds of evaluation",
+    "parameters": "the model's parameters",
+    "trainable_parameters": "the parameters training updates (LoRA's adapters and the head; frozen layers left out)",
+    "tokens_per_s": "training throughput in tokens per second",
+    "examples_per_s": "training throughput in rows per second",
+}
+"""What ``study.constraints`` can bound (``ATTRIBUTE <= NUMBER``; ``<``, ``>=``, ``>`` too): attributes every trial
+records. A trial whose measurement breaks a bound is infeasible: Optuna's samplers learn to avoid its region and
+it is never the study's best."""
 EARLY_STOPPING_KEYS = ("patience", "min_delta")
 CONFIRM_KEYS = ("top_k", "folds")
 DEFAULT_CONFIRM = None

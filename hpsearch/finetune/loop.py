@@ -104,6 +104,10 @@ class TrainingState:
     train_time: float = 0.0
     eval_time: float = 0.0
     setup_time: float = 0.0
+    parameters: int = 0
+    """The model's parameters."""
+    trainable_parameters: int = 0
+    """The parameters training updates."""
 
     @property
     def epochs_completed(self) -> float:
@@ -266,10 +270,13 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainS
     without metrics.
     """
     entered = time.perf_counter()
+    counts = (sum(p.numel() for p in model.parameters()),
+              sum(p.numel() for p in model.parameters() if p.requires_grad))  # before the vocabulary shrinks
     vocab = shrink_vocabulary(model, data) if settings.shrink_vocab and group is None else None
     try:
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
                      setup_time + time.perf_counter() - entered, group)
+        run.state.parameters, run.state.trainable_parameters = counts
         for epoch in range(hp["epochs"]):
             if _epoch(run, epoch):
                 break

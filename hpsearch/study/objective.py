@@ -15,12 +15,14 @@ import gc
 import os
 import socket
 import sys
+import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
 
+from ..config.conditions import parse
 from ..config.space import Space
 from ..errors import HpsearchError
 from ..finetune.device import MEMORY_FRACTION_ENV, peak_memory_mb
@@ -69,10 +71,17 @@ ALLOCATION_ERRORS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATU
 workspaces): the trial failed for memory, as with ``torch.cuda.OutOfMemoryError``."""
 
 
+class OverTime(RuntimeError):
+    """A trial's training passed the ``train_time_s`` bound of ``study.constraints``: stopped there, infeasible."""
+
+
 def failure_reason(exc: BaseException) -> str | None:
-    """``out of memory`` or ``non-finite loss`` for a trial that failed for its config; None for anything else."""
+    """``out of memory``, ``non-finite loss`` or ``over time`` for a trial that failed for its config; None for
+    anything else."""
     if isinstance(exc, NonFiniteLoss):
         return "non-finite loss"
+    if isinstance(exc, OverTime):
+        return "over time"
     if isinstance(exc, torch.cuda.OutOfMemoryError) or any(m in str(exc) for m in ALLOCATION_ERRORS):
         return "out of memory"
     return None
@@ -88,16 +97,24 @@ def _let_go(exc: BaseException) -> None:
 class _Reporter(Callback):
     """Forwards evaluations to Optuna (report + prune) and progress to the live view."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, progress: Progress) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, progress: Progress,
+                 time_limit: float | None = None) -> None:
         self.trial = trial
         self.metric = metric
         self.progress = progress
         self.state: TrainingState | None = None
         self.metrics: dict[str, float] = {}
+        self.time_limit = time_limit
+        """Seconds of training after which the trial stops as infeasible (a ``train_time_s`` constraint)."""
+        self.started = time.perf_counter()
 
     def on_step(self, state: TrainingState) -> None:
         self.state = state
         self.progress.trial_step(state)
+        if self.time_limit is not None:
+            trained = time.perf_counter() - self.started - state.setup_time - state.eval_time
+            if trained > self.time_limit:
+                raise OverTime(f"trained {trained:.0f} s, past the constraint train_time_s <= {self.time_limit:g}")
 
     def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
         self.state, self.metrics = state, metrics
@@ -124,6 +141,8 @@ def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str,
         "setup_time_s": round(state.setup_time, 3),
         "examples_per_s": round(state.examples_per_s, 2),
         "tokens_per_s": round(state.tokens_per_s, 1),
+        "parameters": state.parameters,
+        "trainable_parameters": state.trainable_parameters,
     }
 
 
@@ -171,6 +190,12 @@ class Objective:
         self.progress = progress or Progress()
         self.config_id = config_id or space.fingerprint()
         self.metric = space.study["metric"]
+        self.constraints = [parse(text)[0] for text in space.study.get("constraints", [])]
+        """``study.constraints``: each trial's measurements against them go to Optuna as constraint values."""
+        self.feasible = True
+        """Whether the trial that just ended met every constraint."""
+        self.time_limit = min((c.value for c in self.constraints if c.name == "train_time_s" and c.op in ("<=", "<")),
+                              default=None)
         self.total = total
         self.keeper = keeper
         self.liveness = liveness
@@ -192,7 +217,7 @@ class Objective:
         off = self.space.inactive(hp)
         trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in hp.items() if k not in off})
         self.progress.trial_started(trial.number, trial.params)
-        reporter = _Reporter(trial, self.metric, self.progress)
+        reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit)
         model = None
         try:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
@@ -201,7 +226,7 @@ class Objective:
             model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group)
             value = result.metrics[self.metric]
             self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
-            if self.keeper is not None:
+            if self.keeper is not None and self.feasible:
                 self._keep(trial, model, hp, result, value)
         except optuna.TrialPruned as exc:
             self._record(trial, reporter, status="pruned")
@@ -265,5 +290,21 @@ class Objective:
             trial.set_user_attr(key, value)
         for key, value in (final or reporter.metrics).items():
             trial.set_user_attr(record.val(key), round(float(value), 6))
-        trial.set_user_attr(record.PEAK_MEMORY_MB, round(peak_memory_mb(self.device), 1))
+        peak = round(peak_memory_mb(self.device), 1)
+        trial.set_user_attr(record.PEAK_MEMORY_MB, peak)
         trial.set_user_attr("precision", self.prepared.precision.name)
+        self._constrain(trial, {**_state_attrs(reporter.state, self.device), record.PEAK_MEMORY_MB: peak})
+
+    def _constrain(self, trial: optuna.Trial, measured: dict[str, Any]) -> None:
+        """Each ``study.constraints`` bound as an Optuna constraint value (> 0: violated by that much), from what
+        the trial measured; a bound on something the trial did not get to measure is left unset."""
+        self.feasible = True
+        for clause in self.constraints:
+            value = measured.get(clause.name)
+            if not isinstance(value, (int, float)):
+                continue
+            excess = value - clause.value if clause.op in ("<=", "<") else clause.value - value
+            if clause.op in ("<", ">") and excess == 0:
+                excess = 1e-9  # the bound itself breaks a strict inequality
+            trial.set_constraint(f"{clause.name} {clause.op} {clause.value}", excess)
+            self.feasible = self.feasible and excess <= 0

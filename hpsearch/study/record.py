@@ -166,9 +166,15 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     the others by value, each in the study's direction."""
     sign = -1.0 if maximizes(study) else 1.0
     confirmed = confirmations(study)
-    done = study.get_trials(deepcopy=False, states=(COMPLETE,))
+    done = [t for t in study.get_trials(deepcopy=False, states=(COMPLETE,)) if feasible(t)]
     return sorted(done, key=lambda t: (t.number not in confirmed,
                                        sign * (confirmed[t.number]["score"] if t.number in confirmed else t.value)))
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial meets every constraint (``study.constraints``; Optuna's rule: each value <= 0). An
+    infeasible trial is never a study's best, exported or kept."""
+    return all(v <= 0 for v in trial.constraints.values())
 
 
 def rank_of_new(study: optuna.Study, value: float) -> int:
@@ -176,7 +182,7 @@ def rank_of_new(study: optuna.Study, value: float) -> int:
     number of completed trials ranked ahead of it."""
     confirmed = confirmations(study)
     return sum(t.number in confirmed or better(study, t.value, value)
-               for t in study.get_trials(deepcopy=False, states=(COMPLETE,)))
+               for t in study.get_trials(deepcopy=False, states=(COMPLETE,)) if feasible(t))
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[optuna.trial.FrozenTrial]:
