@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 from ..errors import MISSING, ConfigError, Issue
 from ..tasks import TASKS, all_metrics, get_task
 from . import conditions
+from . import metrics as metric_functions
 from .files import read_columns
 from .space import Space
 from .vocabulary import (
@@ -342,6 +343,29 @@ def _did_you_mean(name: str) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def _check_user_metric(c: _Checker, path: str, task: Any, direction: Any) -> Any:
+    """A ``package.module:function`` metric: importable, callable with (predictions, references), a direction
+    given or declared, and a task that has predictions to give it. Returns the direction."""
+    if task in TASKS and not hasattr(get_task(task), "predictions"):
+        c.add("study.metric", path, f"task {task} has no predictions a metric function could score; use one of "
+                                    f"its metrics: {', '.join(m.name for m in get_task(task).metrics)}")
+        return direction
+    try:
+        fn = metric_functions.load(path)
+    except ValueError as exc:
+        c.add("study.metric", path, str(exc))
+        return direction
+    declared = metric_functions.declared_direction(fn)
+    if direction in (None, MISSING):
+        if declared is None:
+            c.add("study.direction", MISSING, f"is required with metric {path} (or give the function a direction "
+                                              f"attribute): maximize or minimize")
+        return declared or MISSING
+    if declared is not None and declared != direction:
+        c.add("study.direction", direction, f"contradicts {path}, which declares {declared}")
+    return direction
+
+
 def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: str) -> dict:
     import optuna  # light: no torch; needed to check sampler and pruner options against their constructors
 
@@ -353,9 +377,13 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         default_metric = get_task(task).default_metric
     else:  # the task itself was reported: accept any metric rather than pile up follow-on errors
         metrics, default_metric = known, "accuracy"
-    metric = c.string(study, "metric", "study", default=default_metric, choices=list(metrics))
+    given = study.get("metric")
+    user = metric_functions.is_user_metric(given)
+    metric = given if user else c.string(study, "metric", "study", default=default_metric, choices=list(metrics))
     direction = c.string(study, "direction", "study", default=None, choices=("maximize", "minimize"))
-    if metric is not MISSING:
+    if user:
+        direction = _check_user_metric(c, given, task, direction)
+    elif metric is not MISSING:
         natural = metrics[metric].direction
         if direction not in (None, MISSING) and direction != natural:
             c.add("study.direction", direction, f"contradicts metric '{metric}', which improves by {natural[:-1]}ing")

@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .. import interrupts
+from ..config.metrics import compute as compute_metric
+from ..config.metrics import is_user_metric
+from ..config.metrics import load as load_metric
 from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, EVAL_BATCH_TOKENS, SCHEDULER_KWARGS
 from ..errors import HpsearchError
 from ..interrupts import check as check_interrupt
@@ -61,6 +64,9 @@ class TrainSettings:
     selection: Selection | None = None
     """Early stopping and the checkpoint kept (:mod:`hpsearch.finetune.checkpoints`); None: the last evaluation
     counts and epoch ends are not checkpoints."""
+    user_metrics: tuple[str, ...] = ()
+    """Metric functions (``package.module:function``) computed from each evaluation's predictions
+    (:mod:`hpsearch.config.metrics`), under their own names."""
     distributed: str = "ddp"
     """How the devices of a trial's process group hold the model (``model.distributed``): ``ddp`` or ``fsdp``."""
     shrink_vocab: bool = True
@@ -82,7 +88,8 @@ class TrainSettings:
                    intermediate_eval_samples=study["intermediate_eval_samples"], precision=precision,
                    selection=Selection.from_study(study),
                    eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS),
-                   distributed=space.config["model"].get("distributed", "ddp"))
+                   distributed=space.config["model"].get("distributed", "ddp"),
+                   user_metrics=tuple(m for m in [study["metric"]] if is_user_metric(m)))
 
 
 @dataclass
@@ -225,7 +232,7 @@ def eval_batches(lengths: torch.Tensor, max_tokens: int = EVAL_BATCH_TOKENS,
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device, *,
              dtype: torch.dtype | None = None, generate: bool = False,
-             batch_tokens: int = EVAL_BATCH_TOKENS) -> dict[str, float]:
+             batch_tokens: int = EVAL_BATCH_TOKENS, user_metrics: tuple[str, ...] = ()) -> dict[str, float]:
     """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), in batches of
     similar length and at most ``batch_tokens`` padded tokens, under autocast to ``dtype`` (None: none).
     ``generate`` adds the metrics a generative task computes from generated text (ROUGE), at the cost of
@@ -244,6 +251,10 @@ def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: t
                 generated.append(task.generate_batch(model, batch, labels, data))
     model.train(was_training)
     metrics = task.metrics_from(parts, data.label_names, data.options)
+    if user_metrics:
+        given = task.predictions(parts, data.label_names, data.options)
+        for path in user_metrics:
+            metrics[path] = compute_metric(path, load_metric(path), given)
     if generate:
         metrics.update(task.generated_metrics(generated, data))
     return metrics
@@ -549,7 +560,8 @@ def _evaluate_and_tell(run: _Run, epoch: int, crossed: int) -> bool:
     full = last or run.subset is data.validation or (run.every_epoch and crossed == state.reports_per_epoch)
     _raise_nonfinite(run)
     run.metrics = evaluate(run.model, data.validation if full else run.subset, data, run.device, dtype=run.autocast,
-                           generate=last or run.generate_always, batch_tokens=run.settings.eval_batch_tokens)
+                           generate=last or run.generate_always, batch_tokens=run.settings.eval_batch_tokens,
+                           user_metrics=run.settings.user_metrics)
     state.eval_time += time.perf_counter() - t_eval
     state.report = epoch * state.reports_per_epoch + crossed
     run.history.append({"report": state.report, "step": state.step, "epoch": round(state.epochs_completed, 4),

@@ -59,6 +59,10 @@ class SequenceClassification:
     metrics = (
         Metric("accuracy", True, "share of rows whose most likely class is the label"),
         Metric("f1", True, "macro F1 over the classes present in labels or predictions"),
+        Metric("f1_weighted", True, "F1 per class weighted by its rows (imbalanced data)"),
+        Metric("f1_micro", True, "F1 over all decisions (equals accuracy for single-label data)"),
+        Metric("mcc", True, "Matthews correlation coefficient"),
+        Metric("roc_auc", True, "area under the ROC curve: binary, or one-vs-rest macro over the classes"),
         Metric("eval_loss", False, "mean cross-entropy"),
     )
     default_metric = "accuracy"
@@ -103,29 +107,56 @@ class SequenceClassification:
 
         logits = torch.cat([b[0] for b in batches])
         labels = torch.cat([b[1] for b in batches])
-        return classification_metrics(logits, labels)
+        return classification_metrics(logits, labels, label_names)
+
+    def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
+        """Class indices predicted and true (numpy), the class probabilities (``scores``) and ``label_names``."""
+        import torch
+
+        logits = torch.cat([b[0] for b in batches]).float()
+        return {"predictions": logits.argmax(-1).numpy(), "references": torch.cat([b[1] for b in batches]).numpy(),
+                "scores": torch.softmax(logits, -1).numpy(), "label_names": label_names}
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy, macro-averaged F1 over the classes present in labels or predictions, and cross-entropy."""
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
+                           label_names: list[str] | None = None) -> dict[str, float]:
+    """Accuracy, F1 (macro over the classes present in labels or predictions, weighted, micro), MCC, ROC AUC
+    (binary, else one-vs-rest macro; NaN when the labels hold one class) and cross-entropy (scikit-learn's
+    metrics); with ``label_names``, each class's F1 as ``f1_class_<name>`` too."""
+    import numpy as np
     import torch
+    from sklearn import metrics as sk
 
     logits = logits.float()
-    preds = logits.argmax(-1)
-    loss = torch.nn.functional.cross_entropy(logits, labels).item()
-    f1s = []
-    for c in range(logits.shape[-1]):
-        tp = ((preds == c) & (labels == c)).sum().item()
-        fp = ((preds == c) & (labels != c)).sum().item()
-        fn = ((preds != c) & (labels == c)).sum().item()
-        if tp + fp + fn == 0:
-            continue  # class absent from both: it does not count towards the macro average
-        f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {
-        "accuracy": (preds == labels).sum().item() / labels.numel(),  # exact k / n, not a float32 mean
-        "f1": sum(f1s) / len(f1s) if f1s else 0.0,
-        "eval_loss": loss,
+    preds, gold = logits.argmax(-1).numpy(), labels.numpy()
+    probs = torch.softmax(logits, -1).numpy()
+    present = np.unique(np.concatenate([gold, preds]))
+    out = {
+        "accuracy": int((preds == gold).sum()) / len(gold),  # exact k / n, not a float32 mean
+        "f1": float(sk.f1_score(gold, preds, average="macro", labels=present, zero_division=0)),
+        "f1_weighted": float(sk.f1_score(gold, preds, average="weighted", zero_division=0)),
+        "f1_micro": float(sk.f1_score(gold, preds, average="micro", zero_division=0)),
+        "mcc": float(sk.matthews_corrcoef(gold, preds)),
+        "roc_auc": _roc_auc(gold, probs),
+        "eval_loss": torch.nn.functional.cross_entropy(logits, labels).item(),
     }
+    if label_names:
+        per_class = sk.f1_score(gold, preds, average=None, labels=range(len(label_names)), zero_division=0)
+        out.update({f"f1_class_{name}": float(v) for name, v in zip(label_names, per_class)})
+    return out
+
+
+def _roc_auc(gold: Any, probs: Any) -> float:
+    from sklearn import metrics as sk
+
+    if len(set(gold.tolist())) < 2:
+        return float("nan")  # undefined with one class in the labels
+    if probs.shape[1] == 2:
+        return float(sk.roc_auc_score(gold, probs[:, 1]))
+    try:
+        return float(sk.roc_auc_score(gold, probs, multi_class="ovr", average="macro", labels=range(probs.shape[1])))
+    except ValueError:  # a class absent from the validation labels
+        return float("nan")
 
 
 TASK = SequenceClassification()

@@ -71,6 +71,13 @@ class Regression:
 
         return regression_metrics(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
 
+    def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
+        """Predicted and true numbers (numpy)."""
+        import torch
+
+        return {"predictions": torch.cat([b[0] for b in batches]).float().reshape(-1).numpy(),
+                "references": torch.cat([b[1] for b in batches]).float().reshape(-1).numpy()}
+
 
 def regression_metrics(preds: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """MSE (also reported as eval_loss), MAE, Pearson and Spearman correlation."""

@@ -104,6 +104,16 @@ class TokenClassification:
                 "token_accuracy": correct / tokens if tokens else 0.0,
                 "eval_loss": loss}
 
+    def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
+        """Predicted and true tags, a list of tag strings per sentence (what seqeval takes)."""
+        pred, gold = _tag_lists(batches, label_names)
+        return {"predictions": pred, "references": gold, "label_names": label_names}
+
+
+def _tag_lists(batches: list[Any], label_names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    rows = [row for b in batches for row in b[0]]
+    return [[label_names[i] for i in p] for _, p in rows], [[label_names[i] for i in g] for g, _ in rows]
+
 
 def entity_scores(gold: list[list[str]], pred: list[list[str]], scheme: str = "auto") -> dict[str, float]:
     """Entity-level micro precision, recall and F1 as seqeval computes them."""

@@ -36,3 +36,24 @@ def test_regression_metrics() -> None:
     assert m["spearman"] == pytest.approx(1.0)
     assert 0.8 < m["pearson"] < 1.0
     assert math.isclose(regression_metrics(-preds, labels)["spearman"], -1.0)
+
+
+def test_imbalance_metrics_by_hand_and_per_class_f1() -> None:
+    """Two classes, 6 rows of class 0 and 2 of class 1; predictions: 5 of 6 zeros right, 1 of 2 ones right."""
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1])
+    preds = torch.tensor([0, 0, 0, 0, 0, 1, 1, 0])
+    logits = torch.nn.functional.one_hot(preds, 2).float() * 2
+    m = classification_metrics(logits, labels, ["neg", "pos"])
+    f1_neg, f1_pos = 2 * 5 / (2 * 5 + 1 + 1), 2 * 1 / (2 * 1 + 1 + 1)  # tp, fp, fn: (5, 1, 1) and (1, 1, 1)
+    assert (m["f1_class_neg"], m["f1_class_pos"]) == pytest.approx((f1_neg, f1_pos))
+    assert m["f1"] == pytest.approx((f1_neg + f1_pos) / 2)
+    assert m["f1_weighted"] == pytest.approx((6 * f1_neg + 2 * f1_pos) / 8)
+    assert m["f1_micro"] == pytest.approx(m["accuracy"]) == pytest.approx(6 / 8)
+    tp, tn, fp, fn = 1, 5, 1, 1
+    assert m["mcc"] == pytest.approx((tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
+    # ROC AUC from the scores: positives score high on 1 of 2, negatives on 1 of 6; ties count half
+    pairs = [(p, n) for p in (6, 7) for n in range(6)]
+    score = torch.softmax(logits, -1)[:, 1]
+    auc = sum(1.0 if score[p] > score[n] else 0.5 if score[p] == score[n] else 0.0 for p, n in pairs) / len(pairs)
+    assert m["roc_auc"] == pytest.approx(auc)
+    assert math.isnan(classification_metrics(logits[:6], labels[:6])["roc_auc"])  # one class: undefined

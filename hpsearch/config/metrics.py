@@ -1,0 +1,77 @@
+"""User metrics: ``study.metric: package.module:function``, a function of a task's predictions and references.
+
+The function is called as ``function(predictions, references)``, plus, by name when its signature takes them,
+``scores`` (classification: the class probabilities, rows x classes) and ``label_names``; it returns a number.
+What predictions are depends on the task (:meth:`hpsearch.tasks.base.Task.predictions`): class indices for
+classification, numbers for regression, a list of tag lists for token classification. Its direction is
+``study.direction``, or the function's own ``direction`` attribute ("maximize" / "minimize") or
+``greater_is_better`` (bool). Validation imports it and checks all of that before anything runs.
+
+>>> is_user_metric("sklearn.metrics:matthews_corrcoef"), is_user_metric("accuracy")
+(True, False)
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+OPTIONAL = ("scores", "label_names")
+"""Keyword arguments a user metric gets when its signature names them."""
+
+
+def is_user_metric(name: Any) -> bool:
+    return isinstance(name, str) and ":" in name
+
+
+def load(path: str) -> Callable[..., Any]:
+    """The function ``package.module:function`` names; ValueError says why it cannot be used."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError("write it as package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any import-time error is theirs to see, in one line
+        raise ValueError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ValueError(f"{module_name} has no {attr}")
+    if not callable(fn):
+        raise ValueError(f"{attr} in {module_name} is not a function")
+    try:
+        inspect.signature(fn).bind([], [])
+    except TypeError:
+        raise ValueError(f"{attr} must take (predictions, references)") from None
+    except ValueError:
+        pass  # a builtin without a signature: trusted
+    return fn
+
+
+def declared_direction(fn: Callable[..., Any]) -> str | None:
+    """The direction a metric function declares (``direction`` or ``greater_is_better``), if any."""
+    direction = getattr(fn, "direction", None)
+    if direction in ("maximize", "minimize"):
+        return direction
+    greater = getattr(fn, "greater_is_better", None)
+    if isinstance(greater, bool):
+        return "maximize" if greater else "minimize"
+    return None
+
+
+def compute(path: str, fn: Callable[..., Any], given: dict[str, Any]) -> float:
+    """``fn`` on the task's ``given`` predictions (``predictions``, ``references`` and the optional ones its
+    signature names), as a float; a failure names the function."""
+    try:
+        names = set(inspect.signature(fn).parameters)
+    except ValueError:
+        names = set()
+    kwargs = {k: given[k] for k in OPTIONAL if k in names and k in given}
+    try:
+        value = fn(given["predictions"], given["references"], **kwargs)
+        return float(value)
+    except Exception as exc:
+        from ..errors import HpsearchError
+
+        raise HpsearchError(f"study.metric {path}: {type(exc).__name__}: {exc}") from exc
