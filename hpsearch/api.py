@@ -45,6 +45,10 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
         from .study.tracking import tracking_uri
 
         opts = replace(opts, mlflow=tracking_uri(opts.mlflow))
+    if opts.wandb is not None:
+        from .study.wandb_tracking import wandb_project
+
+        opts = replace(opts, wandb=wandb_project(opts.wandb))
     validated = load_space(space, overrides)
     opts = replace(opts, storage=resolve_url(opts.storage), study_name=opts.study_name or validated.name)
     if opts.local_workers:

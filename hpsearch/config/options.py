@@ -155,6 +155,10 @@ class RunOptions:
         flag="--mlflow", flag_value="", metavar="[URI]", to_workers=True,
         help="Log every trial as an MLflow run (params, reports as steps, metrics, attributes, state) in an "
              "experiment named after the study; without URI, $MLFLOW_TRACKING_URI.")
+    wandb: str | None = option(
+        flag="--wandb", flag_value="", metavar="[PROJECT]", to_workers=True,
+        help="Log every trial as a W&B run (config, reports as steps, summary, state as tag and exit) in PROJECT "
+             "(without one: $WANDB_PROJECT, else the study's name), grouped by study.")
     quiet: bool = option(
         True, flag="--quiet", kind=bool, cli_default=False,
         help="Plain log lines instead of the live view.")

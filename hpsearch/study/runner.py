@@ -231,6 +231,10 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
         from .tracking import MLflowLogger
 
         callbacks.append(MLflowLogger(options.mlflow, space.study["metric"]))
+    if options.wandb is not None:
+        from .wandb_tracking import WandbLogger
+
+        callbacks.append(WandbLogger(options.wandb, space.study["metric"]))
     callbacks.append(interrupts.stop_study)
     kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached,)}
     try:
