@@ -606,7 +606,9 @@ def _check_data(c: _Checker, raw: Any) -> dict:
     for key, default in (task.options.items() if task else ()):
         out[key] = _check_option(c, data, key, default, getattr(task, "option_choices", {}).get(key, ()),
                                  getattr(task, "option_checks", {}).get(key))
-    for split in ("train", "validation"):
+    splits = ("train", "validation", "test") if isinstance(data, dict) and data.get("test") is not None else (
+        "train", "validation")
+    for split in splits:
         if task is None:  # which columns a source may name depends on the task: fix the task first
             out[split] = data.get(split, MISSING)
             continue

@@ -186,7 +186,7 @@ then needs ``lora_r`` > 0."""
 EVAL_BATCH_TOKENS = 16384
 """``model.eval_batch_tokens``: padded tokens per evaluation batch (at most 64 rows, where the CPU is fastest). A
 1,024-token decoder evaluates 16 rows at a time, whatever the training batch."""
-DATA_KEYS = ("task", "train", "validation", "max_train_samples", "max_eval_samples")
+DATA_KEYS = ("task", "train", "validation", "test", "max_train_samples", "max_eval_samples")
 """The data keys of every task; a task adds its column keys (a source may override them) and its options."""
 FILE_SOURCE_KEYS = ("path", "format")
 HUB_SOURCE_KEYS = ("hub", "config", "split", "revision")

@@ -157,6 +157,25 @@ def _load(path: Path) -> PreparedData:
                         json.loads(meta.get("options", "{}")))
 
 
+def prepare_test(data: dict, tokenizer: Any, max_length: int) -> Encoded:
+    """``data.test`` encoded as validation is (the label names come from the training split, and a test label
+    never seen in training is an error with its row); not cached: it is scored once per model."""
+    if not data.get("test"):
+        raise ValueError("the space has no data.test")
+    raw = {}
+    for split in ("train", "test"):
+        src = data[split]
+        cols = _columns(data, src)
+        ds = load_source({**src, **cols})
+        if split == "train" and data.get("max_train_samples") is not None and data["max_train_samples"] < len(ds):
+            ds = ds.select(range(data["max_train_samples"]))
+        if len(ds) == 0:
+            raise DataError(f"data.{split} ({src.get('path') or src.get('hub')}): no rows")
+        raw[split] = RawSplit(ds, cols, f"data.{split} ({src.get('path') or src.get('hub')})")
+    _, test, _ = get_task(data["task"]).encode(raw["train"], raw["test"], tokenizer, max_length, task_options(data))
+    return test
+
+
 def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True) -> PreparedData:
     """Load, label-encode and tokenize both splits described by a space's ``data`` section (cached)."""
     path = cache_dir() / f"{cache_key(data, tokenizer, max_length)}.safetensors"

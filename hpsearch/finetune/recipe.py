@@ -80,6 +80,20 @@ def tokenize(space: Space) -> PreparedData:
     return data
 
 
+def score_test(space: Space, model: torch.nn.Module, prepared: Prepared) -> dict[str, float] | None:
+    """The model's metrics on ``data.test`` (None without one): measured once per final model (``train``,
+    ``export --model``), never used to choose."""
+    from .data import prepare_test
+    from .loop import evaluate
+
+    if not space.config["data"].get("test"):
+        return None
+    test = prepare_test(space.config["data"], prepared.data.tokenizer, space.config["model"]["max_length"])
+    settings = TrainSettings.from_space(space, prepared.precision)
+    return evaluate(model, test, prepared.data, prepared.device, dtype=prepared.precision.autocast, generate=True,
+                    batch_tokens=settings.eval_batch_tokens, user_metrics=settings.user_metrics)
+
+
 def fine_tune(space: Space, hp: dict, prepared: Prepared, callback: Callback | None = None,
               group: Group | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says

@@ -26,6 +26,30 @@ def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_ur
     return Space(config).with_params(trial.params, origin=origin)
 
 
+def score_kept_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, space: Space, directory: Path,
+                     device: str = "auto") -> dict[str, float] | None:
+    """Score an exported model on ``data.test`` once (None without one): the metrics go into its metrics.json and
+    onto the study (:data:`hpsearch.study.record.TEST_SCORES`, which the report shows); nothing chooses by them."""
+    if not space.config["data"].get("test"):
+        return None
+    import transformers
+
+    from ..finetune.modeldir import METRICS_FILE
+    from ..finetune.recipe import prepare, score_test
+    from ..tasks import get_task
+
+    prepared = prepare(space, device, weights=False)
+    cls = getattr(transformers, get_task(space.config["data"]["task"]).auto_class)
+    model = cls.from_pretrained(directory).to(prepared.device)
+    test = score_test(space, model, prepared)
+    file = directory / METRICS_FILE
+    stored = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+    file.write_text(json.dumps({**stored, "test_metrics": test}, indent=2, default=str) + "\n", encoding="utf-8")
+    scores = {str(k): v for k, v in record.test_scores(study).items()}
+    study.set_user_attr(record.TEST_SCORES, {**scores, str(trial.number): test})
+    return test
+
+
 def render(space: Space, path: Path) -> str:
     """YAML (with the command that uses it on top) or JSON, chosen by the output file's extension."""
     config = space.to_dict()
@@ -61,6 +85,8 @@ def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, 
         try:  # all unpacked first: a missing model leaves nothing behind
             for trial, directory in zip(trials, dirs):
                 download_model(study, trial, artifacts, directory)
+            for trial, directory in zip(trials, dirs):
+                score_kept_model(study, trial, trial_space(study, trial, storage_url), directory)
         except Exception:
             for directory in dirs:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -14,6 +14,7 @@ import optuna
 
 from ..study import record
 from ..study.progress import fmt_params, fmt_value
+from ..tasks import all_metrics
 
 
 def pruning_savings(study: optuna.Study) -> dict[str, float]:
@@ -83,18 +84,33 @@ def _top_table(study: optuna.Study, k: int) -> str:
     done = record.ranked_trials(study)
     confirmed = record.confirmations(study)
     metric = record.study_metric(study)
+    known = all_metrics().get(metric)
+    proportion = bool(known and known.proportion)
+    tests = record.test_scores(study)
+    best = done[0] if done else None
+    se_best = record.standard_error(best, best.value, proportion) if best else None
     rows = []
     for t in done[:k]:
         a = t.user_attrs
         score = confirmed[t.number]["score"] if t.number in confirmed else None
+        se = record.standard_error(t, t.value, proportion)
+        close = record.within_noise(best.value, se_best, t.value, se) if best else None
+        test = tests.get(t.number, {}).get(metric)
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t.number, fmt_value(t.value), "-" if score is None else fmt_value(score),
+            t.number, fmt_value(t.value), "-" if se is None else f"{se:.4f}",
+            "-" if close is None else ("best" if t is best else "yes" if close else "no"),
+            "-" if score is None else fmt_value(score), "-" if test is None else fmt_value(test),
             f"{a.get(record.val('eval_loss'), float('nan')):.4f}",
             f"{t.duration.total_seconds():.1f}s" if t.duration else "-", a.get(record.DEVICE, "-"),
             fmt_params(t.params))) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(metric), "confirmed (folds)", "eval loss",
+    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(metric), "standard error", "within noise of the best",
+                                              "confirmed (folds)", "test (export --model)", "eval loss",
                                               "duration", "device", "params"))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    note = ("<p class='note'>Standard error: sqrt(p (1 - p) / n) over the n validation rows; within noise: less "
+            "than two standard errors of the difference from the best, so the order among those is not to be "
+            "trusted. The test score (data.test) is measured once per exported model and never used to choose."
+            "</p>" if proportion or tests else "")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}

@@ -293,6 +293,8 @@ class Objective:
         peak = round(peak_memory_mb(self.device), 1)
         trial.set_user_attr(record.PEAK_MEMORY_MB, peak)
         trial.set_user_attr("precision", self.prepared.precision.name)
+        if self.prepared.data is not None:
+            trial.set_user_attr(record.VALIDATION_ROWS, len(self.prepared.data.validation))
         self._constrain(trial, {**_state_attrs(reporter.state, self.device), record.PEAK_MEMORY_MB: peak})
 
     def _constrain(self, trial: optuna.Trial, measured: dict[str, Any]) -> None:

@@ -38,6 +38,10 @@ MODEL_KEPT = "model_kept"
 KEEP_ERROR = "keep_error"
 RETRY_OF = "retry_of"
 DEVICE = "device"
+VALIDATION_ROWS = "validation_rows"
+"""How many validation rows the trial's final evaluation scored (a metric's standard error depends on it)."""
+TEST_SCORES = "test_scores"
+"""Study attribute: {trial number: metrics on data.test}, written when ``export --model`` scores a kept model."""
 WORKER = "worker"
 """Which process ran the trial: ``HOST:PID``."""
 GPU = "gpu"
@@ -169,6 +173,27 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = [t for t in study.get_trials(deepcopy=False, states=(COMPLETE,)) if feasible(t)]
     return sorted(done, key=lambda t: (t.number not in confirmed,
                                        sign * (confirmed[t.number]["score"] if t.number in confirmed else t.value)))
+
+
+def standard_error(trial: optuna.trial.FrozenTrial, value: float | None, proportion: bool) -> float | None:
+    """The standard error of a proportion metric's ``value`` over the trial's validation rows (None when the
+    metric is not a share of rows or the row count is unknown)."""
+    n = trial.user_attrs.get(VALIDATION_ROWS)
+    if not proportion or not n or value is None or not 0.0 <= value <= 1.0:
+        return None
+    return (value * (1.0 - value) / n) ** 0.5
+
+
+def within_noise(best: float, se_best: float | None, value: float, se: float | None) -> bool | None:
+    """Whether ``value`` is within two standard errors of the difference from ``best`` (None: unknown)."""
+    if se_best is None or se is None:
+        return None
+    return abs(best - value) <= 2.0 * (se_best**2 + se**2) ** 0.5
+
+
+def test_scores(study: optuna.Study) -> dict[int, dict[str, float]]:
+    """The data.test metrics ``export --model`` recorded, by trial number."""
+    return {int(k): v for k, v in (study.user_attrs.get(TEST_SCORES) or {}).items()}
 
 
 def feasible(trial: optuna.trial.FrozenTrial) -> bool:

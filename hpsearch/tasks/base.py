@@ -25,6 +25,9 @@ class Metric:
     help: str = ""
     generated: bool = False
     """Computed from generated text (ROUGE): only on evaluations that generate (see :class:`Task`)."""
+    proportion: bool = False
+    """A share of the validation rows (accuracy): its standard error is sqrt(p (1 - p) / n), which the report
+    shows so that leaders within noise of each other are told apart from real differences."""
 
     @property
     def direction(self) -> str:

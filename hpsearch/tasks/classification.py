@@ -57,10 +57,10 @@ class SequenceClassification:
 
     name = "classification"
     metrics = (
-        Metric("accuracy", True, "share of rows whose most likely class is the label"),
+        Metric("accuracy", True, "share of rows whose most likely class is the label", proportion=True),
         Metric("f1", True, "macro F1 over the classes present in labels or predictions"),
         Metric("f1_weighted", True, "F1 per class weighted by its rows (imbalanced data)"),
-        Metric("f1_micro", True, "F1 over all decisions (equals accuracy for single-label data)"),
+        Metric("f1_micro", True, "F1 over all decisions (equals accuracy for single-label data)", proportion=True),
         Metric("mcc", True, "Matthews correlation coefficient"),
         Metric("roc_auc", True, "area under the ROC curve: binary, or one-vs-rest macro over the classes"),
         Metric("eval_loss", False, "mean cross-entropy"),
