@@ -130,13 +130,14 @@ def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOp
 
 
 def export(study: str, output: str | Path, *, storage: str | None = None, top: int = 1,
-           model: str | Path | None = None, artifacts: str | None = None) -> list[Path]:
-    """Write the best (or ``top`` best) trial configs of ``study`` and, with ``model``, their kept weights; return
-    the paths written (``hpsearch export``)."""
+           model: str | Path | None = None, artifacts: str | None = None, pareto: bool = False) -> list[Path]:
+    """Write the best (or ``top`` best, or with ``pareto`` every Pareto-front) trial configs of ``study`` and, with
+    ``model``, their kept weights; return the paths written (``hpsearch export``)."""
     from .outputs.export import export as export_study
     from .study.storage import resolve_url
 
-    return export_study(resolve_url(storage), study, output, top=top, model=model, artifacts=artifacts)
+    return export_study(resolve_url(storage), study, output, top=top, model=model, artifacts=artifacts,
+                        pareto=pareto)
 
 
 def train(config: str | Path | Mapping[str, Any] | Space, output_dir: str | Path, *, overrides: Overrides = None,

@@ -140,6 +140,13 @@ def _print_best(study: Any, where: str) -> None:
         click.echo("no completed trial yet")
         return
     best, metric = ranked[0], record.study_metric(study)
+    if record.is_multi(study):
+        names = record.objectives(study)
+        click.echo(f"Pareto front: {len(ranked)} trial(s) ({', '.join(names)})")
+        for t in ranked:
+            shown = ", ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values))
+            click.echo(f"  trial {t.number}: {shown}  {fmt_params(t.params)}")
+        return
     confirmed = record.confirmation(study, best.number)
     if confirmed is None:
         click.echo(f"best trial {best.number}: {metric}={best.value:.4f}  {fmt_params(best.params)}")
@@ -185,13 +192,16 @@ def trials(study_name: str, storage: str | None, last: int | None) -> None:
                    "loads it, with its tokenizer, label names and metrics.json. With --top K: MODEL-1 ... MODEL-K.")
 @click.option("--artifacts", default=None, metavar="DIR|s3://BUCKET|gs://BUCKET",
               help="Where the kept weights are, if not where the study recorded them.")
+@click.option("--pareto", is_flag=True,
+              help="A multi-objective study (study.metrics): one config per Pareto-front trial, OUTPUT-1 ... OUTPUT-K.")
 @click.option("--storage", default=None, help=STORAGE_HELP)
-def export(study_name: str, output: str, top: int, model_dir: str | None, artifacts: str | None,
+def export(study_name: str, output: str, top: int, model_dir: str | None, artifacts: str | None, pareto: bool,
            storage: str | None) -> None:
     """Write the best trial's full config (same schema as a space file, nothing left to search)."""
     from .api import export as export_api
 
-    for path in export_api(study_name, output, storage=storage, top=top, model=model_dir, artifacts=artifacts):
+    for path in export_api(study_name, output, storage=storage, top=top, model=model_dir, artifacts=artifacts,
+                           pareto=pareto):
         click.echo(str(path))
 
 

@@ -37,7 +37,9 @@ from .vocabulary import (
     FIXED_KEYS,
     HUB_SOURCE_KEYS,
     HYPERPARAMETERS,
+    MEASURED_OBJECTIVES,
     MODEL_KEYS,
+    MULTI_OBJECTIVE_SAMPLERS,
     PARAM_KEYS,
     PARAM_TYPES,
     PRECISIONS,
@@ -377,11 +379,29 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         default_metric = get_task(task).default_metric
     else:  # the task itself was reported: accept any metric rather than pile up follow-on errors
         metrics, default_metric = known, "accuracy"
+    objectives = _check_objectives(c, study, task, metrics)
     given = study.get("metric")
     user = metric_functions.is_user_metric(given)
-    metric = given if user else c.string(study, "metric", "study", default=default_metric, choices=list(metrics))
-    direction = c.string(study, "direction", "study", default=None, choices=("maximize", "minimize"))
-    if user:
+    if objectives:  # the first evaluated one is what the live view, reports and checkpoints follow
+        evaluated = [(m, d) for m, d in objectives if m not in MEASURED_OBJECTIVES]
+        if not evaluated:
+            c.add("study.metrics", [m for m, _ in objectives], "needs at least one evaluated metric (the task's, or "
+                                                               "a metric function) besides measurements")
+            evaluated = objectives
+        chosen = [(m, d) for m, d in evaluated if m == given]
+        (metric, direction), user = (chosen or evaluated)[0], False
+        if study.get("direction") not in (None, direction):
+            c.add("study.direction", study["direction"], f"each of study.metrics has its own direction ({metric}: "
+                                                         f"{direction})")
+        if study.get("directions") not in (None, [d for _, d in objectives]):
+            c.add("study.directions", study["directions"], f"contradicts the metrics' own directions "
+                                                           f"({', '.join(d for _, d in objectives)})")
+    else:
+        metric = given if user else c.string(study, "metric", "study", default=default_metric, choices=list(metrics))
+        direction = c.string(study, "direction", "study", default=None, choices=("maximize", "minimize"))
+    if objectives:
+        pass
+    elif user:
         direction = _check_user_metric(c, given, task, direction)
     elif metric is not MISSING:
         natural = metrics[metric].direction
@@ -425,6 +445,16 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
     confirm = _check_confirm(c, study.get("confirm", DEFAULT_CONFIRM))
     deterministic = c.boolean(study, "deterministic", "study", default=False)
     constraints = _check_constraints(c, study.get("constraints"))
+    if objectives:
+        if sampler_name not in (MISSING, *MULTI_OBJECTIVE_SAMPLERS):
+            c.add("study.sampler.name", sampler_name, f"takes one objective; with study.metrics use one of "
+                                                       f"{', '.join(MULTI_OBJECTIVE_SAMPLERS)}")
+        if "pruner" in study and pruner_cfg.get("name") not in ("none", MISSING):
+            c.add("study.pruner.name", pruner_cfg["name"], "Optuna prunes single-objective studies only: with "
+                                                          "study.metrics use pruner: none (the default then)")
+        pruner_cfg = {"name": "none", "options": {}}
+        if confirm:
+            c.add("study.confirm", study.get("confirm"), "ranks one objective; drop it with study.metrics")
     return {
         "name": name,
         "direction": direction,
@@ -439,7 +469,50 @@ def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: s
         "confirm": confirm,
         "deterministic": deterministic,
         **({"constraints": constraints} if constraints else {}),
+        **({"metrics": [m for m, _ in objectives], "directions": [d for _, d in objectives]} if objectives else {}),
     }
+
+
+def _check_objectives(c: _Checker, study: dict, task: Any, metrics: dict) -> list[tuple[str, str]]:
+    """``study.metrics``: two or more objectives, each a task metric, a metric function that declares its
+    direction, or a measurement (:data:`MEASURED_OBJECTIVES`); returns (name, direction) pairs ([] without it)."""
+    raw = study.get("metrics")
+    if raw is None:
+        if "directions" in study:
+            c.add("study.directions", study["directions"], "goes with study.metrics (several objectives); one "
+                                                           "objective has study.direction")
+        return []
+    if "metric" in study and (not isinstance(raw, list) or study["metric"] not in raw):
+        c.add("study.metric", study["metric"], "give study.metric (one objective) or study.metrics (several), "
+                                               "not both (with both, the metric is the one of them that "
+                                               "checkpoints follow)")
+    if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(m, str) for m in raw):
+        c.add("study.metrics", raw, "must be a list of two or more metric names (one objective: study.metric)")
+        return []
+    if len(set(raw)) != len(raw):
+        c.add("study.metrics", raw, "has duplicates")
+    out = []
+    for i, name in enumerate(raw):
+        key = f"study.metrics[{i}]"
+        if name in metrics:
+            out.append((name, metrics[name].direction))
+        elif name in MEASURED_OBJECTIVES:
+            out.append((name, "minimize"))
+        elif metric_functions.is_user_metric(name):
+            try:
+                direction = metric_functions.declared_direction(metric_functions.load(name))
+            except ValueError as exc:
+                c.add(key, name, str(exc))
+                continue
+            if direction is None:
+                c.add(key, name, "a metric function among several objectives declares its direction (a direction "
+                                 "attribute, or greater_is_better)")
+                continue
+            out.append((name, direction))
+        else:
+            c.add(key, name, f"is not a metric of this task ({', '.join(metrics)}), a measurement "
+                             f"({', '.join(MEASURED_OBJECTIVES)}) or a package.module:function")
+    return out
 
 
 def _check_constraints(c: _Checker, raw: Any) -> list[str]:

@@ -113,7 +113,19 @@ SAMPLERS = {
     "gp": "GPSampler",
     "qmc": "QMCSampler",
     "grid": "GridSampler",
+    "nsga2": "NSGAIISampler",
 }
+MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "qmc", "grid", "nsga2", "gp")
+"""The samplers that take several objectives (``study.metrics``); CMA-ES takes one."""
+MEASURED_OBJECTIVES = {
+    "latency_ms": "milliseconds per example of the trained model's inference, one row at a time (16 validation "
+                  "rows after 2 to warm up)",
+    "parameters": "the model's parameters",
+    "trainable_parameters": "the parameters training updates",
+    "train_time_s": "seconds of training",
+}
+"""What ``study.metrics`` can list besides the task's metrics and metric functions: measurements of the trained
+model and its training, each minimized."""
 PRUNERS = {
     "median": "MedianPruner",
     "percentile": "PercentilePruner",
@@ -133,7 +145,7 @@ tag in the last column, for token classification."""
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "when", "origin")
 STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
               "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic",
-              "constraints")
+              "constraints", "metrics", "directions")
 CONSTRAINT_ATTRIBUTES = {
     "peak_memory_mb": "the trial's peak memory: allocated GPU memory, or the process's peak RSS on a CPU (which "
                       "never goes down within a process: use it on GPUs)",

@@ -89,7 +89,8 @@ class TrainSettings:
                    selection=Selection.from_study(study),
                    eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS),
                    distributed=space.config["model"].get("distributed", "ddp"),
-                   user_metrics=tuple(m for m in [study["metric"]] if is_user_metric(m)))
+                   user_metrics=tuple(dict.fromkeys(m for m in [study["metric"], *study.get("metrics", [])]
+                                                    if is_user_metric(m))))
 
 
 @dataclass

@@ -80,6 +80,36 @@ def tokenize(space: Space) -> PreparedData:
     return data
 
 
+@torch.inference_mode()
+def inference_latency_ms(model: torch.nn.Module, prepared: Prepared, rows: int = 16, warmup: int = 2) -> float:
+    """The model's inference latency: the median milliseconds of a forward pass over one validation row, over
+    ``rows`` rows after ``warmup`` (what serving one request costs; ``study.metrics: [..., latency_ms]``)."""
+    import statistics
+
+    from ..tasks import get_task
+    from .device import autocast
+
+    data, device = prepared.data, prepared.device
+    task = get_task(data.task)
+    was_training = model.training
+    model.eval()
+    times = []
+    with autocast(device, prepared.precision.autocast):
+        for i in range(min(len(data.validation), rows + warmup)):
+            one = torch.tensor([i])
+            batch, labels = data.validation.batch(one, device), data.validation.labels_of(one, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            task.forward(model, batch, labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return 1000.0 * statistics.median(times) if times else float("nan")
+
+
 def score_test(space: Space, model: torch.nn.Module, prepared: Prepared) -> dict[str, float] | None:
     """The model's metrics on ``data.test`` (None without one): measured once per final model (``train``,
     ``export --model``), never used to choose."""

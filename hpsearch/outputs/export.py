@@ -19,7 +19,8 @@ def trial_space(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_ur
     """The full config a trial ran with, every hyperparameter fixed, and a reference back to it."""
     config = record.trial_config(study, trial)
     confirmed = record.confirmation(study, trial.number)  # study.confirm's fold values and score, when it ran
-    origin = {"study": study.study_name, "trial": trial.number, "value": trial.value,
+    origin = {"study": study.study_name, "trial": trial.number, "value": record.value(trial),
+              **({"values": dict(zip(record.objectives(study), trial.values))} if record.is_multi(study) else {}),
               "metric": config["study"]["metric"], "storage": redact(storage_url),
               **({"confirmed": confirmed} if confirmed else {}),
               "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -62,7 +63,7 @@ def render(space: Space, path: Path) -> str:
 
 
 def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, model: str | Path | None = None,
-           artifacts: str | None = None) -> list[Path]:
+           artifacts: str | None = None, pareto: bool = False) -> list[Path]:
     """Write the best (or top ``top``) trial configs; K > 1 writes NAME-1.yaml ... NAME-K.yaml.
 
     ``model``: also unpack each trial's kept weights (``run --keep-best``) into a directory that
@@ -76,7 +77,14 @@ def export(storage_url: str, study_name: str, output: str | Path, top: int = 1, 
     if out.suffix.lower() not in (".yaml", ".yml", ".json"):
         raise UsageError(f"--output {output}: use a .yaml, .yml or .json file name")
     study = load_study(storage_url, study_name)
-    trials = record.best_trials(study, top)
+    if pareto and not record.is_multi(study):
+        raise UsageError(f"--pareto: study {study_name!r} has one objective; its best is --top 1")
+    if pareto and model is not None:
+        raise UsageError("--pareto with --model: a multi-objective study keeps no models; retrain the config you pick")
+    trials = record.ranked_trials(study) if pareto else record.best_trials(study, top)
+    if pareto and not trials:
+        raise UsageError(f"study {study_name!r} has no completed trial yet; run more trials first")
+    top = len(trials) if pareto and len(trials) > 1 else top
     paths = [out] if top == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, len(trials) + 1)]
     dirs: list[Path] = []
     if model is not None:

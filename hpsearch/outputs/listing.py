@@ -17,27 +17,33 @@ def studies_table(storage: Any) -> Table:
         table.add_column(col, justify="right" if col in ("complete", "pruned", "fail", "running", "best") else "left")
     for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
         counts = record.state_counts(optuna.load_study(study_name=s.study_name, storage=storage))
-        best = s.best_trial.value if s.best_trial is not None else None
+        best = record.value(s.best_trial) if s.best_trial is not None else None
         started = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else "-"
-        table.add_row(s.study_name, s.direction.name.lower(), str(s.user_attrs.get(record.METRIC, "-")),
+        metric = ", ".join(s.user_attrs.get(record.METRICS) or [str(s.user_attrs.get(record.METRIC, "-"))])
+        table.add_row(s.study_name, ", ".join(d.name.lower() for d in s.directions), metric,
                       str(counts.get("COMPLETE", 0)), str(counts.get("PRUNED", 0)), str(counts.get("FAIL", 0)),
                       str(counts.get("RUNNING", 0)), fmt_value(best), started)
     return table
 
 
 def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
-    """One row per trial, in order: state, value, where it stopped, duration and params."""
+    """One row per trial, in order: state, value (each objective's, with several, and whether the trial is on the
+    Pareto front), where it stopped, duration and params."""
     metric = record.study_metric(study)
+    names = record.objectives(study) if record.is_multi(study) else [metric]
+    front = {t.number for t in study.best_trials} if record.is_multi(study) else set()
     table = Table(title=f"trials of {study.study_name}", header_style="bold")
-    for col in ("#", "state", metric, "epochs", "duration", "params"):
-        table.add_column(col, justify="right" if col in ("#", metric, "epochs", "duration") else "left")
+    columns = ["#", "state", *names, *(["pareto"] if front else []), "epochs", "duration", "params"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("state", "params", "pareto") else "right")
     trials = study.get_trials(deepcopy=False)
     if limit:
         trials = trials[-limit:]
     for t in trials:
         took = f"{t.duration.total_seconds():.1f}s" if t.duration else "-"
         epochs = t.user_attrs.get(record.EPOCHS_COMPLETED)
-        table.add_row(str(t.number), t.state.name, fmt_value(record.shown_value(t, metric)),
-                      "-" if epochs is None else f"{epochs:.2f}",
-                      took, fmt_params(t.params))
+        values = ([fmt_value(v) for v in t.values] if t.values and len(names) > 1 else
+                  [fmt_value(record.shown_value(t, metric))] if len(names) == 1 else ["-"] * len(names))
+        table.add_row(str(t.number), t.state.name, *values, *(["*" if t.number in front else ""] if front else []),
+                      "-" if epochs is None else f"{epochs:.2f}", took, fmt_params(t.params))
     return table

@@ -63,15 +63,24 @@ def _figures(study: optuna.Study) -> list[tuple[str, Any, str]]:
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             out.append((title, None, f"not available yet: {exc}"))
 
-    add("Optimization history (with best so far)", lambda: vis.plot_optimization_history(study))
-    add("Learning curves: intermediate values per trial (pruned trials stop early)",
-        lambda: vis.plot_intermediate_values(study))
+    target: dict[str, Any] = {}
+    if record.is_multi(study):  # each figure follows the first objective; the front shows them all
+        names = record.objectives(study)
+        target = {"target": lambda t: t.values[0], "target_name": names[0]}
+        if len(names) <= 3:
+            add(f"Pareto front: {', '.join(names)} (feasible trials on the front highlighted)",
+                lambda: vis.plot_pareto_front(study, target_names=names),
+                "hpsearch export --pareto writes one config per front member.")
+    add("Optimization history (with best so far)", lambda: vis.plot_optimization_history(study, **target))
+    if not target:
+        add("Learning curves: intermediate values per trial (pruned trials stop early)",
+            lambda: vis.plot_intermediate_values(study))
     if len(complete) >= 2 and params:
-        add("Parameter importances", lambda: vis.plot_param_importances(study),
+        add("Parameter importances", lambda: vis.plot_param_importances(study, **target),
             "Optuna's default importance evaluator, over completed trials.")
-        add("Parallel coordinates", lambda: vis.plot_parallel_coordinate(study))
+        add("Parallel coordinates", lambda: vis.plot_parallel_coordinate(study, **target))
         for p in params:
-            add(f"Slice: {p}", lambda p=p: vis.plot_slice(study, params=[p]))
+            add(f"Slice: {p}", lambda p=p: vis.plot_slice(study, params=[p], **target))
     else:
         out.append(("Parameter importances, parallel coordinates, slices", None,
                     "need at least two completed trials with searched parameters"))
@@ -88,22 +97,24 @@ def _top_table(study: optuna.Study, k: int) -> str:
     proportion = bool(known and known.proportion)
     tests = record.test_scores(study)
     best = done[0] if done else None
-    se_best = record.standard_error(best, best.value, proportion) if best else None
+    se_best = record.standard_error(best, record.value(best), proportion) if best else None
     rows = []
     for t in done[:k]:
         a = t.user_attrs
         score = confirmed[t.number]["score"] if t.number in confirmed else None
-        se = record.standard_error(t, t.value, proportion)
-        close = record.within_noise(best.value, se_best, t.value, se) if best else None
+        se = record.standard_error(t, record.value(t), proportion)
+        close = record.within_noise(record.value(best), se_best, record.value(t), se) if best else None
         test = tests.get(t.number, {}).get(metric)
+        shown = ", ".join(fmt_value(v) for v in t.values)
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t.number, fmt_value(t.value), "-" if se is None else f"{se:.4f}",
+            t.number, shown, "-" if se is None else f"{se:.4f}",
             "-" if close is None else ("best" if t is best else "yes" if close else "no"),
             "-" if score is None else fmt_value(score), "-" if test is None else fmt_value(test),
             f"{a.get(record.val('eval_loss'), float('nan')):.4f}",
             f"{t.duration.total_seconds():.1f}s" if t.duration else "-", a.get(record.DEVICE, "-"),
             fmt_params(t.params))) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(metric), "standard error", "within noise of the best",
+    head = "".join(f"<th>{h}</th>" for h in ("trial", html.escape(", ".join(record.objectives(study))),
+                                              "standard error", "within noise of the best",
                                               "confirmed (folds)", "test (export --model)", "eval loss",
                                               "duration", "device", "params"))
     note = ("<p class='note'>Standard error: sqrt(p (1 - p) / n) over the n validation rows; within noise: less "
@@ -124,19 +135,23 @@ def render(study: optuna.Study, top: int = 10) -> str:
     """The report as one HTML document (plotly.js inlined once)."""
     counts = record.state_counts(study)
     metric = record.study_metric(study)
-    try:
-        best = study.best_trial
-        best_text = f"{fmt_value(best.value)} (trial {best.number})"
-    except ValueError:
+    ranked = record.ranked_trials(study)
+    if not ranked:
         best_text = "no completed trial"
+    elif record.is_multi(study):
+        best_text = f"{len(ranked)} trials on the Pareto front"
+    else:
+        best_text = f"{fmt_value(record.value(ranked[0]))} (trial {ranked[0].number})"
     saved = pruning_savings(study)
     cards = [("best " + metric, best_text), ("complete", counts.get("COMPLETE", 0)),
              ("pruned", counts.get("PRUNED", 0)), ("failed", counts.get("FAIL", 0)),
              ("compute saved by pruning", f"{saved['saved_s'] / 60:.1f} min ({100 * saved['saved_fraction']:.0f} %)")]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>hpsearch report: "
              f"{html.escape(study.study_name)}</title><style>{CSS}</style></head><body>",
-             f"<h1>{html.escape(study.study_name)}</h1><p class='sub'>{study.direction.name.lower()} "
-             f"{html.escape(metric)} &middot; generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>",
+             f"<h1>{html.escape(study.study_name)}</h1><p class='sub'>"
+             f"{', '.join(d.name.lower() for d in study.directions)} "
+             f"{html.escape(', '.join(record.objectives(study)))} &middot; generated "
+             f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}</p>",
              "<div class='cards'>" + "".join(f"<div class='card'>{html.escape(k)}<b>{html.escape(str(v))}</b></div>"
                                              for k, v in cards) + "</div>"]
     first = True

@@ -28,7 +28,7 @@ from ..errors import HpsearchError
 from ..finetune.device import MEMORY_FRACTION_ENV, peak_memory_mb
 from ..finetune.distributed import Group, GroupLost
 from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
-from ..finetune.recipe import Prepared, fine_tune
+from ..finetune.recipe import Prepared, fine_tune, inference_latency_ms
 from ..interrupts import check as check_interrupt
 from . import record
 from .progress import Progress
@@ -98,7 +98,7 @@ class _Reporter(Callback):
     """Forwards evaluations to Optuna (report + prune) and progress to the live view."""
 
     def __init__(self, trial: optuna.Trial, metric: str, progress: Progress,
-                 time_limit: float | None = None) -> None:
+                 time_limit: float | None = None, multi: bool = False) -> None:
         self.trial = trial
         self.metric = metric
         self.progress = progress
@@ -106,6 +106,8 @@ class _Reporter(Callback):
         self.metrics: dict[str, float] = {}
         self.time_limit = time_limit
         """Seconds of training after which the trial stops as infeasible (a ``train_time_s`` constraint)."""
+        self.multi = multi
+        """Whether the study has several objectives (no intermediate reports, no pruning)."""
         self.started = time.perf_counter()
 
     def on_step(self, state: TrainingState) -> None:
@@ -118,8 +120,10 @@ class _Reporter(Callback):
 
     def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
         self.state, self.metrics = state, metrics
-        self.trial.report(metrics[self.metric], state.report)
         self.progress.trial_evaluated(state, metrics)
+        if self.multi:  # Optuna takes intermediate values (and prunes) for single-objective studies only
+            return
+        self.trial.report(metrics[self.metric], state.report)
         final = state.step == state.total_steps
         if not final and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
@@ -190,6 +194,8 @@ class Objective:
         self.progress = progress or Progress()
         self.config_id = config_id or space.fingerprint()
         self.metric = space.study["metric"]
+        self.objectives: list[str] = list(space.study.get("metrics", []))
+        """A multi-objective study's objectives (``study.metrics``); empty with one."""
         self.constraints = [parse(text)[0] for text in space.study.get("constraints", [])]
         """``study.constraints``: each trial's measurements against them go to Optuna as constraint values."""
         self.feasible = True
@@ -217,14 +223,16 @@ class Objective:
         off = self.space.inactive(hp)
         trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in hp.items() if k not in off})
         self.progress.trial_started(trial.number, trial.params)
-        reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit)
+        reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
+                             multi=bool(self.objectives))
         model = None
         try:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
             if self.group is not None:
                 self.group.broadcast(hp)
             model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group)
-            value = result.metrics[self.metric]
+            value = result.metrics[self.metric] if not self.objectives else self._values(trial, model, result,
+                                                                                         reporter)
             self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
             if self.keeper is not None and self.feasible:
                 self._keep(trial, model, hp, result, value)
@@ -261,6 +269,17 @@ class Objective:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         return value
+
+    def _values(self, trial: optuna.Trial, model: torch.nn.Module, result: Any, reporter: _Reporter) -> list[float]:
+        """Each of ``study.metrics``: an evaluated metric, or a measurement of the trained model or its training
+        (``latency_ms`` is measured here, and recorded as an attribute)."""
+        state = _state_attrs(reporter.state, self.device)
+        measured: dict[str, Any] = {"train_time_s": result.train_time_s, "parameters": state.get("parameters"),
+                                    "trainable_parameters": state.get("trainable_parameters")}
+        if "latency_ms" in self.objectives:
+            measured["latency_ms"] = inference_latency_ms(model, self.prepared)
+            trial.set_user_attr("latency_ms", round(measured["latency_ms"], 4))
+        return [float(result.metrics[m]) if m in result.metrics else float(measured[m]) for m in self.objectives]
 
     def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: dict, result: Any, value: float) -> None:
         """Offer the trained model to the keeper (``--keep-best``); a failure to store it never fails the trial."""

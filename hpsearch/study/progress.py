@@ -50,11 +50,9 @@ class Progress:
 
 
 def _best(study: Any) -> tuple[float | None, int | None]:
-    try:
-        best = study.best_trial
-        return best.value, best.number
-    except ValueError:
-        return None, None
+    """The best value so far and its trial; with several objectives, the Pareto front's best first objective."""
+    ranked = record.ranked_trials(study)
+    return (record.value(ranked[0]), ranked[0].number) if ranked else (None, None)
 
 
 class LogProgress(Progress):
@@ -67,7 +65,8 @@ class LogProgress(Progress):
         print(f"[hpsearch {time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
     def study_started(self, study: Any, n_trials: int, metric: str) -> None:
-        self._log(f"study {study.study_name}: running {n_trials} trial(s), {study.direction.name.lower()} {metric}")
+        directions = ", ".join(d.name.lower() for d in study.directions)
+        self._log(f"study {study.study_name}: running {n_trials} trial(s), {directions} {metric}")
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         self._log(f"trial {number} started: {fmt_params(params)}")
@@ -76,7 +75,9 @@ class LogProgress(Progress):
         value, number = _best(study)
         took = trial.duration.total_seconds() if trial.duration else 0.0
         extra = trial.user_attrs.get(record.FAIL_REASON) or ""
-        self._log(f"trial {trial.number} {trial.state.name}: value={fmt_value(trial.value)} in {took:.1f}s; "
+        shown = fmt_value(trial.values[0]) if trial.values and len(trial.values) == 1 else (
+            "(" + ", ".join(fmt_value(v) for v in trial.values) + ")" if trial.values else fmt_value(None))
+        self._log(f"trial {trial.number} {trial.state.name}: value={shown} in {took:.1f}s; "
                   f"best={fmt_value(value)} (trial {number}) {extra}".rstrip())
 
 

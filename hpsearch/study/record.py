@@ -24,6 +24,8 @@ from ..version import __version__
 CONFIG_PREFIX = "config:"
 CONFIG_ID = "config_id"
 METRIC = "metric"
+METRICS = "metrics"
+"""Study attribute of a multi-objective study: its objectives by name, in the order of each trial's ``values``."""
 VERSION = "hpsearch_version"
 ARTIFACTS = "artifacts"
 CONFIRM_PREFIX = "confirm:"
@@ -85,8 +87,8 @@ def study_metric(study: optuna.Study) -> str:
 
 
 def maximizes(study: optuna.Study) -> bool:
-    """Whether larger values are better in ``study``."""
-    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+    """Whether larger values are better in ``study`` (its first objective's, with several)."""
+    return study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
 
 def better(study: optuna.Study, a: float | None, b: float) -> bool:
@@ -100,11 +102,15 @@ def better(study: optuna.Study, a: float | None, b: float) -> bool:
 # The configs a study ran.
 
 
-def store_config(study: optuna.Study, config_id: str, config: dict, metric: str) -> None:
-    """Record a run's resolved config under its id, make it the latest, and name the metric and the version."""
+def store_config(study: optuna.Study, config_id: str, config: dict, metric: str,
+                 metrics: list[str] | None = None) -> None:
+    """Record a run's resolved config under its id, make it the latest, and name the metric (the objectives, when
+    there are several: the metric is then the first) and the version."""
     study.set_user_attr(CONFIG_PREFIX + config_id, config)
     study.set_user_attr(CONFIG_ID, config_id)
-    study.set_user_attr(METRIC, metric)
+    study.set_user_attr(METRIC, metrics[0] if metrics else metric)
+    if metrics:
+        study.set_user_attr(METRICS, list(metrics))
     study.set_user_attr(VERSION, __version__)
 
 
@@ -159,16 +165,34 @@ def claimed(study: optuna.Study, number: int) -> bool:
 # Best first.
 
 
+def value(trial: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's value: its one objective's, or in a multi-objective study its first objective's (``values``
+    holds them all)."""
+    return None if trial.values is None else trial.values[0]
+
+
+def is_multi(study: optuna.Study) -> bool:
+    """Whether the study has several objectives (``study.metrics``)."""
+    return len(study.directions) > 1
+
+
+def objectives(study: optuna.Study) -> list[str]:
+    """The study's objectives by name, in ``values`` order."""
+    return list(study.user_attrs.get(METRICS) or [study_metric(study)])
+
+
 def by_value(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The completed trials, best value first."""
     done = study.get_trials(deepcopy=False, states=(COMPLETE,))
-    return sorted(done, key=lambda t: t.value, reverse=maximizes(study))
+    return sorted(done, key=value, reverse=maximizes(study))
 
 
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The completed trials, best first: those confirmed on cross-validation folds by their confirmed score, then
     the others by value, each in the study's direction."""
     sign = -1.0 if maximizes(study) else 1.0
+    if is_multi(study):  # the Pareto front (feasible trials only), by its first objective
+        return sorted(study.best_trials, key=lambda t: sign * t.values[0])
     confirmed = confirmations(study)
     done = [t for t in study.get_trials(deepcopy=False, states=(COMPLETE,)) if feasible(t)]
     return sorted(done, key=lambda t: (t.number not in confirmed,
@@ -229,4 +253,4 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
 
 def shown_value(trial: optuna.trial.FrozenTrial, metric: str) -> Any:
     """A trial's value, or for a pruned or failed one the metric of its last evaluation (None if it made none)."""
-    return trial.value if trial.value is not None else trial.user_attrs.get(val(metric))
+    return value(trial) if trial.values is not None else trial.user_attrs.get(val(metric))

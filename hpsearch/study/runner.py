@@ -65,6 +65,8 @@ def warm_start_params(storage: Any, source: str, space: Space, top: int = WARM_S
     if source not in optuna.get_all_study_names(storage):
         raise UsageError(f"--warm-start {source}: no such study in this storage")
     earlier = optuna.load_study(study_name=source, storage=storage)
+    if record.is_multi(earlier) or space.study.get("metrics"):
+        raise UsageError(f"--warm-start {source}: warm starts take the best configs of single-objective studies")
     if earlier.direction.name.lower() != space.study["direction"]:
         raise UsageError(f"--warm-start {source}: it {earlier.direction.name.lower()}s, this study "
                          f"{space.study['direction']}s {space.study['metric']}")
@@ -85,12 +87,14 @@ def _admits(spec: dict, value: Any) -> bool:
 
 
 def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[dict]) -> optuna.Study:
-    direction, metric = space.study["direction"], space.study["metric"]
+    metrics = space.study.get("metrics")
+    directions = space.study.get("directions") or [space.study["direction"]]
+    direction, metric = ", ".join(directions), ", ".join(metrics) if metrics else space.study["metric"]
     config_id = space.fingerprint()
     if name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=name, storage=storage)
-        old_metric = existing.user_attrs.get(record.METRIC)
-        old_direction = existing.direction.name.lower()
+        old_metric = ", ".join(record.objectives(existing)) if existing.user_attrs.get(record.METRIC) else None
+        old_direction = ", ".join(d.name.lower() for d in existing.directions)
         if old_direction != direction or (old_metric is not None and old_metric != metric):
             raise UsageError(
                 f"study {name!r} exists with direction={old_direction}, metric={old_metric}; this space asks for "
@@ -100,9 +104,9 @@ def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[di
             changed = config_changes(record.stored_config(existing, old_id) or {}, space.to_dict())
             warn(f"note: resuming study {name!r} with a changed config ({', '.join(changed[:8]) or 'details'}); "
                  f"each trial keeps the config it ran with")
-    study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=build_sampler(space), pruner=build_pruner(space), load_if_exists=True)
-    record.store_config(study, config_id, space.to_dict(), metric)
+    record.store_config(study, config_id, space.to_dict(), space.study["metric"], metrics)
     for params in [*space.study["enqueue"], *seeds]:
         study.enqueue_trial(params, skip_if_exists=True)
     _describe_for_dashboard(study, space)
@@ -113,7 +117,7 @@ def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
     """Name the objective after the metric and put the resolved config in the study's dashboard note."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([space.study["metric"]])
+        study.set_metric_names(space.study.get("metrics") or [space.study["metric"]])
     try:
         import optuna_dashboard
     except ImportError:
@@ -217,6 +221,9 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     study = open_study(storage, options.study_name or space.name, space, warm_start=options.warm_start)
     confirm = space.study.get("confirm")
     keep_best = options.keep_best
+    if keep_best and space.study.get("metrics"):
+        raise UsageError("--keep-best with study.metrics: several objectives have no K best; export the Pareto "
+                         "front's configs (hpsearch export --pareto) and retrain the one you pick")
     # Until the confirmation has chosen, keep the weights of every trial it may choose.
     keeper = make_keeper(study, url, max(keep_best, confirm["top_k"]) if keep_best and confirm else keep_best,
                          options.artifacts)

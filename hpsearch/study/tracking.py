@@ -99,8 +99,8 @@ class MLflowLogger:
         for key, value in attrs.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 metrics.append(Metric(key, float(value), now, 0))
-        if trial.value is not None:
-            metrics.append(Metric("trial_value", float(trial.value), now, 0))
+        for name, v in zip(record.objectives(study), trial.values or []):
+            metrics.append(Metric("trial_value" if len(trial.values) == 1 else f"objective_{name}", float(v), now, 0))
         tags = {"optuna.study": study.study_name, "optuna.trial_number": str(trial.number), "optuna.state": state}
         for key, value in attrs.items():
             if key != record.HYPERPARAMETERS and not (isinstance(value, (int, float)) and not isinstance(value, bool)):

@@ -56,8 +56,8 @@ class WandbLogger:
                     run.summary[key] = value
                 else:
                     run.summary[key] = value if isinstance(value, str) else json.dumps(value)
-            if trial.value is not None:
-                run.summary["trial_value"] = float(trial.value)
+            for name, v in zip(record.objectives(study), trial.values or []):
+                run.summary["trial_value" if len(trial.values) == 1 else f"objective_{name}"] = float(v)
             run.summary["optuna_state"] = state
             run.summary["optuna_trial_number"] = trial.number
         finally:
