@@ -81,3 +81,27 @@ def test_pareto_export_needs_several_objectives(make_space, hpsearch, tmp_path: 
     hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "1", "--device", "cpu", check=True)
     res = hpsearch("export", "--study", "tiny", "--output", str(tmp_path / "x.yaml"), "--pareto")
     assert res.returncode == 2 and "has one objective" in res.stderr
+
+
+def test_the_python_api_takes_conditions_constraints_and_objectives(tiny_model: Path, tiny_data: dict,
+                                                                     tmp_path: Path) -> None:
+    """One space through ``hpsearch.run`` and ``hpsearch.export`` with a condition, a constraint and two
+    objectives: what the CLI tests check, from Python."""
+    import hpsearch
+    from tests.helpers import space_dict
+
+    raw = space_dict(tiny_model, tiny_data, fixed__epochs=1, study__pruner={"name": "none"},
+                     study__metrics=["accuracy", "trainable_parameters"], study__constraints=["train_time_s <= 600"])
+    raw["study"].pop("metric")
+    raw["params"] = {"lora_r": {"type": "categorical", "choices": [0, 4]},
+                     "lora_alpha": {"type": "categorical", "choices": [8, 16], "when": "lora_r > 0"},
+                     "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-3}}
+    storage = f"sqlite:///{tmp_path}/api.db"
+    study = hpsearch.run(raw, trials=4, storage=storage, device="cpu")
+    assert record.is_multi(study) and all(t.constraints == {"train_time_s <= 600": pytest.approx(
+        t.user_attrs["train_time_s"] - 600)} for t in study.trials)
+    for t in study.trials:
+        assert ("lora_alpha" in t.params) == (t.params["lora_r"] > 0)
+        assert t.values[1] == t.user_attrs["trainable_parameters"]
+    paths = hpsearch.export("tiny", tmp_path / "front.json", storage=storage, pareto=True)
+    assert len(paths) == len(study.best_trials) and all(p.suffix == ".json" for p in paths)
