@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['seed']} | {best(c):.4f} | {target:.4f} | {first_reaching(c, target) or 'not reached'} | "
                      f"{first_reaching(u, target)} | {lora_keys(c)} | {lora_keys(u)} |")
     out = Path(a.out)
-    raw = RAW / "conditional.json" if out.parent == RESULTS else out.with_suffix(".json")
+    raw = RAW / "conditional.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(runs, indent=1))
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

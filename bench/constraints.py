@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['seed']} | {after_first(c)} | {after_first(u)} | {sum(b for _, b in c[10:])} | "
                      f"{sum(b for _, b in u[10:])} |")
     out = Path(a.out)
-    raw = RAW / "constraints.json" if out.parent == RESULTS else out.with_suffix(".json")
+    raw = RAW / "constraints.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(rows, indent=1))
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

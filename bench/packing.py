@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
     gpu = torch.cuda.is_available()
     out = Path(a.out)
-    raw_path = Path(a.json) if a.json else (RAW / "packing.json" if out.parent == RESULTS else out.with_suffix(".json"))
+    raw_path = Path(a.json) if a.json else (RAW / "packing.json" if out.resolve().parent == RESULTS else out.with_suffix(".json"))
     results: dict[str, Any] = {"date": now(), "machine": machine(), "gpu": gpu, "reduced": a.reduced,
                                "raw": raw_path.name, "runs": []}
     with tempfile.TemporaryDirectory(prefix="hpsearch-packing-") as tmp:

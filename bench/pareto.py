@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", f"Front members within one standard error when retrained: {sum(r['within'] for r in rows)} of "
                   f"{len(rows)}."]
     out = Path(a.out)
-    raw = RAW / f"{out.stem.lower()}.json" if out.parent == RESULTS else out.with_suffix(".json")
+    raw = RAW / f"{out.stem.lower()}.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(rows, indent=1))
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")

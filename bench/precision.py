@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{seconds[precision]:.1f} | {100 * (m - mb):+.1f} | {'yes' if abs(m - mb) <= se else 'no'} |")
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = Path(a.out)
-    raw = RAW / "precision.json" if out.parent == RESULTS else out.with_suffix(".json")
+    raw = RAW / "precision.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
     raw.write_text(json.dumps({"rows": rows, "seconds": seconds, "n_eval": n_eval}, indent=1))
     print(Path(a.out).read_text())
 
