@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/gpu.json, or beside --out)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    raw = Path(a.json) if a.json else (RAW / "gpu.json" if out.resolve().parent == RESULTS else out.with_suffix(".json"))
+    default_raw = RAW / "gpu.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
+    raw = Path(a.json) if a.json else default_raw
     raw.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
     sections: dict[str, Callable[[Path, bool], dict]] = {

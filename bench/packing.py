@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
 
     gpu = torch.cuda.is_available()
     out = Path(a.out)
-    raw_path = Path(a.json) if a.json else (RAW / "packing.json" if out.resolve().parent == RESULTS else out.with_suffix(".json"))
+    default_raw = RAW / "packing.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
+    raw_path = Path(a.json) if a.json else default_raw
     results: dict[str, Any] = {"date": now(), "machine": machine(), "gpu": gpu, "reduced": a.reduced,
                                "raw": raw_path.name, "runs": []}
     with tempfile.TemporaryDirectory(prefix="hpsearch-packing-") as tmp:
