@@ -103,9 +103,14 @@ def validate(space_file: str, overrides: tuple[str, ...]) -> None:
 
     space = load_space(space_file, overrides)
     n = len(space.params)
-    click.echo(f"{space_file}: OK, study {space.name!r}, {space.study['direction']} {space.study['metric']}, "
-               f"{n} searched param{'s' if n != 1 else ''} ({', '.join(space.params) or 'none'}), "
-               f"sampler {space.study['sampler']['name']}, pruner {space.study['pruner']['name']}")
+    study = space.study
+    goals = ", ".join(f"{d} {m}" for d, m in zip(study.get("directions") or [study["direction"]],
+                                                  study.get("metrics") or [study["metric"]]))
+    when = space.config.get("when", {})
+    conditional = f" ({len(when)} conditional: {', '.join(when)})" if when else ""
+    click.echo(f"{space_file}: OK, study {space.name!r}, {goals}, "
+               f"{n} searched param{'s' if n != 1 else ''} ({', '.join(space.params) or 'none'}){conditional}, "
+               f"sampler {study['sampler']['name']}, pruner {study['pruner']['name']}")
 
 
 FLAGS = {name: spec.flag for name, spec in RunOptions.fields()}

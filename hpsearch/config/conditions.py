@@ -10,6 +10,8 @@ A condition is clauses joined by ``and``, each ``NAME OP VALUE``: OP one of ``==
 (True, False)
 >>> can_hold(parse("lora_r > 64")[0], {"type": "int", "low": 0, "high": 64})
 False
+>>> parse("learning_rate < 2e-4")[0].value
+0.0002
 """
 from __future__ import annotations
 
@@ -59,15 +61,27 @@ def parse(text: Any) -> list[Clause]:
             raise ValueError(f"cannot read '{part}': write NAME OP VALUE with OP one of {', '.join(OPERATORS)}")
         name, op, raw = m.group(1), " ".join(m.group(2).split()), m.group(3)
         try:
-            value = yaml.safe_load(raw)
+            value = _number(yaml.safe_load(raw))
         except yaml.YAMLError:
             raise ValueError(f"cannot read the value '{raw}' in '{part}'") from None
+        if isinstance(value, list):
+            value = [_number(v) for v in value]
         if op in ("in", "not in") and not isinstance(value, list):
             raise ValueError(f"'{part}': {op} takes a list, e.g. [linear, cosine]")
         if op in ("<", "<=", ">", ">=") and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"'{part}': {op} compares with a number")
         out.append(Clause(name, op, value))
     return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``2e-4`` (no dot) as a string; in a condition it is the number everyone means."""
+    if isinstance(value, str):
+        try:
+            return float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+        except ValueError:
+            return value
+    return value
 
 
 def holds(clauses: list[Clause], values: Mapping[str, Any]) -> bool:

@@ -371,7 +371,7 @@ def _check_user_metric(c: _Checker, path: str, task: Any, direction: Any) -> Any
 def _check_study(c: _Checker, raw: Any, task: Any, params: dict, default_name: str) -> dict:
     import optuna  # light: no torch; needed to check sampler and pruner options against their constructors
 
-    study = c.mapping(raw, "study", STUDY_KEYS, required=False)
+    study = {k: v for k, v in c.mapping(raw, "study", STUDY_KEYS, required=False).items() if v is not None}
     name = c.string(study, "name", "study", default=default_name)
     known = all_metrics()
     if task in TASKS:

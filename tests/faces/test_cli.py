@@ -46,7 +46,12 @@ def test_the_console_script_exits_2_on_a_bad_space_without_a_traceback(make_spac
 
 def test_validate_ok_and_bad(make_space, hpsearch) -> None:
     ok = hpsearch("validate", "--space", str(make_space()))
-    assert ok.returncode == 0 and "OK" in ok.stdout
+    assert ok.returncode == 0 and "OK" in ok.stdout and "maximize accuracy" in ok.stdout
+    two = make_space("two.yaml", study__metrics=["accuracy", "latency_ms"], study__metric=None, study__pruner=None,
+                     params__dropout={"type": "float", "low": 0.0, "high": 0.2, "when": "learning_rate > 2e-4"})
+    summary = hpsearch("validate", "--space", str(two), check=True).stdout
+    assert "maximize accuracy, minimize latency_ms" in summary and "(1 conditional: dropout)" in summary
+    assert "pruner none" in summary
     bad = make_space("bad.yaml", study__metric="auc", fixed__epochs=0)
     res = hpsearch("validate", "--space", str(bad))
     assert res.returncode == 2
