@@ -3,11 +3,12 @@
 Each row has a source text and a target text. The encoder reads the source (``source_prefix`` first, e.g. T5's
 ``"summarize: "``), truncated to ``model.max_length``; the decoder learns the target, truncated to
 ``max_target_length`` and ended with EOS, teacher-forced (the labels shifted right are its input). Metrics:
-``eval_loss`` (default, minimized: no generation needed, so every trial's evaluations stay cheap) and ``rouge1``,
+``eval_loss`` (default, minimized: no generation needed, so every trial's evaluations stay cheap); ``rouge1``,
 ``rouge2``, ``rougeL``: mean F-measures that the ``rouge-score`` library computes (stemmed) between generated and
-reference texts.
+reference texts (summarization); ``bleu`` and ``chrf``: sacrebleu's corpus BLEU and chrF (0-100, its default
+tokenization: what translation papers report).
 Generation (``max_new_tokens``, ``num_beams``; greedy by default) runs on the final evaluation, and on every
-evaluation when the study's metric is a ROUGE one.
+evaluation when the study's metric is a generated one.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ class Seq2Seq:
         Metric("rouge1", True, "mean ROUGE-1 F-measure of generated vs reference text", generated=True),
         Metric("rouge2", True, "mean ROUGE-2 F-measure", generated=True),
         Metric("rougeL", True, "mean ROUGE-L F-measure (longest common subsequence)", generated=True),
+        Metric("bleu", True, "sacrebleu's corpus BLEU, 0-100 (translation)", generated=True),
+        Metric("chrf", True, "sacrebleu's corpus chrF, 0-100 (translation)", generated=True),
     )
     default_metric = "eval_loss"
     columns = (
@@ -114,7 +117,9 @@ class Seq2Seq:
         return list(zip(predicted, gold))
 
     def generated_metrics(self, parts: list[Any], data: PreparedData) -> dict[str, float]:
-        """Mean ROUGE F-measures over the split, as ``rouge_score.rouge_scorer.RougeScorer`` computes them."""
+        """Mean ROUGE F-measures over the split, as ``rouge_score.rouge_scorer.RougeScorer`` computes them, and
+        sacrebleu's corpus BLEU and chrF."""
+        import sacrebleu
         from rouge_score import rouge_scorer
 
         scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
@@ -124,7 +129,11 @@ class Seq2Seq:
             scores = scorer.score(gold, predicted)  # (target, prediction)
             for name in ROUGE:
                 totals[name] += scores[name].fmeasure
-        return {name: total / max(1, len(pairs)) for name, total in totals.items()}
+        out = {name: total / max(1, len(pairs)) for name, total in totals.items()}
+        hypotheses, references = [p for p, _ in pairs], [[g for _, g in pairs]]
+        out["bleu"] = float(sacrebleu.corpus_bleu(hypotheses, references).score) if pairs else 0.0
+        out["chrf"] = float(sacrebleu.corpus_chrf(hypotheses, references).score) if pairs else 0.0
+        return out
 
 
 def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str, Any]) -> Encoded:

@@ -154,3 +154,42 @@ def test_seq2seq_lora_study_through_the_cli_exports_a_model_that_loads_without_p
     assert not any("lora" in n for n, _ in model.named_parameters())
     metrics = json.loads((tmp_path / "summarizer" / "metrics.json").read_text())
     assert {"rouge1", "rouge2", "rougeL", "eval_loss"} <= set(metrics["metrics"])
+
+
+def test_bleu_and_chrf_are_sacrebleu_s_corpus_scores(tiny_seq2seq, s2s_files) -> None:
+    space = validate(s2s_space(tiny_seq2seq["t5"], s2s_files))
+    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    task = get_task("seq2seq")
+    same = task.generated_metrics([[("alice went to paris today", "alice went to paris today")]], data)
+    assert same["bleu"] == pytest.approx(100.0) and same["chrf"] == pytest.approx(100.0)
+    none = task.generated_metrics([[("xyz qqq", "alice went to paris today")]], data)
+    assert none["bleu"] == pytest.approx(0.0) and none["chrf"] < 10
+    # a corpus score, not a mean of sentence scores: one long right sentence outweighs a short wrong one
+    mixed = task.generated_metrics([[("bob saw rome on a sunny day in may", "bob saw rome on a sunny day in may"),
+                                     ("zz", "carol oslo")]], data)
+    assert 0 < mixed["bleu"] < 100 and mixed["bleu"] > 50
+
+
+def test_a_translation_study_maximizes_bleu(tiny_seq2seq, tmp_path: Path, hpsearch) -> None:
+    """The shipped parallel corpus (English to Pig Latin, data/parallel-demo) on the tiny T5, searched on BLEU."""
+    from tests.helpers import REPO
+
+    raw = yaml.safe_load((REPO / "search_spaces" / "translation.yaml").read_text())
+    raw["model"]["name_or_path"] = str(tiny_seq2seq["t5"])
+    for split in ("train", "validation"):
+        raw["data"][split]["path"] = str(REPO / raw["data"][split]["path"])
+    raw["data"].update(max_train_samples=48, max_eval_samples=8, max_new_tokens=8, max_target_length=16)
+    raw["model"]["max_length"] = 16
+    raw["study"]["intermediate_eval_samples"] = 8
+    raw["fixed"]["epochs"] = 1
+    file = tmp_path / "translation.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    hpsearch("run", "--space", str(file), "--trials", "2", "--device", "cpu", check=True)
+    import optuna
+
+    study = optuna.load_study(study_name=raw["study"]["name"], storage=f"sqlite:///{tmp_path}/studies.db")
+    assert study.direction.name == "MAXIMIZE"
+    for t in study.trials:
+        if t.state.name == "COMPLETE":
+            assert t.value == pytest.approx(t.user_attrs["val_bleu"]) and 0.0 <= t.value <= 100.0
+            assert "val_chrf" in t.user_attrs and "val_rougeL" in t.user_attrs
