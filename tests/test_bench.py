@@ -99,22 +99,20 @@ def test_the_gpu_script_runs_its_sections_reduced_on_the_cpu(tmp_path: Path) -> 
     assert out.read_text().startswith("# GPU measurements (reduced")
 
 
-def test_the_packing_script_runs_packed_studies_reduced_on_the_cpu(tmp_path: Path) -> None:
+def test_the_packing_script_runs_packed_studies_reduced_on_the_cpu(tmp_path: Path, capsys) -> None:
     """bench/packing.py: every K runs the same grid through `hpsearch run` (workers per core here) and finds the
-    same best; the profile script runs one trial."""
-    import subprocess
-    import sys
+    same best; the profile script runs one trial (both in this process: their K studies are the processes)."""
+    from bench import packing, profile
 
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "PACKING.md"
-    subprocess.run([sys.executable, "-m", "bench.packing", "--reduced", "--out", str(out)], cwd=REPO, check=True,
-                   capture_output=True, text=True, timeout=600, env=env)
+    packing.main(["--reduced", "--out", str(out)])
     raw = json.loads(out.with_suffix(".json").read_text())
     runs = raw["runs"]
     assert [r["k"] for r in runs] == [1, 2][: len(runs)] and all("failed" not in r for r in runs)
     assert all(r["trials"] == raw["grid"] == 4 for r in runs)
     assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in runs}) == 1
     assert "| 1 | 4 |" in out.read_text()
-    profile = subprocess.run([sys.executable, "-m", "bench.profile", "--reduced"], cwd=REPO, check=True,
-                             capture_output=True, text=True, timeout=300, env=env).stdout
-    assert "## Python, by own time" in profile and "steps" in profile
+    capsys.readouterr()
+    profile.main(["--reduced"])
+    printed = capsys.readouterr().out
+    assert "## Python, by own time" in printed and "steps" in printed

@@ -28,18 +28,6 @@ def test_n_workers_by_m_trials_on_an_empty_database(empty_database: str, make_sp
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in trials)
 
 
-def test_workers_flag_shares_a_total_on_sqlite(make_space, hpsearch, tmp_path: Path) -> None:
-    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "4", "--workers", "2",
-                   "--storage", f"sqlite:///{tmp_path}/w.db", check=True)
-    assert "[w0]" in res.stderr and "[w1]" in res.stderr and "locked" not in res.stderr
-    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/w.db").trials
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 4 and len({t.number for t in trials}) == len(trials)
-    assert {t.user_attrs.get("device") for t in finished} == {"cpu"}
-    # the space is seeded (sampler seed 0): each worker draws its own configs, none runs another's
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
-
-
 def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tmp_path: Path,
                                                study_name: str) -> None:
     space = str(make_space(fixed__epochs=1))
@@ -59,18 +47,25 @@ def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url:
     assert retry.state.name in ("COMPLETE", "PRUNED")
 
 
-def test_packed_workers_get_their_gpu_and_memory_share(make_space, hpsearch, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--trials-per-gpu 2` on a machine whose one visible GPU is number 4: two workers, both pinned to GPU 4 with
-    half its memory each (here on the CPU, each trial records what its worker process was given)."""
+def test_packed_workers_share_a_total_and_get_their_gpu_and_memory_share(make_space, hpsearch, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--trials-per-gpu 2` on a machine whose one visible GPU is number 4: two workers on SQLite sharing a budget of
+    4 trials, both pinned to GPU 4 with half its memory each (here on the CPU, each trial records what its worker
+    process was given)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
     url = f"sqlite:///{tmp_path}/p.db"
-    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "2", "--trials-per-gpu", "2",
+    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "4", "--trials-per-gpu", "2",
                    "--storage", url, check=True)
     assert res.stderr.count("gpu 4, 50% of its memory") == 2
+    assert "[w0]" in res.stderr and "[w1]" in res.stderr and "locked" not in res.stderr
     trials = optuna.load_study(study_name="tiny", storage=url).trials
-    assert len(trials) == 2
-    assert {(t.user_attrs[record.GPU], t.user_attrs[record.GPU_MEMORY_FRACTION]) for t in trials} == {("4", "0.5")}
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4 and len({t.number for t in trials}) == len(trials)
+    assert {t.user_attrs.get("device") for t in finished} == {"cpu"}
+    assert {(t.user_attrs[record.GPU], t.user_attrs[record.GPU_MEMORY_FRACTION]) for t in finished} == {("4", "0.5")}
+    assert len({t.user_attrs[record.WORKER] for t in finished}) == 2
+    # the space is seeded (sampler seed 0): each worker draws its own configs, none runs another's
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
 
 
 def test_workers_go_round_robin_over_gpus_and_share_their_memory() -> None:
