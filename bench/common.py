@@ -110,6 +110,22 @@ def read_rows(path: str, start: int, stop: int) -> tuple[list[str], list[list[st
     return rows[0], rows[1:][start:stop]
 
 
+def raw_path(out: Path, name: str) -> Path:
+    """Where a result's raw numbers go: ``results/raw/NAME`` for a page in ``results/``, else beside ``out``."""
+    return RAW / name if out.resolve().parent == RESULTS else out.with_suffix(".json")
+
+
+def write_result(out: str | Path, lines: list[str], raw: Any, name: str) -> Path:
+    """Write a result page (``lines``) and its raw numbers (:func:`raw_path`), print the page, return its path."""
+    out = Path(out)
+    path = raw_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(raw, indent=1))
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(out.read_text())
+    return out
+
+
 def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     """Rows as read (fields hold no tab or newline), no quoting or escapes: a quote stays a quote for both tools."""
     with open(path, "w", encoding="utf-8", newline="") as fh:

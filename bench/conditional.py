@@ -11,13 +11,12 @@ other. Per seed: each search's best, the trial at which each first reached the u
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import RAW, REPO, RESULTS, machine, now
+from bench.common import REPO, RESULTS, machine, now, write_result
 
 OVERRIDES = {"data.max_train_samples": 600, "data.max_eval_samples": 300, "fixed.epochs": 1}
 TOLERANCE = 0.002
@@ -82,12 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         lora_keys = lambda rows: sum(x["params"].get("lora_r") == 0 and "lora_alpha" in x["params"] for x in rows)  # noqa
         lines.append(f"| {r['seed']} | {best(c):.4f} | {target:.4f} | {first_reaching(c, target) or 'not reached'} | "
                      f"{first_reaching(u, target)} | {lora_keys(c)} | {lora_keys(u)} |")
-    out = Path(a.out)
-    raw = RAW / "conditional.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(runs, indent=1))
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(out.read_text())
+    write_result(a.out, lines, runs, "conditional.json")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ bound), the same one ``tests/study/test_constraints.py`` uses. 30 trials per stu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bench.common import RAW, RESULTS, machine, now
+from bench.common import RESULTS, machine, now, write_result
 
 BOUND = "trainable_parameters <= 40000"
 
@@ -81,12 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         c, u = r["constrained"], r["unconstrained"]
         lines.append(f"| {r['seed']} | {after_first(c)} | {after_first(u)} | {sum(b for _, b in c[10:])} | "
                      f"{sum(b for _, b in u[10:])} |")
-    out = Path(a.out)
-    raw = RAW / "constraints.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(rows, indent=1))
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(out.read_text())
+    write_result(a.out, lines, rows, "constraints.json")
 
 
 if __name__ == "__main__":

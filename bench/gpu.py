@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.common import CONFIGS, RAW, REPO, RESULTS, machine, now
+from bench.common import CONFIGS, REPO, RESULTS, machine, now, raw_path
 
 SST2 = REPO / "data" / "sst2"
 
@@ -307,8 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/gpu.json, or beside --out)")
     a = ap.parse_args(argv)
     out = Path(a.out)
-    default_raw = RAW / "gpu.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
-    raw = Path(a.json) if a.json else default_raw
+    raw = Path(a.json) if a.json else raw_path(out, "gpu.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
     sections: dict[str, Callable[[Path, bool], dict]] = {

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import RAW, REPO, RESULTS, machine, now
+from bench.common import REPO, RESULTS, machine, now, raw_path
 from bench.gpu import SST2, save_bert
 
 GRID = {"learning_rate": [5e-5, 1e-4, 2e-4, 4e-4], "batch_size": [16, 32], "dropout": [0.0, 0.1]}
@@ -143,10 +143,9 @@ def main(argv: list[str] | None = None) -> None:
 
     gpu = torch.cuda.is_available()
     out = Path(a.out)
-    default_raw = RAW / "packing.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
-    raw_path = Path(a.json) if a.json else default_raw
+    raw_file = Path(a.json) if a.json else raw_path(out, "packing.json")
     results: dict[str, Any] = {"date": now(), "machine": machine(), "gpu": gpu, "reduced": a.reduced,
-                               "raw": raw_path.name, "runs": []}
+                               "raw": raw_file.name, "runs": []}
     with tempfile.TemporaryDirectory(prefix="hpsearch-packing-") as tmp:
         work = Path(tmp)
         os.environ["HPSEARCH_CACHE_DIR"] = str(work / "cache")
@@ -163,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
             results["runs"].append(row)
             print(f"[packing] {json.dumps({k: v for k, v in row.items() if k != 'values'})}", file=sys.stderr,
                   flush=True)
-    raw_path.parent.mkdir(parents=True, exist_ok=True)
-    raw_path.write_text(json.dumps(results, indent=1))
+    raw_file.parent.mkdir(parents=True, exist_ok=True)
+    raw_file.write_text(json.dumps(results, indent=1))
     out.write_text(report(results, argv), encoding="utf-8")
     print(out.read_text())
 

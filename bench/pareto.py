@@ -9,12 +9,11 @@ validation rows) of the accuracy its trial recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import RAW, REPO, RESULTS, machine, now
+from bench.common import REPO, RESULTS, machine, now, write_result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,12 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['retrained']:.4f} | {r['se']:.4f} | {'yes' if r['within'] else 'no'} |")
     lines += ["", f"Front members within one standard error when retrained: {sum(r['within'] for r in rows)} of "
                   f"{len(rows)}."]
-    out = Path(a.out)
-    raw = RAW / f"{out.stem.lower()}.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    raw.write_text(json.dumps(rows, indent=1))
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(out.read_text())
+    write_result(a.out, lines, rows, f"{Path(a.out).stem.lower()}.json")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import MODEL, RAW, REPO, RESULTS, machine, now, require
+from bench.common import MODEL, REPO, RESULTS, machine, now, raw_path, require
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{seconds[precision]:.1f} | {100 * (m - mb):+.1f} | {'yes' if abs(m - mb) <= se else 'no'} |")
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = Path(a.out)
-    raw = RAW / "precision.json" if out.resolve().parent == RESULTS else out.with_suffix(".json")
+    raw = raw_path(out, "precision.json")
     raw.write_text(json.dumps({"rows": rows, "seconds": seconds, "n_eval": n_eval}, indent=1))
     print(Path(a.out).read_text())
 

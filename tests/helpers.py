@@ -32,6 +32,13 @@ def sentences(n: int, seed: int) -> list[tuple[int, str]]:
     return rows
 
 
+def fake_accuracy(hp: dict) -> float:
+    """A stand-in trial value for sampler tests: best near learning rate 10^-3.5, higher with bigger batches."""
+    import math
+
+    return 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
+
+
 def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
     """A small valid space over the tiny model and data (fast trials: 192 examples, batch 16, 2 reports)."""
     cfg = {

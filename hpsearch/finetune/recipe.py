@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -110,15 +110,24 @@ def inference_latency_ms(model: torch.nn.Module, prepared: Prepared, rows: int =
     return 1000.0 * statistics.median(times) if times else float("nan")
 
 
-def score_test(space: Space, model: torch.nn.Module, prepared: Prepared) -> dict[str, float] | None:
-    """The model's metrics on ``data.test`` (None without one): measured once per final model (``train``,
-    ``export --model``), never used to choose."""
+def encode_test(space: Space, prepared: Prepared) -> Any:
+    """``data.test`` encoded with the prepared data's tokenizer (None without one); a bad row is a DataError."""
     from .data import prepare_test
-    from .loop import evaluate
 
     if not space.config["data"].get("test"):
         return None
-    test = prepare_test(space.config["data"], prepared.data.tokenizer, space.config["model"]["max_length"])
+    return prepare_test(space.config["data"], prepared.data.tokenizer, space.config["model"]["max_length"])
+
+
+def score_test(space: Space, model: torch.nn.Module, prepared: Prepared,
+               test: Any = None) -> dict[str, float] | None:
+    """The model's metrics on ``data.test`` (None without one; ``test``: it already encoded by
+    :func:`encode_test`): measured once per final model (``train``, ``export --model``), never used to choose."""
+    from .loop import evaluate
+
+    test = test if test is not None else encode_test(space, prepared)
+    if test is None:
+        return None
     settings = TrainSettings.from_space(space, prepared.precision)
     return evaluate(model, test, prepared.data, prepared.device, dtype=prepared.precision.autocast, generate=True,
                     batch_tokens=settings.eval_batch_tokens, user_metrics=settings.user_metrics)

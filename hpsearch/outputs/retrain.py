@@ -18,7 +18,7 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
     search that chose the config.
     """
     from ..finetune.model import load_tokenizer
-    from ..finetune.recipe import fine_tune, prepare, score_test
+    from ..finetune.recipe import encode_test, fine_tune, prepare, score_test
 
     if adapter_only and space.fixed["lora_r"] <= 0:
         raise UsageError(f"{space.source}: --adapter-only needs fixed.lora_r > 0 (it is {space.fixed['lora_r']})")
@@ -27,13 +27,10 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
                          f"export a trial's config with 'hpsearch export' or fix them under 'fixed:'")
     out = check_new_dir(output_dir, "--output-dir")
     prepared = prepare(space, device, weights=False)
-    if space.config["data"].get("test"):  # a bad test row is an error now, not after training
-        from ..finetune.data import prepare_test
-
-        prepare_test(space.config["data"], prepared.data.tokenizer, space.config["model"]["max_length"])
+    test = encode_test(space, prepared)  # a bad test row is an error now, not after training
     hp = dict(space.fixed)
     model, result = fine_tune(space, hp, prepared, callback=progress)
-    test = score_test(space, model, prepared)
+    test = score_test(space, model, prepared, test)
     metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": space.config.get("origin"),
                **({"test_metrics": test} if test is not None else {}),
                **{k: v for k, v in result.as_dict().items() if k != "metrics"}}

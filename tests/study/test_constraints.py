@@ -3,7 +3,6 @@ is never the best, exported or kept, the sampler learns to avoid its region, and
 bound stops there."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +13,7 @@ import yaml
 from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError
 from hpsearch.study import record
-from tests.helpers import CPU
+from tests.helpers import CPU, fake_accuracy
 
 
 @pytest.mark.parametrize("constraints, expected", [
@@ -41,8 +40,7 @@ def _fake_fine_tune(trainable_per_row: int):
         state = TrainingState(total_steps=1, train_examples=1, reports_per_epoch=1,
                               trainable_parameters=hp["batch_size"] * trainable_per_row)
         callback.on_step(state)
-        value = 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
-        return None, SimpleNamespace(metrics={"accuracy": value}, selection={})
+        return None, SimpleNamespace(metrics={"accuracy": fake_accuracy(hp)}, selection={})
 
     return fine_tune
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import math
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from hpsearch.finetune import model
 from hpsearch.study import runner
 from hpsearch.study.progress import Progress
 from hpsearch.tasks.classification import SequenceClassification
-from tests.helpers import CPU
+from tests.helpers import CPU, fake_accuracy
 
 
 def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: str, make_space, study_name: str,
@@ -116,8 +115,7 @@ def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest
         def fine_tune(space, hp, prepared, callback=None, group=None):
             if hp["batch_size"] >= 64:
                 raise failure("CUDA out of memory. Tried to allocate 8.00 GiB")
-            value = 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
-            return None, SimpleNamespace(metrics={"accuracy": value}, selection={})
+            return None, SimpleNamespace(metrics={"accuracy": fake_accuracy(hp)}, selection={})
 
         return fine_tune
 
