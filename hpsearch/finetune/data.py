@@ -17,11 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import DataError
 from ..tasks import get_task
 from ..tasks.encoded import Encoded, PreparedData, RawSplit
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def load_source(src: dict) -> Any:
@@ -117,20 +119,26 @@ def cache_dir() -> Path:
 
 
 def _save(path: Path, prepared: PreparedData) -> None:
+    """Both splits as one safetensors file (a split's raw examples as UTF-8 JSON bytes: no header size limit),
+    written atomically."""
     from safetensors.torch import save_file
 
-    tensors = {}
+    tensors, layout = {}, {}
     for split in ("train", "validation"):
         enc: Encoded = getattr(prepared, split)
         tensors[f"{split}.input_ids"] = enc.input_ids
         tensors[f"{split}.lengths"] = enc.lengths
         tensors[f"{split}.labels"] = enc.labels
-        if enc.token_type_ids is not None:
-            tensors[f"{split}.token_type_ids"] = enc.token_type_ids
-        if enc.label_lengths is not None:
-            tensors[f"{split}.label_lengths"] = enc.label_lengths
+        for name, value in (("token_type_ids", enc.token_type_ids), ("label_lengths", enc.label_lengths),
+                            ("example", enc.example), *((f"extra.{k}", v) for k, v in enc.extras.items())):
+            if value is not None:
+                tensors[f"{split}.{name}"] = value.contiguous()
+        if enc.examples is not None:
+            tensors[f"{split}.examples"] = torch.frombuffer(bytearray(json.dumps(enc.examples).encode()),
+                                                            dtype=torch.uint8)
+        layout[split] = {"fixed_width_labels": enc.fixed_width_labels}
     meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names),
-            "options": json.dumps(prepared.options)}
+            "options": json.dumps(prepared.options), "layout": json.dumps(layout)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -148,11 +156,15 @@ def _load(path: Path) -> PreparedData:
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
         t = {k: fh.get_tensor(k) for k in fh.keys()}
-    splits = {
-        s: Encoded(t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"),
-                   t.get(f"{s}.label_lengths"))
-        for s in ("train", "validation")
-    }
+    layout = json.loads(meta["layout"])
+    splits = {}
+    for s in ("train", "validation"):
+        examples = t.get(f"{s}.examples")
+        splits[s] = Encoded(
+            t[f"{s}.input_ids"], t[f"{s}.lengths"], t[f"{s}.labels"], t.get(f"{s}.token_type_ids"),
+            t.get(f"{s}.label_lengths"), layout[s]["fixed_width_labels"],
+            {k[len(f"{s}.extra."):]: v for k, v in t.items() if k.startswith(f"{s}.extra.")}, t.get(f"{s}.example"),
+            None if examples is None else json.loads(examples.numpy().tobytes().decode()))
     return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]),
                         json.loads(meta.get("options", "{}")))
 

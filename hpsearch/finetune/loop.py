@@ -27,7 +27,7 @@ from ..errors import HpsearchError
 from ..interrupts import check as check_interrupt
 from ..tasks import Task, get_task
 from ..tasks.base import generates
-from ..tasks.encoded import Encoded, PreparedData
+from ..tasks.encoded import Encoded, PreparedData, Rows
 from .checkpoints import Selection, Tracker, restore
 from .device import FP32, Precision, autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
@@ -247,7 +247,8 @@ def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: t
         for idx in eval_batches(enc.lengths, batch_tokens):
             check_interrupt()
             batch, labels = enc.batch(idx, device), enc.labels_of(idx, device)
-            parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels))
+            parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels,
+                                             Rows(enc, idx, data.options)))
             if generate:
                 generated.append(task.generate_batch(model, batch, labels, data))
     model.train(was_training)
@@ -373,7 +374,8 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     limit = settings.intermediate_eval_samples
-    subset = data.validation.head(limit) if limit is not None and limit < len(data.validation) else data.validation
+    subset = (data.validation.head(limit) if limit is not None and limit < data.validation.example_count
+              else data.validation)
     selection = settings.selection
     task = get_task(data.task)
     micro = hp.get("micro_batch_size", 0) or hp["batch_size"]

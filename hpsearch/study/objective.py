@@ -313,7 +313,7 @@ class Objective:
         trial.set_user_attr(record.PEAK_MEMORY_MB, peak)
         trial.set_user_attr("precision", self.prepared.precision.name)
         if self.prepared.data is not None:
-            trial.set_user_attr(record.VALIDATION_ROWS, len(self.prepared.data.validation))
+            trial.set_user_attr(record.VALIDATION_ROWS, self.prepared.data.validation.example_count)
         self._constrain(trial, {**_state_attrs(reporter.state, self.device), record.PEAK_MEMORY_MB: peak})
 
     def _constrain(self, trial: optuna.Trial, measured: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ TASKS = {
     "token_classification": "hpsearch.tasks.token_classification",
     "causal_lm": "hpsearch.tasks.causal_lm",
     "seq2seq": "hpsearch.tasks.seq2seq",
+    "question_answering": "hpsearch.tasks.question_answering",
 }
 """Adding a task: a module with a ``TASK`` object that follows :class:`~hpsearch.tasks.base.Task`, and a line here."""
 

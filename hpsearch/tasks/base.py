@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, RawSplit
+    from .encoded import Encoded, RawSplit, Rows
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,11 @@ class Task(Protocol):
       also needs the labels, shifted right, as decoder input).
     - ``loss(logits, labels)`` is the training loss, a mean; a task whose mean is over tokens rather than rows also
       has ``loss_units(labels)``, the count it averages over, so that gradients accumulated over micro-batches
-      equal one pass over the batch. ``evaluate_batch`` reduces one evaluation batch to what ``metrics_from``
-      needs, so evaluation never holds a whole split's logits when it need not.
+      equal one pass over the batch. ``evaluate_batch(logits, labels, rows)`` reduces one evaluation batch to what
+      ``metrics_from`` needs, so evaluation never holds a whole split's logits when it need not; ``rows``
+      (:class:`~hpsearch.tasks.encoded.Rows`) gives the batch's row indices, the per-row ``extras`` and raw
+      ``examples`` the task stored when it encoded (a question-answering window's offsets and context), and the
+      task's options.
     - ``metrics_from`` returns every metric in ``metrics`` that is not ``generated`` (names as keys), and
       ``eval_loss``.
     - A task whose predictions a user's metric function can score (``study.metric: package.module:function``)
@@ -97,6 +100,6 @@ class Task(Protocol):
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any: ...
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor, rows: Rows) -> Any: ...
 
     def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]: ...

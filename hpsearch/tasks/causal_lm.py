@@ -15,7 +15,7 @@ from .base import Column, Metric
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, RawSplit
+    from .encoded import Encoded, RawSplit, Rows
 
 IGNORE = -100
 """The label of positions the loss skips (prompt tokens and padding)."""
@@ -119,7 +119,7 @@ class CausalLM:
         """The learned next tokens the mean loss averages over (a row's first token is never predicted)."""
         return (labels[:, 1:] != IGNORE).sum()
 
-    def evaluate_batch(self, logits: Any, labels: torch.Tensor) -> Any:
+    def evaluate_batch(self, logits: Any, labels: torch.Tensor, rows: Rows) -> Any:
         """The batch's summed next-token loss and the number of learned tokens, in chunks of tokens so that at
         most :data:`CHUNK_ELEMENTS` fp32 logits exist at once."""
         import torch

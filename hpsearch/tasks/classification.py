@@ -13,7 +13,7 @@ from .base import Column, Metric
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, RawSplit
+    from .encoded import Encoded, RawSplit, Rows
 
 TEXT_COLUMNS = (
     Column("text_column", "text", help="the input text"),
@@ -99,7 +99,7 @@ class SequenceClassification:
 
         return torch.nn.functional.cross_entropy(logits.float(), labels)
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor, rows: Rows) -> Any:
         return logits.float().cpu(), labels.cpu()
 
     def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:

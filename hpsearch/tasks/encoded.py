@@ -24,16 +24,36 @@ class RawSplit:
 @dataclass
 class Encoded:
     """One split as tensors: right-padded ids [N, L], true lengths [N], labels [N] (or [N, L] for a label per
-    token, or [N, T] for a target sequence with its own lengths in ``label_lengths``), optional token types."""
+    token, or [N, T] for a target sequence with its own lengths in ``label_lengths``, or [N, K] of fixed width
+    with ``fixed_width_labels``), optional token types.
+
+    A task that needs more per row to score it (a question-answering window's character offsets) puts those
+    tensors in ``extras``; where several rows are cut from one example (long contexts split into windows), ``example``
+    gives each row's index in ``examples``, the raw examples the task scores against (contexts, gold answers).
+    Every operation on rows (:meth:`take`, :meth:`head`, :func:`concat`, cross-validation folds, the on-disk cache)
+    carries them, so that a new task needs no change here."""
 
     input_ids: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
     token_type_ids: torch.Tensor | None = None
     label_lengths: torch.Tensor | None = None
+    fixed_width_labels: bool = False
+    """Labels are K values per row (an answer's start and end positions): never trimmed with the ids."""
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-row tensors (first dimension N) a task reads when it scores rows; they stay on the CPU."""
+    example: torch.Tensor | None = None
+    """[N]: the index in ``examples`` of the example each row was cut from (None: a row is an example)."""
+    examples: list[Any] | None = None
+    """The raw examples rows were cut from (JSON-able: the on-disk cache stores them), as the task wants them."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def example_count(self) -> int:
+        """How many examples the rows hold: what a metric counts (several windows are one question)."""
+        return len(self) if self.example is None else len(torch.unique(self.example))
 
     def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
         """The rows ``index`` (a CPU tensor) trimmed to their longest sequence (dynamic padding), on ``device``."""
@@ -49,31 +69,56 @@ class Encoded:
 
     def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids, target
-        sequences to their longest)."""
+        sequences to their longest, fixed-width labels whole)."""
         labels = self.labels[_moved(index, self.labels.device)]
-        if labels.ndim == 2:
+        if labels.ndim == 2 and not self.fixed_width_labels:
             lengths = self.lengths if self.label_lengths is None else self.label_lengths
             labels = labels[:, : int(lengths[index].max())]
         return labels.to(device, non_blocking=True)
 
     def head(self, n: int) -> Encoded:
-        """The first ``n`` rows (a fixed subset, identical in every trial)."""
-        tt = None if self.token_type_ids is None else self.token_type_ids[:n]
-        ll = None if self.label_lengths is None else self.label_lengths[:n]
-        return Encoded(self.input_ids[:n], self.lengths[:n], self.labels[:n], tt, ll)
+        """The first ``n`` examples (a fixed subset, identical in every trial): the first ``n`` rows, or every row
+        cut from the first ``n`` examples."""
+        if self.example is None:
+            return self.take(torch.arange(min(n, len(self))))
+        first = torch.unique(self.example)[:n]
+        return self.take(torch.isin(self.example, first).nonzero().flatten())
 
     def to(self, device: torch.device) -> Encoded:
         """A copy whose ids and labels live on ``device`` (the whole set resident on a GPU); lengths stay on the
-        CPU, where batches are planned."""
+        CPU, where batches are planned, and so do the extras, read where rows are scored."""
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return Encoded(self.input_ids.to(device), self.lengths, self.labels.to(device), tt, self.label_lengths)
+        return replace(self, input_ids=self.input_ids.to(device), labels=self.labels.to(device), token_type_ids=tt)
 
     def take(self, index: torch.Tensor) -> Encoded:
-        """The rows ``index`` (a CPU tensor), in that order."""
+        """The rows ``index`` (a CPU tensor), in that order (``examples`` whole: the rows keep their indices)."""
         rows = index.to(self.input_ids.device)
-        tt = None if self.token_type_ids is None else self.token_type_ids[rows]
-        ll = None if self.label_lengths is None else self.label_lengths[index]
-        return Encoded(self.input_ids[rows], self.lengths[index], self.labels[rows], tt, ll)
+        return replace(self, input_ids=self.input_ids[rows], lengths=self.lengths[index], labels=self.labels[rows],
+                       token_type_ids=None if self.token_type_ids is None else self.token_type_ids[rows],
+                       label_lengths=None if self.label_lengths is None else self.label_lengths[index],
+                       extras={k: v[index] for k, v in self.extras.items()},
+                       example=None if self.example is None else self.example[index])
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows of one evaluation batch as a task scores them: their split, their indices in it (CPU) and the
+    task's options (``split.extras[name][index]``, ``split.examples``: what the task stored when it encoded)."""
+
+    split: Encoded
+    index: torch.Tensor
+    options: dict[str, Any]
+
+    def extra(self, name: str) -> torch.Tensor:
+        """The batch's rows of the per-row tensor ``name``."""
+        return self.split.extras[name][self.index]
+
+    def examples(self) -> list[tuple[int, Any]]:
+        """Each row's example index and raw example, in batch order."""
+        if self.split.example is None or self.split.examples is None:
+            raise ValueError("these rows carry no examples")
+        ids = self.split.example[self.index].tolist()
+        return [(i, self.split.examples[i]) for i in ids]
 
 
 def _moved(index: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -94,23 +139,41 @@ def _pad_value(parts: list[Encoded]) -> int:
 
 
 def _widen(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
-    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) if t.shape[1] < width else t
+    """``t`` right-padded with ``value`` along its second dimension to ``width``."""
+    if t.ndim < 2 or t.shape[1] >= width:
+        return t
+    pad = [0, 0] * (t.ndim - 2) + [0, width - t.shape[1]]
+    return torch.nn.functional.pad(t, pad, value=value)
 
 
 def concat(parts: list[Encoded]) -> Encoded:
     """Rows of several splits of one task and tokenizer as one split: ids right-padded to the widest, per-token
-    and target labels padded with the ignored label -100 (as every task pads them)."""
+    and target labels padded with the ignored label -100 (as every task pads them), extras of more than one
+    dimension padded with -1, examples one list (each part's example indices shifted past the earlier ones)."""
+    first = parts[0]
     width = max(e.input_ids.shape[1] for e in parts)
     pad = _pad_value(parts)
     ids = torch.cat([_widen(e.input_ids, width, pad) for e in parts])
-    if parts[0].labels.ndim == 2:
+    if first.labels.ndim == 2:
         lw = max(e.labels.shape[1] for e in parts)
         labels = torch.cat([_widen(e.labels, lw, -100) for e in parts])
     else:
         labels = torch.cat([e.labels for e in parts])
-    tt = None if parts[0].token_type_ids is None else torch.cat([_widen(e.token_type_ids, width, 0) for e in parts])
-    ll = None if parts[0].label_lengths is None else torch.cat([e.label_lengths for e in parts])
-    return Encoded(ids, torch.cat([e.lengths for e in parts]), labels, tt, ll)
+    tt = None if first.token_type_ids is None else torch.cat([_widen(e.token_type_ids, width, 0) for e in parts])
+    ll = None if first.label_lengths is None else torch.cat([e.label_lengths for e in parts])
+    extras = {}
+    for name in first.extras:
+        ew = max(e.extras[name].shape[1] for e in parts) if first.extras[name].ndim > 1 else 0
+        extras[name] = torch.cat([_widen(e.extras[name], ew, -1) for e in parts])
+    example, examples = None, None
+    if first.example is not None:
+        shifts = [0]
+        for e in parts[:-1]:
+            shifts.append(shifts[-1] + len(e.examples or []))
+        example = torch.cat([e.example + shift for e, shift in zip(parts, shifts)])
+        examples = [x for e in parts for x in (e.examples or [])]
+    return Encoded(ids, torch.cat([e.lengths for e in parts]), labels, tt, ll, first.fixed_width_labels, extras,
+                   example, examples)
 
 
 def column_values(split: RawSplit, key: str) -> list:
@@ -176,15 +239,17 @@ class PreparedData:
         return int(self.train.lengths.sum())
 
     def fold(self, k: int, folds: int) -> PreparedData:
-        """Cross-validation fold ``k`` of ``folds`` (1-based): the k-th block of training rows (as many as the
+        """Cross-validation fold ``k`` of ``folds`` (1-based): the k-th block of training examples (as many as the
         validation set has, at most a ``folds + 1``-th of them) becomes the validation set, and the validation rows
         join the other training rows: about the same training data, judged on rows no trial was selected on
         (:mod:`hpsearch.study.confirm`)."""
-        n_val, n_train = len(self.validation), len(self.train)
+        n_val, n_train = self.validation.example_count, self.train.example_count
         size = min(n_val, n_train // (folds + 1))
         if not 1 <= k <= folds or size < 1:
-            raise HpsearchError(f"fold {k} of {folds}: {n_train} training rows cannot give up {folds} blocks")
-        rows = torch.arange(n_train)
-        held = (rows >= (k - 1) * size) & (rows < k * size)
+            raise HpsearchError(f"fold {k} of {folds}: {n_train} training examples cannot give up {folds} blocks")
+        rows = torch.arange(len(self.train))
+        # Rows cut from one example (question-answering windows) stay on one side.
+        unit = rows if self.train.example is None else torch.unique(self.train.example, return_inverse=True)[1]
+        held = (unit >= (k - 1) * size) & (unit < k * size)
         train = concat([self.train.take(rows[~held]), self.validation])
         return replace(self, train=train, validation=self.train.take(rows[held]))

@@ -13,7 +13,7 @@ from .classification import TEXT_COLUMNS, encode_text
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, RawSplit
+    from .encoded import Encoded, RawSplit, Rows
 
 
 class Regression:
@@ -63,7 +63,7 @@ class Regression:
 
         return torch.nn.functional.mse_loss(logits.float().squeeze(-1), labels)
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor, rows: Rows) -> Any:
         return logits.float().reshape(-1).cpu(), labels.cpu()
 
     def metrics_from(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, float]:

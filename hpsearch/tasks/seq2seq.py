@@ -20,7 +20,7 @@ from .base import Column, Metric
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, PreparedData, RawSplit
+    from .encoded import Encoded, PreparedData, RawSplit, Rows
 
 IGNORE = -100
 """The label of padded target positions (the loss skips them)."""
@@ -87,7 +87,7 @@ class Seq2Seq:
         """The target tokens the mean loss averages over."""
         return (labels != IGNORE).sum()
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor, rows: Rows) -> Any:
         """The batch's summed target-token loss and its number of target tokens."""
         import torch
 

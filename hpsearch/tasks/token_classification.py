@@ -17,7 +17,7 @@ from .base import Column, Metric
 if TYPE_CHECKING:
     import torch
 
-    from .encoded import Encoded, RawSplit
+    from .encoded import Encoded, RawSplit, Rows
 
 IGNORE = -100
 """The label of positions the loss and the metrics skip (special tokens, padding, later sub-tokens)."""
@@ -80,7 +80,7 @@ class TokenClassification:
         """The labelled tokens the mean loss averages over."""
         return (labels != IGNORE).sum()
 
-    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> Any:
+    def evaluate_batch(self, logits: torch.Tensor, labels: torch.Tensor, rows: Rows) -> Any:
         """Per row: the labelled positions' gold and predicted ids; plus the batch's summed loss and count."""
         import torch
 

@@ -118,7 +118,7 @@ def test_token_metrics_skip_ignored_positions() -> None:
     logits = torch.full((1, 6, 3), -5.0)
     for pos, tag in enumerate([0, 1, 0, 2, 0, 1]):  # wrong at position 2 (I-PER predicted O) and at ignored ones
         logits[0, pos, tag] = 5.0
-    metrics = task.metrics_from([task.evaluate_batch(logits, labels)], names, {"tag_scheme": "auto"})
+    metrics = task.metrics_from([task.evaluate_batch(logits, labels, None)], names, {"tag_scheme": "auto"})
     assert metrics["token_accuracy"] == pytest.approx(2 / 3)
     assert metrics["entity_precision"] == 0.0 and metrics["entity_recall"] == 0.0  # B-PER alone != B-PER I-PER
     assert metrics["eval_loss"] > 1.0
@@ -343,7 +343,7 @@ def test_sft_masks_the_prompt_and_ends_with_eos(sft_files, tiny_decoders) -> Non
     # The loss counts only the answer and the EOS: predicting them from everything before.
     task = get_task("causal_lm")
     logits = torch.zeros(1, len(ids), len(tokenizer))
-    loss, count = task.evaluate_batch(logits, data.train.labels[:1, : len(ids)])
+    loss, count = task.evaluate_batch(logits, data.train.labels[:1, : len(ids)], None)
     assert count == len(answer) + 1 and loss == pytest.approx(count * math.log(len(tokenizer)), rel=1e-5)
 
 
@@ -417,4 +417,4 @@ def test_sft_logits_only_where_learned_give_the_full_loss_and_gradients(kind: st
         loss.backward(retain_graph=True)
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
-    assert task.evaluate_batch(small, labels) == pytest.approx(task.evaluate_batch(full, labels), rel=1e-5)
+    assert task.evaluate_batch(small, labels, None) == pytest.approx(task.evaluate_batch(full, labels, None), rel=1e-5)
