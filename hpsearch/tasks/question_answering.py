@@ -3,9 +3,10 @@
 An encoder with a span head (``AutoModelForQuestionAnswering``) scores every context token as the answer's start and
 as its end. A context longer than ``model.max_length`` allows is cut into overlapping windows (``doc_stride``
 tokens shared by neighbours); a window is labelled with the answer's token positions, or with the CLS token when
-the answer is not inside it. At evaluation each window pairs its ``n_best`` top start and end tokens into spans (start + end
-score, inside the context, at most ``max_answer_length`` tokens); the best over an example's windows is its answer,
-read from the context by character offsets; with ``allow_no_answer`` (SQuAD v2) the answer is empty when the CLS score beats it.
+the answer is not inside it. At evaluation each window pairs its ``n_best`` top start and end tokens into spans
+(start + end score, inside the context, at most ``max_answer_length`` tokens); the best over an example's windows
+is its answer, read from the context by character offsets; with ``allow_no_answer`` (SQuAD v2) the answer is empty
+when the CLS score beats it.
 Metrics: ``exact_match`` and ``f1`` as the official SQuAD evaluation computes them (0-100, each prediction against
 its best gold answer, after SQuAD's normalization; :func:`squad_scores`), and ``eval_loss``.
 
