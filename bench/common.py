@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,20 @@ def alternate(kinds: Sequence[str], rounds: int, run: Callable[[str, int], Any])
         for kind in kinds if r % 2 == 0 else list(reversed(kinds)):
             results[kind].append(run(kind, r))
     return results
+
+
+def trainer_arguments(config: dict, prefix: str, seed: int) -> dict[str, Any]:
+    """The anchor's ``TrainingArguments`` for one config, as every per-trial benchmark gives them: its batch size,
+    learning rate, epochs, weight decay and schedule, no warmup (the configs' ``warmup_ratio`` is 0), no saving,
+    logging or progress bars, the GPU when there is one."""
+    import torch
+
+    c = config
+    return {"output_dir": tempfile.mkdtemp(prefix=prefix), "save_strategy": "no", "report_to": [],
+            "logging_strategy": "no", "per_device_train_batch_size": c["batch_size"],
+            "per_device_eval_batch_size": 64, "learning_rate": c["learning_rate"], "num_train_epochs": c["epochs"],
+            "weight_decay": c["weight_decay"], "lr_scheduler_type": c["scheduler"], "warmup_steps": 0,
+            "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(), "seed": seed}
 
 
 def run_json(cmd: list[str], out: Path, quiet: bool = False) -> dict:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, require, run_side, shared
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, require, run_side, shared, trainer_arguments
 
 TOKENIZER = MODEL
 CONFIG = {"learning_rate": 3e-4, "batch_size": 32, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
@@ -87,7 +87,6 @@ def trainer_side(a: argparse.Namespace) -> dict:
     """One Trainer (causal_lm) or Seq2SeqTrainer (seq2seq) run on the config: seconds and the validation loss."""
     import datasets
     import numpy as np
-    import torch
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -134,12 +133,9 @@ def trainer_side(a: argparse.Namespace) -> dict:
     auto = AutoModelForSeq2SeqLM if a.task == "seq2seq" else AutoModelForCausalLM
     model = auto.from_pretrained(model_dir, config=cfg)
     args = Seq2SeqTrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="gen_"), eval_strategy="epoch", save_strategy="no", report_to=[],
-        logging_strategy="no", per_device_train_batch_size=c["batch_size"], per_device_eval_batch_size=64,
-        learning_rate=c["learning_rate"], num_train_epochs=c["epochs"], weight_decay=c["weight_decay"],
-        lr_scheduler_type=c["scheduler"], warmup_steps=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        seed=c["seed"], predict_with_generate=a.task == "seq2seq", generation_max_length=None,
-        generation_num_beams=1, train_sampling_strategy="group_by_length")  # the stronger anchor
+        **trainer_arguments(c, "gen_", c["seed"]), eval_strategy="epoch", predict_with_generate=a.task == "seq2seq",
+        generation_max_length=None, generation_num_beams=1,
+        train_sampling_strategy="group_by_length")  # the stronger anchor
     gen = {"max_new_tokens": NEW_TOKENS} if a.task == "seq2seq" else {}
     if gen:
         model.generation_config.max_new_tokens = NEW_TOKENS

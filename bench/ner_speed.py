@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, run_side
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, run_side, trainer_arguments
 
 CONFIG = {"learning_rate": 1e-4, "batch_size": 32, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
           "dropout": 0.1, "warmup_ratio": 0.0, "num_frozen_layers": 0, "seed": 0, "max_grad_norm": 1.0}
@@ -30,7 +30,6 @@ CONFIG = {"learning_rate": 1e-4, "batch_size": 32, "epochs": 1, "weight_decay": 
 def trainer_side(a: argparse.Namespace) -> dict:
     """One Trainer run on the config: seconds for train + evaluation, and entity F1."""
     import numpy as np
-    import torch
     from seqeval.metrics import f1_score
     from transformers import (
         AutoConfig,
@@ -78,12 +77,7 @@ def trainer_side(a: argparse.Namespace) -> dict:
                                      attention_probs_dropout_prob=c["dropout"],
                                      id2label=dict(enumerate(names)), label2id=index)
     model = AutoModelForTokenClassification.from_pretrained(a.model, config=cfg)
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="ner_"), eval_strategy="epoch", save_strategy="no",
-                             report_to=[], logging_strategy="no", per_device_train_batch_size=c["batch_size"],
-                             per_device_eval_batch_size=64, learning_rate=c["learning_rate"],
-                             num_train_epochs=c["epochs"], weight_decay=c["weight_decay"],
-                             lr_scheduler_type=c["scheduler"], warmup_steps=0, disable_tqdm=True,  # warmup_ratio 0
-                             use_cpu=not torch.cuda.is_available(), seed=c["seed"])
+    args = TrainingArguments(**trainer_arguments(c, "ner_", c["seed"]), eval_strategy="epoch")
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
                       data_collator=DataCollatorForTokenClassification(tok), compute_metrics=metrics)
     trainer.train()

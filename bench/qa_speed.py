@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, run_side, write_result
+from bench.common import MODEL, REPO, RESULTS, alternate, machine, now, run_side, trainer_arguments, write_result
 
 CONFIG = {"learning_rate": 2e-4, "batch_size": 16, "epochs": 1, "weight_decay": 0.01, "scheduler": "linear",
           "dropout": 0.1, "warmup_ratio": 0.0, "num_frozen_layers": 0, "seed": 0, "max_grad_norm": 1.0}
@@ -103,7 +103,6 @@ def _postprocess(examples, features, start_logits, end_logits, n_best: int = N_B
 def trainer_side(a: argparse.Namespace) -> dict:
     """One Trainer run on the config: seconds for training, prediction and decoding; exact match and F1."""
     import datasets
-    import torch
     from transformers import (
         AutoConfig,
         AutoModelForQuestionAnswering,
@@ -131,12 +130,7 @@ def trainer_side(a: argparse.Namespace) -> dict:
     cfg = AutoConfig.from_pretrained(a.model, hidden_dropout_prob=c["dropout"],
                                      attention_probs_dropout_prob=c["dropout"])
     model = AutoModelForQuestionAnswering.from_pretrained(a.model, config=cfg)
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="qa_"), eval_strategy="no", save_strategy="no",
-                             report_to=[], logging_strategy="no", per_device_train_batch_size=c["batch_size"],
-                             per_device_eval_batch_size=64, learning_rate=c["learning_rate"],
-                             num_train_epochs=c["epochs"], weight_decay=c["weight_decay"],
-                             lr_scheduler_type=c["scheduler"], warmup_steps=0, disable_tqdm=True,  # warmup_ratio 0
-                             use_cpu=not torch.cuda.is_available(), seed=a.seed)
+    args = TrainingArguments(**trainer_arguments(c, "qa_", a.seed), eval_strategy="no")
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=default_data_collator)
     trainer.train()
     start, end = trainer.predict(dev.remove_columns(["example_id", "offset_mapping"])).predictions

@@ -39,6 +39,17 @@ def fake_accuracy(hp: dict) -> float:
     return 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
 
 
+def batch_size_search(space) -> dict:
+    """``space`` (validated) as a raw dict searching batch size (8-128: the large ones the memory-bound tests fail)
+    and learning rate with a seeded TPE: what the sampler-learning tests search."""
+    raw = space.to_dict()
+    raw["params"] = {"batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
+                     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
+    raw["fixed"].pop("batch_size")
+    raw["study"]["sampler"] = {"name": "tpe", "seed": 3}
+    return raw
+
+
 def space_dict(model: Path, data: dict[str, Path], **overrides: object) -> dict:
     """A small valid space over the tiny model and data (fast trials: 192 examples, batch 16, 2 reports)."""
     cfg = {

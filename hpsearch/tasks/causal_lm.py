@@ -184,7 +184,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:
     """Prompt (masked) + response + EOS, or text + EOS, truncated to ``max_length``; labels = ids where learned."""
     import torch
 
-    from .encoded import Encoded, text_values
+    from .encoded import Encoded, pad_id, padded, text_values
 
     eos = tokenizer.eos_token_id
     if split.columns.get("response_column"):
@@ -201,14 +201,9 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int) -> Encoded:
         ids = (p + r + [eos])[:max_length]
         rows.append(ids)
         masks.append(min(len(p), len(ids)))
-    n = len(rows)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    width = int(lengths.max()) if n else 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    ids = torch.full((n, width), pad, dtype=torch.int64)
-    labels = torch.full((n, width), IGNORE, dtype=torch.int64)
+    ids, lengths = padded(rows, pad_id(tokenizer, eos))
+    labels = torch.full(ids.shape, IGNORE, dtype=torch.int64)
     for i, (row, start) in enumerate(zip(rows, masks)):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
         labels[i, start: len(row)] = ids[i, start: len(row)]
     return Encoded(ids, lengths, labels)
 

@@ -79,8 +79,11 @@ class Encoded:
     def head(self, n: int) -> Encoded:
         """The first ``n`` examples (a fixed subset, identical in every trial): the first ``n`` rows, or every row
         cut from the first ``n`` examples."""
-        if self.example is None:
-            return self.take(torch.arange(min(n, len(self))))
+        if self.example is None:  # views, no copy
+            return replace(self, input_ids=self.input_ids[:n], lengths=self.lengths[:n], labels=self.labels[:n],
+                           token_type_ids=None if self.token_type_ids is None else self.token_type_ids[:n],
+                           label_lengths=None if self.label_lengths is None else self.label_lengths[:n],
+                           extras={k: v[:n] for k, v in self.extras.items()})
         first = torch.unique(self.example)[:n]
         return self.take(torch.isin(self.example, first).nonzero().flatten())
 
@@ -199,22 +202,27 @@ def text_values(split: RawSplit, key: str, prefix: str = "") -> list[str]:
     return out
 
 
+def pad_id(tokenizer: Any, default: int = 0) -> int:
+    """The id rows are right-padded with: the tokenizer's pad token, else ``default`` (masked either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else default
+
+
+def padded(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids (or labels) as one int64 tensor right-padded with ``value`` to the longest row, and each row's
+    length."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    out = torch.full((len(rows), int(lengths.max()) if rows else 1), value, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    return out, lengths
+
+
 def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None,
              max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tokenize without padding, then store right-padded to the longest row: (ids, lengths, token types)."""
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
-    rows = enc["input_ids"]
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    width = int(lengths.max()) if len(rows) else 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
-    types = None
-    if pairs is not None and "token_type_ids" in enc:
-        types = torch.zeros((len(rows), width), dtype=torch.int64)
-        for i, r in enumerate(enc["token_type_ids"]):
-            types[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
+    ids, lengths = padded(enc["input_ids"], pad_id(tokenizer))
+    types = padded(enc["token_type_ids"], 0)[0] if pairs is not None and "token_type_ids" in enc else None
     return ids, lengths, types
 
 

@@ -251,8 +251,8 @@ def _gold(split: RawSplit, contexts: list[str], allow_no_answer: bool) -> list[l
         answers = _flat_answer(where, split, value) if flat else _squad_answers(where, split, value)
         for n, (text, start) in enumerate(answers, 1):
             which = "" if len(answers) == 1 else f" (answer {n})"
-            if context[start:start + len(text)] != text:
-                found = context[start:start + len(text)]
+            found = context[start:start + len(text)]
+            if found != text:
                 raise DataError(f"{where}: {_column(split, 'answer_start_column' if flat else key)}{which}: the "
                                 f"context at character {start} reads {found!r}, not the answer {text!r}")
         if not answers and not allow_no_answer:
@@ -325,7 +325,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
     outside the window); per window its character offsets (-1 outside the context) and CLS position."""
     import torch
 
-    from .encoded import Encoded, text_values
+    from .encoded import Encoded, pad_id, padded, text_values
 
     questions = [q.lstrip() for q in text_values(split, "question_column")]
     contexts = text_values(split, "context_column")
@@ -338,20 +338,14 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
                     stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True, padding=False)
     rows = enc["input_ids"]
     n = len(rows)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
-    width = int(lengths.max()) if n else 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((n, width), pad, dtype=torch.int64)
-    types = torch.zeros((n, width), dtype=torch.int64) if "token_type_ids" in enc else None
-    offsets = torch.full((n, width, 2), -1, dtype=torch.int32)
+    ids, lengths = padded(rows, pad_id(tokenizer))
+    types = padded(enc["token_type_ids"], 0)[0] if "token_type_ids" in enc else None
+    offsets = torch.full((n, ids.shape[1], 2), -1, dtype=torch.int32)
     labels = torch.zeros((n, 2), dtype=torch.int64)
     cls_index = torch.zeros(n, dtype=torch.int64)
     example = torch.tensor(enc["overflow_to_sample_mapping"], dtype=torch.int64)
     context_id = 1 if question_first else 0
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
-        if types is not None:
-            types[i, : len(row)] = torch.tensor(enc["token_type_ids"][i], dtype=torch.int64)
         spans = enc["offset_mapping"][i]
         inside = [t for t, s in enumerate(enc.sequence_ids(i)) if s == context_id]
         if inside:

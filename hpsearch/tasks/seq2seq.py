@@ -138,9 +138,8 @@ class Seq2Seq:
 
 def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str, Any]) -> Encoded:
     """Prefixed sources as input ids; targets as labels right-padded with IGNORE, with their own lengths."""
-    import torch
 
-    from .encoded import Encoded, text_values, tokenize
+    from .encoded import Encoded, padded, text_values, tokenize
 
     prefix = options.get("source_prefix", "")
     sources = text_values(split, "source_column", prefix)
@@ -151,12 +150,9 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
     eos = tokenizer.eos_token_id
     if eos is not None:  # T5 and BART tokenizers end targets with EOS; others get one, so the model learns to stop
         rows = [r if r and r[-1] == eos else (r[: limit - 1] + [eos]) for r in rows]
-    label_lengths = torch.tensor([len(r) for r in rows], dtype=torch.int64)
+    labels, label_lengths = padded(rows, IGNORE)
     if len(rows) and int(label_lengths.min()) == 0:
         raise DataError(f"{split.where}: a target encodes to no tokens")
-    labels = torch.full((len(rows), int(label_lengths.max()) if len(rows) else 1), IGNORE, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        labels[i, : len(r)] = torch.tensor(r, dtype=torch.int64)
     return Encoded(ids, lengths, labels, None, label_lengths)
 
 

@@ -180,20 +180,15 @@ def _encode_split(split: RawSplit, tags: list[list[str]], index: dict[str, int],
     """Tokenize words (``is_split_into_words``) and align the tags to sub-word tokens."""
     import torch
 
-    from .encoded import Encoded, column_values
+    from .encoded import Encoded, column_values, pad_id, padded
 
     words = [[str(w) for w in ws] for ws in column_values(split, "tokens_column")]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
     n = len(words)
-    lengths = torch.tensor([len(r) for r in enc["input_ids"]], dtype=torch.int64)
-    width = int(lengths.max()) if n else 1
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((n, width), pad, dtype=torch.int64)
-    labels = torch.full((n, width), IGNORE, dtype=torch.int64)
+    ids, lengths = padded(enc["input_ids"], pad_id(tokenizer))
+    labels = torch.full(ids.shape, IGNORE, dtype=torch.int64)
     cut_rows = cut_words = 0
     for r in range(n):
-        row = enc["input_ids"][r]
-        ids[r, : len(row)] = torch.tensor(row, dtype=torch.int64)
         previous = None
         word_ids = enc.word_ids(r)
         for pos, w in enumerate(word_ids):

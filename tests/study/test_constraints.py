@@ -13,7 +13,7 @@ import yaml
 from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError
 from hpsearch.study import record
-from tests.helpers import CPU, fake_accuracy
+from tests.helpers import CPU, batch_size_search, fake_accuracy
 
 
 @pytest.mark.parametrize("constraints, expected", [
@@ -52,11 +52,7 @@ def test_the_sampler_learns_to_avoid_an_infeasible_region(setup, monkeypatch) ->
     from hpsearch.study.samplers import build_sampler
 
     space, data = setup
-    raw = space.to_dict()
-    raw["params"] = {"batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
-                     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
-    raw["fixed"].pop("batch_size")
-    raw["study"]["sampler"] = {"name": "tpe", "seed": 3}
+    raw = batch_size_search(space)
     monkeypatch.setattr("hpsearch.study.objective.fine_tune", _fake_fine_tune(1000))
 
     def infeasible_proposals(constraints: list[str]) -> tuple[int, optuna.Study]:

@@ -19,7 +19,7 @@ from hpsearch.finetune import model
 from hpsearch.study import runner
 from hpsearch.study.progress import Progress
 from hpsearch.tasks.classification import SequenceClassification
-from tests.helpers import CPU, fake_accuracy
+from tests.helpers import CPU, batch_size_search, fake_accuracy
 
 
 def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: str, make_space, study_name: str,
@@ -104,11 +104,7 @@ def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest
     from hpsearch.study.samplers import build_sampler
 
     space, data = setup
-    raw = space.to_dict()
-    raw["params"] = {"batch_size": {"type": "categorical", "choices": [8, 16, 32, 64, 128]},
-                     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}}
-    raw["fixed"].pop("batch_size")
-    raw["study"]["sampler"] = {"name": "tpe", "seed": 3}
+    raw = batch_size_search(space)
     space = validate(raw)
 
     def fake_fine_tune(failure: type[Exception]):
