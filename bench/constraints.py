@@ -27,15 +27,15 @@ def study_with(constraints: list[str], seed: int, trials: int) -> list[tuple[int
 
     from hpsearch.config.validation import validate
     from hpsearch.finetune.device import FP32
-    from hpsearch.finetune.loop import TrainingState
     from hpsearch.finetune.recipe import Prepared
+    from hpsearch.finetune.state import TrainingState
     from hpsearch.study import objective as O
     from hpsearch.study.samplers import build_sampler
 
     def fine_tune(space: Any, hp: dict, prepared: Any, callback: Any = None, group: Any = None) -> Any:
         callback.on_step(TrainingState(total_steps=1, train_examples=1, reports_per_epoch=1,
-                                       trainable_parameters=hp["batch_size"] * 1000))
-        value = 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
+                                       trainable_parameters=hp.batch_size * 1000))
+        value = 0.9 - 0.05 * abs(math.log10(hp.learning_rate) + 3.5) + hp.batch_size / 1000
         return None, SimpleNamespace(metrics={"accuracy": value}, selection={})
 
     O.fine_tune = fine_tune

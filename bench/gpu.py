@@ -168,8 +168,9 @@ def memory_after_pruned_trials(work: Path, reduced: bool) -> dict:
 def eval_peak_128k(work: Path, reduced: bool) -> dict:
     import torch
 
-    from hpsearch.finetune import loop, recipe
+    from hpsearch.finetune import evaluation as E
     from hpsearch.finetune import model as M
+    from hpsearch.finetune import recipe
 
     hidden = 32 if reduced else 4096
     model = save_llama(work / "llama-128k", layers=2, hidden=hidden, vocab=128256, inter=2 * hidden,
@@ -181,12 +182,12 @@ def eval_peak_128k(work: Path, reduced: bool) -> dict:
                                 "validation": {"path": str(rows)}},
                        "params": {}, "fixed": {"dropout": 0.0}})
     prepared = recipe.prepare(space, "auto")
-    built = M.build_model(space.config["model"], dict(space.fixed), prepared.data, prepared.device,
+    built = M.build_model(space.model, space.hyperparameters(), prepared.data, prepared.device,
                           prepared.precision)
     reset_peak()
     before = gpu_mb()[0]
     t0 = time.perf_counter()
-    metrics = loop.evaluate(built, prepared.data.validation, prepared.data, prepared.device,
+    metrics = E.evaluate(built, prepared.data.validation, prepared.data, prepared.device,
                             dtype=prepared.precision.autocast)
     seconds = time.perf_counter() - t0
     peak = gpu_mb()[1]
@@ -207,6 +208,7 @@ def lora_7b_slices(work: Path, reduced: bool) -> dict:
 
     from hpsearch.finetune import loop, recipe
     from hpsearch.finetune import model as M
+    from hpsearch.finetune import state as S
 
     hidden, inter, heads, kv, seq = (64, 128, 4, 4, 64) if reduced else (4096, 11008, 32, 32, 1024)
     layers = (1, 2) if reduced else (2, 4)
@@ -228,11 +230,11 @@ def lora_7b_slices(work: Path, reduced: bool) -> dict:
             prepared = recipe.prepare(space, "auto")
             reset_peak()
             t0 = time.perf_counter()
-            built = M.build_model(space.config["model"], dict(space.fixed), prepared.data, prepared.device,
+            built = M.build_model(space.model, space.hyperparameters(), prepared.data, prepared.device,
                                   prepared.precision)
             setup = time.perf_counter() - t0
-            result = loop.train(built, prepared.data, dict(space.fixed),
-                                loop.TrainSettings.from_space(space, prepared.precision), device=prepared.device)
+            result = loop.train(built, prepared.data, space.hyperparameters(),
+                                S.TrainSettings.from_space(space, prepared.precision), device=prepared.device)
             out[f"{name}, {n} layers"] = {"setup_s": round(setup, 2), "peak_mb": round(gpu_mb()[1], 1),
                                           "steps": result.steps, "train_s": round(result.train_time_s, 2)}
             del built
@@ -266,8 +268,8 @@ def minilm_step_by_precision(work: Path, reduced: bool) -> dict:
         except Exception as exc:  # bf16 on a CPU without native bf16 is refused: say so and go on
             out[precision] = {"refused": str(exc)[:200]}
             continue
-        cold = recipe.fine_tune(space, dict(space.fixed), prepared)[1]
-        warm = recipe.fine_tune(space, dict(space.fixed), prepared)[1]
+        cold = recipe.fine_tune(space, space.hyperparameters(), prepared)[1]
+        warm = recipe.fine_tune(space, space.hyperparameters(), prepared)[1]
         out[precision] = {"ms_per_step_first": round(1000 * cold.train_time_s / cold.steps, 1),
                           "ms_per_step_warm": round(1000 * warm.train_time_s / warm.steps, 1),
                           "accuracy": round(warm.metrics["accuracy"], 4), "plan": prepared.precision.name}

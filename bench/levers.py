@@ -18,8 +18,9 @@ import torch
 
 from bench.common import REPO, machine
 from hpsearch.config.load import load_space
-from hpsearch.finetune import loop as T
+from hpsearch.finetune import batching as B
 from hpsearch.finetune import model as M
+from hpsearch.finetune import optim as O
 from hpsearch.finetune.device import precision_plan
 from hpsearch.finetune.recipe import prepare
 from hpsearch.finetune.vocab import shrink_vocabulary
@@ -36,15 +37,15 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
     if variant not in ("dropout", "both"):
         M.install_cheap_dropout = lambda model: False
     try:
-        model = M.build_model(space.config["model"], hp, data, device)
+        model = M.build_model(space.model, hp, data, device)
     finally:
         M.install_cheap_dropout = installed
     if variant in ("vocab", "both"):
         data = shrink_vocabulary(model, data).data
-    optimizer = T.make_optimizer(model, hp, device)
+    optimizer = O.make_optimizer(model, hp, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    bf16 = precision_plan(space.config["model"]["precision"], "auto", None, device).autocast is not None
-    batches = T.length_grouped_batches(data.train.lengths, batch_size, torch.Generator().manual_seed(0))
+    bf16 = precision_plan(space.model["precision"], "auto", None, device).autocast is not None
+    batches = B.length_grouped_batches(data.train.lengths, batch_size, torch.Generator().manual_seed(0))
     model.train()
 
     def step(idx: torch.Tensor) -> None:

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     for precision in a.precisions.split(","):
         space = load_space(a.space, [f"model.name_or_path={a.model}", f"model.precision={precision}",
                                      "study.pruner=none", *a.overrides])
-        first = space.study["enqueue"][0] if space.study["enqueue"] else {}
+        first = space.study.enqueue[0] if space.study.enqueue else {}
         prepared = prepare(space, "cpu")
         n_eval = len(prepared.data.validation)
         rows[precision], t0 = [], time.perf_counter()

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> None:
                      "max_train_samples": 128 if a.reduced else 2000, "max_eval_samples": 64 if a.reduced else 500},
             "params": {}, "fixed": {"epochs": 1, "batch_size": a.batch_size, "learning_rate": 3e-5}})
         prepared = recipe.prepare(space, "auto")
-        recipe.fine_tune(space, dict(space.fixed), prepared)  # warm-up: CUDA context, kernels, allocator
+        recipe.fine_tune(space, space.hyperparameters(), prepared)  # warm-up: CUDA context, kernels, allocator
         profiler = cProfile.Profile()
         t0 = time.perf_counter()
         profiler.enable()
-        _, result = recipe.fine_tune(space, dict(space.fixed), prepared)
+        _, result = recipe.fine_tune(space, space.hyperparameters(), prepared)
         profiler.disable()
         lines += [f"trial {time.perf_counter() - t0:.2f} s: setup {result.setup_time_s:.2f}, train "
                   f"{result.train_time_s:.2f} ({result.steps} steps, {1000 * result.train_time_s / result.steps:.1f} "
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                recipe.fine_tune(space, dict(space.fixed), prepared)
+                recipe.fine_tune(space, space.hyperparameters(), prepared)
             lines += ["## CUDA, by device time",
                       prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60),
                       "## CPU ops, by own time",

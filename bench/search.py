@@ -236,7 +236,7 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
     from hpsearch.config.files import apply_overrides, read_yaml
     from hpsearch.config.validation import validate
     from hpsearch.finetune.data import prepare as tokenize
-    from hpsearch.finetune.loop import evaluate
+    from hpsearch.finetune.evaluation import evaluate
     from hpsearch.finetune.model import load_tokenizer
     from hpsearch.finetune.recipe import fine_tune, prepare
 
@@ -245,17 +245,17 @@ def retrain_scores(a: argparse.Namespace, chosen: dict, sets: dict[str, tuple[Pa
         raw = apply_overrides(raw, ["study.trial_value=last", "study.early_stopping=null"])
         chosen = {**chosen, **ANCHOR_AS_RUN}
     base = validate(raw, source=a.space)
-    model_cfg = base.config["model"]
+    model_cfg = base.model
     tokenizer = load_tokenizer(model_cfg)
     prepared = prepare(base, "auto")
-    encoded = {name: tokenize({**base.config["data"], "max_eval_samples": None,  # the file has that source's columns
-                               "validation": {**base.config["data"][src], "path": str(path)}},
+    encoded = {name: tokenize({**base.data, "max_eval_samples": None,  # the file has that source's columns
+                               "validation": {**base.data[src], "path": str(path)}},
                               tokenizer, model_cfg["max_length"]).validation.to(prepared.device)
                for name, (path, src) in sets.items()}
     out: dict[str, list[float]] = {name: [] for name in sets}
     for seed in seeds:
         space = base.with_params({**chosen, "seed": seed})
-        model, _ = fine_tune(space, dict(space.fixed), prepared)
+        model, _ = fine_tune(space, space.hyperparameters(), prepared)
         for name, enc in encoded.items():
             out[name].append(evaluate(model, enc, prepared.data, prepared.device)["accuracy"])
     return out
@@ -325,7 +325,7 @@ def report(a: argparse.Namespace, runs: list[dict], plot_path: Path, argv: list[
            prior: dict | None = None, host: str | None = None) -> str:
     """The markdown report of ``runs``; ``when`` the run ended (default now) on ``host`` (default this machine);
     ``prior`` the ``--warm-start`` study."""
-    from hpsearch.study.workers import threads_per_worker
+    from hpsearch.config.placement import threads_per_worker
 
     lines = [f"# Search benchmark: hpsearch ({a.label}) against Trainer.hyperparameter_search", "",
              f"- date: {when or now()}",

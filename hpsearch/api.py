@@ -7,18 +7,15 @@
 from __future__ import annotations
 
 import inspect
-import os
-import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config.load import Overrides, load_space, override_strings
-from .config.options import DEVICE, RunOptions, run_keywords
+from .config.load import Overrides, load_space
+from .config.options import DEVICE, RunOptions, run_keywords, shown
 from .config.space import Space
-from .errors import HpsearchError, UsageError
+from .errors import UsageError
 
 if TYPE_CHECKING:
     import optuna
@@ -33,29 +30,20 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
     ``space`` is a file, a mapping in the file's form, or a Space; ``overrides`` changes keys before validation
     (``{"fixed.epochs": 1}``; None removes a key). The other keyword arguments are ``hpsearch run``'s options
     (:class:`~hpsearch.config.options.RunOptions`: ``trials``, ``total``, ``storage``, ``study_name``, ``device``,
-    ``workers``, ``keep_best``, ``mlflow``, ...), checked before anything is written. ``storage`` defaults to
-    ``$HPSEARCH_STORAGE``, else ``sqlite:///studies.db``; ``workers`` > 1, ``gpus`` or ``trials_per_gpu`` start
-    local worker processes sharing one budget, placed on the GPUs by :func:`hpsearch.study.workers.place`;
-    ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI ("" means $MLFLOW_TRACKING_URI).
+    ``workers``, ``keep_best``, ``mlflow``, ...). Every rule of the run (:mod:`hpsearch.config.rules`: the options
+    together, with the space and with this machine) is checked before anything is written, every problem at once.
+    ``storage`` defaults to ``$HPSEARCH_STORAGE``, else ``sqlite:///studies.db``; ``workers`` > 1, ``gpus``,
+    ``trials_per_gpu``, ``gpus_per_trial`` or ``ray`` start worker processes sharing one budget, placed by
+    :func:`hpsearch.config.placement.place`; ``quiet=False`` shows the live view; ``mlflow`` is a tracking URI ("":
+    $MLFLOW_TRACKING_URI).
     """
+    from .study.launch import start
     from .study.storage import resolve_url
 
     opts = run_keywords(options)
-    if opts.mlflow is not None:
-        from .study.tracking import tracking_uri
-
-        opts = replace(opts, mlflow=tracking_uri(opts.mlflow))
-    if opts.wandb is not None:
-        from .study.wandb_tracking import wandb_project
-
-        opts = replace(opts, wandb=wandb_project(opts.wandb))
     validated = load_space(space, overrides)
-    opts = replace(opts, storage=resolve_url(opts.storage), study_name=opts.study_name or validated.name)
-    if opts.local_workers:
-        return _run_workers(space, validated, overrides, opts)
-    from .study.runner import run_study
-
-    return run_study(validated, opts)
+    return start(validated, replace(opts, storage=resolve_url(opts.storage),
+                                    study_name=opts.study_name or validated.name))
 
 
 def _signature() -> inspect.Signature:
@@ -69,64 +57,6 @@ def _signature() -> inspect.Signature:
 
 
 run.__signature__ = _signature()  # type: ignore[attr-defined]
-
-
-def _run_workers(space: Any, validated: Space, overrides: Overrides, opts: RunOptions) -> optuna.Study:
-    """Prepare once here (data cache, study, warm start), then start the workers with one shared budget.
-
-    Workers read a space file: the given one with its overrides, or the validated space written to a
-    temporary file (a mapping or Space from Python)."""
-    from .config.files import dump_yaml
-    from .finetune.recipe import tokenize
-    from .study.runner import FINISHED, open_study
-    from .study.storage import open_storage, redact
-    from .study.workers import check_storage_for_workers, launch, place, place_groups, visible_gpus
-
-    url, name = opts.storage, opts.study_name
-    if opts.ray is not None:
-        gpus: list[str] = []
-    else:
-        gpus = list(opts.gpus or visible_gpus(opts.device))
-    if opts.trials_per_gpu and not gpus:
-        raise UsageError(f"--trials-per-gpu {opts.trials_per_gpu}: no GPU is visible (CUDA_VISIBLE_DEVICES="
-                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); give --workers N to split the CPU")
-    if opts.ray is not None:
-        slots = place(opts.workers or 1, [])  # Ray places them
-    elif opts.gpus_per_trial:
-        slots = place_groups(opts.workers, [] if opts.device == "cpu" else gpus, opts.gpus_per_trial)
-    else:
-        slots = place(opts.workers, gpus, opts.trials_per_gpu, threads=opts.cpus_per_worker)
-    count = len(slots)
-    check_storage_for_workers(url, count)
-    tokenize(validated)  # fills the data cache before the workers start
-    study = open_study(open_storage(url, heartbeat_interval=None), name, validated, warm_start=opts.warm_start)
-    total = opts.total
-    if total is None:
-        total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (opts.trials or 0)
-    with tempfile.TemporaryDirectory(prefix="hpsearch-space-") as tmp:
-        if isinstance(space, (str, Path)):
-            args = ["--space", str(Path(space).resolve())]
-            args += [a for o in override_strings(overrides) for a in ("--set", o)]
-        else:
-            file = Path(tmp) / f"{validated.name}.yaml"
-            file.write_text(dump_yaml(validated.to_dict()), encoding="utf-8")
-            args = ["--space", str(file)]
-        args += ["--study-name", name, *opts.worker_args()]
-        print(f"[hpsearch] {count} workers on study {name} in {redact(url)}, until {total} finished trials",
-              file=sys.stderr, flush=True)
-        if opts.ray is not None:
-            from .study.raylaunch import launch_on_ray
-
-            code = launch_on_ray(opts.ray, args, count, total, {"HPSEARCH_STORAGE": url}, device=opts.device,
-                                 trials_per_gpu=opts.trials_per_gpu, gpus_per_trial=opts.gpus_per_trial,
-                                 cpus=opts.cpus_per_worker)
-        else:
-            code = launch(args, slots, total, env={"HPSEARCH_STORAGE": url})
-    if code:
-        error = HpsearchError(f"{count} workers on study {name}: a worker exited with status {code}")
-        error.exit_code = code  # the CLI exits with the worker's status (130 when interrupted)
-        raise error
-    return study
 
 
 def export(study: str, output: str | Path, *, storage: str | None = None, top: int = 1,
@@ -144,10 +74,14 @@ def train(config: str | Path | Mapping[str, Any] | Space, output_dir: str | Path
           device: str = "auto", adapter_only: bool = False, progress: Any = None) -> dict[str, Any]:
     """Fine-tune one model from a config with nothing left to search (``hpsearch export`` writes one) into
     ``output_dir``, which ``from_pretrained`` then loads; return what metrics.json holds (``hpsearch train``)."""
+    from .config.rules import decide_train
     from .outputs.retrain import retrain
+    from .study.machine import probe
 
     why = DEVICE.problem(device)
     if why:
-        raise UsageError(f"device: {why}, got {device!r}")
-    return retrain(load_space(config, overrides), output_dir, device=device, progress=progress,
-                   adapter_only=adapter_only)
+        raise UsageError(f"{shown('device')}: {why}, got {device!r}")
+    space = load_space(config, overrides)
+    with probe(None, device) as machine:
+        decide_train(space, device, adapter_only, machine)
+    return retrain(space, output_dir, device=device, progress=progress, adapter_only=adapter_only)

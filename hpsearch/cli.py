@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
-from .config.options import DEVICE, Option, RunOptions, option_problems
-from .errors import MISSING, HpsearchError
-from .interrupts import Terminated, raise_terminated
+from .config.options import DEVICE, Option, RunOptions, flag_names
+from .errors import MISSING, HpsearchError, exit_status
+from .interrupts import raise_terminated
 
 STORAGE_HELP = dict(RunOptions.fields())["storage"].help
 SET_HELP = ("Override a config key: dotted KEY=VALUE, repeatable (e.g. --set fixed.epochs=1). VALUE is YAML; "
@@ -66,17 +66,16 @@ def _with_options(options: list[Any]) -> Any:
 
 
 class _Group(click.Group):
-    """Turns HpsearchError into a short message on stderr and its exit code, never a traceback."""
+    """Turns HpsearchError into a short message on stderr and its exit code, never a traceback; messages name
+    options by their flags."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except HpsearchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            code = 143 if isinstance(exc, Terminated) else 130
-            click.echo("interrupted: the running trial was marked FAIL; run the same command to resume", err=True)
+            with flag_names():
+                return super().invoke(ctx)
+        except (HpsearchError, KeyboardInterrupt) as exc:
+            code, line = exit_status(exc)
+            click.echo(line, err=True)
             ctx.exit(code)
 
 
@@ -104,16 +103,12 @@ def validate(space_file: str, overrides: tuple[str, ...]) -> None:
     space = load_space(space_file, overrides)
     n = len(space.params)
     study = space.study
-    goals = ", ".join(f"{d} {m}" for d, m in zip(study.get("directions") or [study["direction"]],
-                                                  study.get("metrics") or [study["metric"]]))
-    when = space.config.get("when", {})
+    goals = ", ".join(f"{d} {m}" for d, m in zip(study.all_directions, study.objectives))
+    when = space.when
     conditional = f" ({len(when)} conditional: {', '.join(when)})" if when else ""
     click.echo(f"{space_file}: OK, study {space.name!r}, {goals}, "
                f"{n} searched param{'s' if n != 1 else ''} ({', '.join(space.params) or 'none'}){conditional}, "
-               f"sampler {study['sampler']['name']}, pruner {study['pruner']['name']}")
-
-
-FLAGS = {name: spec.flag for name, spec in RunOptions.fields()}
+               f"sampler {study.sampler.name}, pruner {study.pruner.name}")
 
 
 @cli.command()
@@ -122,9 +117,6 @@ FLAGS = {name: spec.flag for name, spec in RunOptions.fields()}
 @_with_options([click_option(name, spec) for name, spec in RunOptions.fields()])
 def run(space_file: str, overrides: tuple[str, ...], **flags: Any) -> None:
     """Run trials of a search space into a (new or resumed) study."""
-    problems = option_problems(flags, FLAGS.__getitem__)
-    if problems:
-        raise click.UsageError("; ".join(problems))
     from .api import run as run_api
     from .study.storage import redact, resolve_url
 

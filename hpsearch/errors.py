@@ -10,6 +10,20 @@ class HpsearchError(Exception):
     exit_code = 1
 
 
+INTERRUPTED = "interrupted: the running trial was marked FAIL; run the same command to resume"
+
+
+def exit_status(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and the line a command ends with for ``exc``: an HpsearchError's own code and message, 130 /
+    143 for an interrupt (SIGINT / SIGTERM, which carries ``exit_code``); None for anything else (a bug: its
+    traceback is wanted)."""
+    if isinstance(exc, HpsearchError):
+        return exc.exit_code, f"error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return getattr(exc, "exit_code", 130), INTERRUPTED
+    return None
+
+
 class UsageError(HpsearchError):
     """Bad input on the command line or a refused operation (exit 2)."""
 

@@ -24,6 +24,9 @@ local worker once from the terminal and once forwarded by ``--workers``' parent)
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as a KeyboardInterrupt so that Optuna marks the running trial FAIL as it does for Ctrl-C."""
 
+    exit_code = 143
+    """128 + SIGTERM, what a command killed by it exits with."""
+
 
 def raise_terminated(signum: int, frame: Any) -> None:
     """A SIGTERM handler that raises :class:`Terminated` at once (outside a study: setup, retraining)."""

@@ -163,7 +163,7 @@ def setup(make_space):
     from hpsearch.finetune.model import load_tokenizer
 
     space = load_space(make_space())
-    data = prepare(space.config["data"], load_tokenizer(space.config["model"]), 32)
+    data = prepare(space.data, load_tokenizer(space.model), 32)
     return space, data
 
 

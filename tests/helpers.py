@@ -32,11 +32,11 @@ def sentences(n: int, seed: int) -> list[tuple[int, str]]:
     return rows
 
 
-def fake_accuracy(hp: dict) -> float:
+def fake_accuracy(hp) -> float:
     """A stand-in trial value for sampler tests: best near learning rate 10^-3.5, higher with bigger batches."""
     import math
 
-    return 0.9 - 0.05 * abs(math.log10(hp["learning_rate"]) + 3.5) + hp["batch_size"] / 1000
+    return 0.9 - 0.05 * abs(math.log10(hp.learning_rate) + 3.5) + hp.batch_size / 1000
 
 
 def batch_size_search(space) -> dict:
@@ -79,15 +79,11 @@ def sampler_overrides(name: str, seed: int) -> dict:
     return {"study__sampler": {"name": name, "seed": seed}, **no_pruner}
 
 
-def trial_hp(space, **kw: object) -> dict:
+def trial_hp(space, **kw: object):
     """Every hyperparameter for one trial: defaults, the space's fixed values, a quick-learning lr, then ``kw``."""
-    from hpsearch.config.vocabulary import HYPERPARAMETERS
+    from hpsearch.config.vocabulary import Hyperparameters
 
-    hp = {name: spec.default for name, spec in HYPERPARAMETERS.items()}
-    hp.update(space.fixed)
-    hp.update(learning_rate=2e-3, dropout=0.0)
-    hp.update(kw)
-    return hp
+    return Hyperparameters.of({**space.fixed, "learning_rate": 2e-3, "dropout": 0.0, **kw})
 
 
 PEOPLE = "alice bob carol dave".split()

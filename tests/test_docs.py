@@ -7,7 +7,8 @@ import re
 import pytest
 
 from hpsearch.config.options import RunOptions
-from hpsearch.config.vocabulary import HYPERPARAMETERS, MODEL_KEYS, STUDY_KEYS
+from hpsearch.config.sections import ModelSection, StudySection, keys
+from hpsearch.config.vocabulary import HYPERPARAMETERS
 from hpsearch.tasks import TASKS, get_task
 from tests.helpers import REPO
 
@@ -68,7 +69,7 @@ def test_the_task_table_names_every_task_its_keys_and_metrics() -> None:
 
 def test_the_space_reference_names_every_key_hyperparameter_and_shipped_space() -> None:
     reference = _section("Search-space reference")
-    for key in STUDY_KEYS + MODEL_KEYS:
+    for key in keys(StudySection) + keys(ModelSection):
         assert re.search(rf"^\s+{key}:", reference, flags=re.MULTILINE), key
     for name, hp in HYPERPARAMETERS.items():
         row = next(line for line in reference.splitlines() if line.startswith(f"| `{name}` |"))
@@ -98,3 +99,14 @@ def test_docstring_examples_run(path) -> None:
     module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert attempted and not failed
+
+
+def test_the_measurements_the_readme_names_are_the_table_s() -> None:
+    from hpsearch.config.measurements import CONSTRAINTS, OBJECTIVES
+
+    reference = _section("Search-space reference")
+    line = next(ln for ln in reference.splitlines() if ln.strip().startswith("constraints:"))
+    bounded = re.findall(r"(\w+) [<>]=? \d", line)
+    assert bounded and set(bounded) <= set(CONSTRAINTS), bounded
+    objectives = re.search(r"metrics: \[accuracy, (\w+)\].*also ([\w, ]+)\)", reference)
+    assert objectives and {objectives.group(1), *objectives.group(2).split(", ")} <= set(OBJECTIVES)

@@ -51,3 +51,26 @@ def test_an_import_that_points_up_or_closes_a_cycle_breaks_a_contract(tmp_path: 
                       encoding="utf-8")
     cycle = _lint(tmp_path)
     assert cycle.returncode == 1 and "No cycles are allowed in hpsearch.finetune" in cycle.stdout
+
+
+MODULE_LINES, FUNCTION_LINES = 500, 60
+"""How long a module and a function of the lower wings may grow before it is split (read top to bottom, each
+function on one screen)."""
+
+
+def test_the_lower_wings_keep_modules_and_functions_short() -> None:
+    import ast
+
+    long = []
+    for wing in ("config", "finetune"):
+        for path in sorted((REPO / "hpsearch" / wing).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            where = path.relative_to(REPO)
+            if len(text.splitlines()) > MODULE_LINES:
+                long.append(f"{where}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > FUNCTION_LINES:
+                        long.append(f"{where}:{node.lineno} {node.name}: {length} lines")
+    assert not long, long

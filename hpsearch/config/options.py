@@ -1,13 +1,16 @@
 """The options of a run, written once: ``hpsearch run``'s flags, ``hpsearch.run``'s keyword arguments and the
-command line a local worker gets are all derived from :class:`RunOptions`.
+options a worker process gets are all derived from :class:`RunOptions`.
 
 Adding an option is one field here (with its :class:`Option`: flag, help, bounds, check) plus its test; the CLI
 builds its click option from it (:func:`hpsearch.cli.click_option`), the API takes it as a keyword argument and
-checks it with the same rules, and ``to_workers=True`` passes it on to ``--workers``' processes.
+checks it with the same rules, and ``to_workers=True`` passes it on to the worker processes of a run. Each option
+is checked alone when RunOptions is made; how they go together, with the space and with the machine, is
+:mod:`hpsearch.config.rules`. Messages name an option as the caller gave it (:func:`shown`): a flag on the
+command line, a keyword in Python.
 
->>> options = RunOptions(trials=20, keep_best=3)
->>> options.worker_args()
-['--device', 'auto', '--keep-best', '3']
+>>> options = RunOptions(trials=20, keep_best=3, workers=2)
+>>> options.for_worker(total=40).keep_best, options.for_worker(total=40).workers
+(3, None)
 >>> RunOptions(trials=0)
 Traceback (most recent call last):
     ...
@@ -15,9 +18,11 @@ hpsearch.errors.UsageError: trials: must be an integer >= 1, got 0
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +172,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.gpus is not None and not isinstance(self.gpus, str):
             object.__setattr__(self, "gpus", tuple(str(g).strip() for g in self.gpus if str(g).strip()) or None)
-        problems = option_problems({f: getattr(self, f) for f, _ in self.fields()}, lambda field: field)
+        problems = option_problems({f: getattr(self, f) for f, _ in self.fields()})
         if problems:
             raise UsageError("; ".join(problems))
 
@@ -179,64 +184,50 @@ class RunOptions:
     @property
     def local_workers(self) -> bool:
         """Whether trials run in worker processes (``workers``, ``gpus`` or ``trials_per_gpu`` given) rather than
-        in this one; :func:`hpsearch.study.workers.place` says where each goes."""
+        in this one; :func:`hpsearch.config.placement.place` says where each goes."""
         return ((self.workers or 1) > 1 or self.gpus is not None or self.trials_per_gpu is not None
                 or self.gpus_per_trial is not None or self.ray is not None)
 
-    def worker_args(self) -> list[str]:
-        """The flags a local worker gets from these options (those marked ``to_workers`` that are set)."""
-        args: list[str] = []
-        for field, spec in self.fields():
-            value = getattr(self, field)
-            if spec.to_workers and value is not None:
-                args += [spec.flag, str(value)]
-        return args
+    def for_worker(self, total: int) -> RunOptions:
+        """What a worker process of this run gets: the options marked ``to_workers``, the study, the storage and the
+        shared ``total``; quiet (its launcher prefixes its lines). Placement and warm starts are the launcher's."""
+        kept = {field: getattr(self, field) for field, spec in self.fields() if spec.to_workers}
+        return RunOptions(**kept, storage=self.storage, study_name=self.study_name, total=total, quiet=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """By field, as ``RunOptions(**options.as_dict())`` takes them back (what a worker process receives)."""
+        return {field: list(v) if isinstance(v := getattr(self, field), tuple) else v for field, _ in self.fields()}
 
 
-def option_problems(values: dict[str, Any], name: Callable[[str], str]) -> list[str]:
-    """Every problem of a run's option ``values`` (by field), each naming its option as ``name(field)`` says: a
-    flag for the CLI, a keyword argument for the API. Each option alone first, then how they go together."""
+_NAMING: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar("hpsearch_naming",
+                                                                              default=lambda field: field)
+
+
+def shown(field: str) -> str:
+    """How a message names option ``field``: its flag within :func:`flag_names` (the CLI), else the keyword."""
+    return _NAMING.get()(field)
+
+
+@contextlib.contextmanager
+def flag_names() -> Iterator[None]:
+    """Within the block, messages name options by their flags (``--keep-best``), as the command line gave them."""
+    flags = {name: spec.flag for name, spec in RunOptions.fields()}
+    token = _NAMING.set(lambda field: flags.get(field, field))
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
+
+
+def option_problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with each of a run's option ``values`` (by field) alone: its kind, bound and check."""
     out = []
     for field, spec in RunOptions.fields():
         value = values.get(field)
         why = spec.problem(value)
         if why:
-            out.append(f"{name(field)}: {why}, got {value!r}")
-    if out:
-        return out
-    trials, total, gpus, workers = (values.get(k) for k in ("trials", "total", "gpus", "workers"))
-    grace, beat = values.get("grace_period"), values.get("heartbeat_interval")
-    if trials is None and total is None:
-        out.append(f"give {_arg(name, 'trials')} (trials in this invocation) or {_arg(name, 'total')} (finished "
-                   f"trials in the study)")
-    if grace and beat and grace <= beat:
-        out.append(f"{name('grace_period')} {grace}: must be longer than {name('heartbeat_interval')} {beat}")
-    per_gpu, device = values.get("trials_per_gpu"), str(values.get("device", ""))
-    placed = [name(k) for k, v in (("gpus", gpus), ("trials_per_gpu", per_gpu)) if v]
-    if placed and device.startswith("cuda:"):
-        out.append(f"{name('device')} {device}: with {' and '.join(placed)} each worker sees its own GPU as cuda:0; "
-                   f"give cuda or auto")
-    if placed and device == "cpu":
-        out.append(f"{name('device')} cpu: {' and '.join(placed)} place workers on GPUs; give {name('workers')} "
-                   f"to split the CPU cores")
-    if per_gpu and values.get("gpus_per_trial"):
-        out.append(f"{name('trials_per_gpu')} {per_gpu} and {name('gpus_per_trial')} {values['gpus_per_trial']}: "
-                   f"give one (several trials per GPU, or several GPUs per trial)")
-    if values.get("gpus_per_trial") and device.startswith("cuda:"):
-        out.append(f"{name('device')} {device}: with {name('gpus_per_trial')} each rank takes its own GPU; give cuda "
-                   f"or auto")
-    if values.get("ray") is not None and gpus:
-        out.append(f"{name('gpus')} {','.join(gpus)}: with {name('ray')} Ray gives each worker its GPUs")
-    if per_gpu and workers:
-        out.append(f"{name('workers')} {workers} and {name('trials_per_gpu')} {per_gpu}: give one (K per GPU makes "
-                   f"K x GPUs workers)")
+            out.append(f"{shown(field)}: {why}, got {value!r}")
     return out
-
-
-def _arg(name: Callable[[str], str], field: str) -> str:
-    """``--trials N`` on the command line, ``trials=N`` in Python."""
-    shown = name(field)
-    return f"{shown} N" if shown.startswith("--") else f"{shown}=N"
 
 
 def run_keywords(kwargs: dict[str, Any]) -> RunOptions:

@@ -1,5 +1,5 @@
-"""The validated search space: the normalized config (plain dicts, every default filled in) and what a trial
-needs from it.
+"""The validated search space: the normalized config (plain dicts, every default filled in), its sections as typed
+objects (:mod:`hpsearch.config.sections`), and what a trial needs from it.
 
 The normalized config is what the study stores and what ``export`` writes back, so the same schema serves both.
 Reading a file is :mod:`hpsearch.config.files`, checking it :mod:`hpsearch.config.validation`, both together
@@ -10,46 +10,73 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .conditions import Clause, holds, inactive, order, parse
-from .vocabulary import HYPERPARAMETERS
+from .sections import DataSection, ModelSection, StudySection
+from .vocabulary import HYPERPARAMETERS, Hyperparameters
+
+if TYPE_CHECKING:
+    from ..tasks.base import Task
 
 
 @dataclass(frozen=True)
 class Space:
-    """A validated search space: the normalized config plus what a trial needs from it."""
+    """A validated search space: the normalized ``config`` and, built from it once, its typed sections."""
 
     config: dict
+    """The normalized config, in file form: what the study stores and export writes."""
     source: str = "<config>"
+    """Where it came from (a file, ``<mapping>``), for error messages."""
+    study: StudySection = field(init=False, repr=False, compare=False)
+    """``study:``, typed."""
+    model: ModelSection = field(init=False, repr=False, compare=False)
+    """``model:``, typed."""
+    data: DataSection = field(init=False, repr=False, compare=False)
+    """``data:``, typed (its task resolved to the task object)."""
 
-    @property
-    def study(self) -> dict:
-        return self.config["study"]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "study", StudySection.from_dict(self.config["study"]))
+        object.__setattr__(self, "model", ModelSection.from_dict(self.config["model"]))
+        object.__setattr__(self, "data", DataSection.from_dict(self.config["data"]))
 
     @property
     def params(self) -> dict:
+        """The searched hyperparameters: each one's ``{type, low, high, log, step}`` or ``{type, choices}``."""
         return self.config["params"]
 
     @property
     def fixed(self) -> dict:
+        """The value of every hyperparameter not searched (given, or its default)."""
         return self.config["fixed"]
 
     @property
     def name(self) -> str:
-        return self.study["name"]
+        return self.study.name
+
+    @property
+    def task(self) -> Task:
+        """The task object (``data.task``)."""
+        return self.data.task
+
+    @property
+    def when(self) -> dict[str, str]:
+        """Each conditional hyperparameter's condition as written (``when:``; empty: none is conditional)."""
+        return self.config.get("when") or {}
 
     @property
     def conditions(self) -> dict[str, list[Clause]]:
-        """Each conditional hyperparameter's clauses (``when:``; :mod:`hpsearch.config.conditions`)."""
-        return {name: parse(text) for name, text in self.config.get("when", {}).items()}
+        """Each conditional hyperparameter's clauses (:mod:`hpsearch.config.conditions`)."""
+        return {name: parse(text) for name, text in self.when.items()}
 
-    def inactive(self, values: dict) -> set[str]:
+    def inactive(self, values: dict | Hyperparameters) -> set[str]:
         """The hyperparameters whose condition does not hold for ``values`` (every hyperparameter's value)."""
-        return inactive(self.conditions, values) if self.config.get("when") else set()
+        if isinstance(values, Hyperparameters):
+            values = values.as_dict()
+        return inactive(self.conditions, values) if self.when else set()
 
-    def suggest(self, trial: Any) -> dict:
+    def suggest(self, trial: Any) -> Hyperparameters:
         """Ask an Optuna trial for every searched parameter whose condition holds, in dependency order; return all
         hyperparameters (searched and fixed; an inactive one at its default, see :meth:`inactive`)."""
         hp = dict(self.fixed)
@@ -72,13 +99,18 @@ class Space:
                 hp[name] = trial.suggest_float(name, spec["low"], spec["high"], step=spec.get("step"),
                                                log=spec["log"])
             active[name] = hp[name]
-        return {name: hp[name] for name in HYPERPARAMETERS}
+        return Hyperparameters.of(hp)
 
-    def with_params(self, values: dict, origin: dict | None = None) -> "Space":
+    def hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters of a space with nothing left to search (``train``, a confirmation fold)."""
+        return Hyperparameters.of(self.fixed)
+
+    def with_params(self, values: dict, origin: dict | None = None) -> Space:
         """A space with nothing left to search: ``values`` fixed on top of this one's fixed hyperparameters."""
         cfg = copy.deepcopy(self.config)
-        merged = {**self.fixed, **values}
-        merged.update({n: HYPERPARAMETERS[n].default for n in self.params if n not in merged})  # inactive: unsampled
+        # Defaults first: an inactive parameter was not sampled, and a study stored before a hyperparameter
+        # existed has no value for it.
+        merged = {**{n: hp.default for n, hp in HYPERPARAMETERS.items()}, **self.fixed, **values}
         off = self.inactive(merged)
         cfg["fixed"] = {name: merged[name] for name in HYPERPARAMETERS if name not in off}
         cfg.pop("when", None)

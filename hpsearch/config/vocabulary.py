@@ -6,6 +6,7 @@ live in :mod:`hpsearch.tasks`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ SCHEDULER_KWARGS = {
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """One trainable knob: its kind (float, int or str), default and admissible range."""
+    """What one hyperparameter takes: its kind (float, int or str), default and admissible range."""
 
     kind: str
     default: Any
@@ -46,7 +47,6 @@ class Hyperparameter:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
-    help: str = ""
 
     def check(self, value: Any) -> str | None:
         """Return why ``value`` is not admissible, or None when it is."""
@@ -69,33 +69,71 @@ class Hyperparameter:
         return None
 
 
-HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "learning_rate": Hyperparameter("float", 5e-5, low=0, low_open=True, help="AdamW peak learning rate"),
-    "batch_size": Hyperparameter("int", 32, low=1, help="training examples per optimizer step"),
-    "epochs": Hyperparameter("int", 1, low=1, high=1000, help="passes over the training set"),
-    "dropout": Hyperparameter("float", 0.1, low=0, high=1, high_open=True,
-                              help="the model's hidden and attention dropout"),
-    "weight_decay": Hyperparameter("float", 0.0, low=0, help="AdamW decoupled weight decay (not on biases/norms)"),
-    "scheduler": Hyperparameter("str", "linear", choices=SCHEDULERS, help="transformers learning-rate schedule"),
-    "warmup_ratio": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
-                                   help="fraction of the steps spent warming up"),
-    "num_frozen_layers": Hyperparameter("int", 0, low=0,
-                                        help="embeddings plus the first k encoder layers frozen (0: none)"),
-    "seed": Hyperparameter("int", 42, low=0, high=2**32 - 1, help="seeds the head's init, dropout and shuffling"),
-    "max_grad_norm": Hyperparameter("float", 1.0, low=0, help="gradient clipping norm (0 turns it off)"),
-    "micro_batch_size": Hyperparameter("int", 0, low=0,
-                                       help="examples per forward and backward pass; batch_size is reached by "
-                                            "accumulating gradients (0: the whole batch, halved on out of memory)"),
-    "lora_r": Hyperparameter("int", 0, low=0, high=4096,
-                             help="LoRA rank (peft); 0 fine-tunes every weight, so one search can compare both"),
-    "lora_alpha": Hyperparameter("float", 16.0, low=0, low_open=True, help="LoRA scaling numerator (alpha / r)"),
-    "lora_dropout": Hyperparameter("float", 0.0, low=0, high=1, high_open=True,
-                                   help="dropout on the LoRA branch's input"),
-    "lora_target_modules": Hyperparameter("str", "all-linear",
-                                          help="modules that get adapters: all-linear, or a list of module names "
-                                               "(query, value, q_proj, ...); the task's head is always trained in "
-                                               "full"),
-}
+def _hp(kind: str, default: Any, **bounds: Any) -> Any:
+    """A :class:`Hyperparameters` field: its default and what it takes."""
+    return dataclasses.field(default=default, metadata={"spec": Hyperparameter(kind, default, **bounds)})
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """One trial's hyperparameters, every one set: searched, fixed, or at its default. What may be searched or fixed
+    in a space file is exactly these fields (:data:`HYPERPARAMETERS` gives each one's kind and range).
+
+    >>> Hyperparameters.of({"learning_rate": 1e-4}).batch_size
+    32
+    """
+
+    learning_rate: float = _hp("float", 5e-5, low=0, low_open=True)
+    """AdamW peak learning rate."""
+    batch_size: int = _hp("int", 32, low=1)
+    """Training examples per optimizer step."""
+    epochs: int = _hp("int", 1, low=1, high=1000)
+    """Passes over the training set."""
+    dropout: float = _hp("float", 0.1, low=0, high=1, high_open=True)
+    """The model's hidden and attention dropout."""
+    weight_decay: float = _hp("float", 0.0, low=0)
+    """AdamW decoupled weight decay (not on biases and norms)."""
+    scheduler: str = _hp("str", "linear", choices=SCHEDULERS)
+    """transformers' learning-rate schedule."""
+    warmup_ratio: float = _hp("float", 0.0, low=0, high=1, high_open=True)
+    """The fraction of the steps spent warming up."""
+    num_frozen_layers: int = _hp("int", 0, low=0)
+    """Embeddings plus the first k encoder layers frozen (0: none)."""
+    seed: int = _hp("int", 42, low=0, high=2**32 - 1)
+    """Seeds the head's initialization, dropout and the batch order."""
+    max_grad_norm: float = _hp("float", 1.0, low=0)
+    """Gradient clipping norm (0 turns it off)."""
+    micro_batch_size: int = _hp("int", 0, low=0)
+    """Examples per forward and backward pass; ``batch_size`` is reached by accumulating gradients (0: the whole
+    batch, halved on out of memory)."""
+    lora_r: int = _hp("int", 0, low=0, high=4096)
+    """LoRA rank (peft); 0 fine-tunes every weight, so one search can compare both."""
+    lora_alpha: float = _hp("float", 16.0, low=0, low_open=True)
+    """LoRA scaling numerator (alpha / r)."""
+    lora_dropout: float = _hp("float", 0.0, low=0, high=1, high_open=True)
+    """Dropout on the LoRA branch's input."""
+    lora_target_modules: str = _hp("str", "all-linear")
+    """Modules that get adapters: all-linear, or module names joined by commas (query,value ...); the task's head
+    is always trained in full."""
+
+    @classmethod
+    def of(cls, values: Any) -> Hyperparameters:
+        """Every hyperparameter: ``values`` (a mapping by name, or Hyperparameters) over the defaults; an unknown
+        name is a TypeError naming it."""
+        if isinstance(values, Hyperparameters):
+            return values
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """By name, in this class's order (what a trial stores and a kept model's metrics.json holds)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Hyperparameters:
+        return dataclasses.replace(self, **changes)
+
+
+HYPERPARAMETERS: dict[str, Hyperparameter] = {f.name: f.metadata["spec"] for f in dataclasses.fields(Hyperparameters)}
+"""What may be searched or fixed, by name: each one's kind, default and range."""
 ALL_LINEAR = "all-linear"
 
 
@@ -117,15 +155,6 @@ SAMPLERS = {
 }
 MULTI_OBJECTIVE_SAMPLERS = ("tpe", "random", "qmc", "grid", "nsga2", "gp")
 """The samplers that take several objectives (``study.metrics``); CMA-ES takes one."""
-MEASURED_OBJECTIVES = {
-    "latency_ms": "milliseconds per example of the trained model's inference, one row at a time (16 validation "
-                  "rows after 2 to warm up)",
-    "parameters": "the model's parameters",
-    "trainable_parameters": "the parameters training updates",
-    "train_time_s": "seconds of training",
-}
-"""What ``study.metrics`` can list besides the task's metrics and metric functions: measurements of the trained
-model and its training, each minimized."""
 PRUNERS = {
     "median": "MedianPruner",
     "percentile": "PercentilePruner",
@@ -143,28 +172,6 @@ FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl"
 tag in the last column, for token classification."""
 
 TOP_KEYS = ("study", "model", "data", "params", "fixed", "when", "origin")
-STUDY_KEYS = ("name", "direction", "metric", "sampler", "pruner", "enqueue", "reports_per_epoch",
-              "intermediate_eval_samples", "early_stopping", "trial_value", "confirm", "deterministic",
-              "constraints", "metrics", "directions")
-CONSTRAINT_ATTRIBUTES = {
-    "peak_memory_mb": "the trial's peak memory: allocated GPU memory, or the process's peak RSS on a CPU (which "
-                      "never goes down within a process: use it on GPUs)",
-    "train_time_s": "seconds of training (a trial past the bound is stopped there and counts as a violation)",
-    "eval_time_s": "seconds of evaluation",
-    "parameters": "the model's parameters",
-    "trainable_parameters": "the parameters training updates (LoRA's adapters and the head; frozen layers left out)",
-    "tokens_per_s": "training throughput in tokens per second",
-    "examples_per_s": "training throughput in rows per second",
-}
-"""What ``study.constraints`` can bound (``ATTRIBUTE <= NUMBER``; ``<``, ``>=``, ``>`` too): attributes every trial
-records. A trial whose measurement breaks a bound is infeasible: Optuna's samplers learn to avoid its region and
-it is never the study's best."""
-EARLY_STOPPING_KEYS = ("patience", "min_delta")
-CONFIRM_KEYS = ("top_k", "folds")
-DEFAULT_CONFIRM = None
-"""``study.confirm``: retrain the ``top_k`` best trials (default 3) on ``folds`` cross-validation folds (default 2)
-before choosing one (:mod:`hpsearch.study.confirm`). Off unless a space asks: on the search benchmark it changed the
-choice on one of two seeds, by nothing the held-out rows could tell, for 12-24 % more study time (bench/README.md)."""
 DEFAULT_REPORTS_PER_EPOCH = 1
 """Evaluations per epoch unless a space asks for more. Quarter-epoch reports on a 256-row subset (the old default)
 let the median pruner decide on noise and favour configs that start fast; one whole-validation report per epoch
@@ -173,10 +180,6 @@ TRIAL_VALUES = ("best", "last")
 DEFAULT_TRIAL_VALUE = "best"
 """What a trial reports: its best whole-validation checkpoint (and those weights kept), or its last evaluation.
 bench/README.md has the measurement behind the default."""
-SAMPLER_KEYS = ("name", "seed", "options")
-PRUNER_KEYS = ("name", "options", "wrapped")
-MODEL_KEYS = ("name_or_path", "max_length", "trust_remote_code", "revision", "precision", "dtype",
-              "attn_implementation", "gradient_checkpointing", "quantization", "eval_batch_tokens", "distributed")
 DISTRIBUTED = ("ddp", "fsdp")
 """``model.distributed``, how the devices of a trial (``--gpus-per-trial K``) hold the model: ``ddp`` (a whole copy
 on each, gradients averaged) or ``fsdp`` (parameters, gradients and AdamW state sharded over them, each block
@@ -198,10 +201,6 @@ then needs ``lora_r`` > 0."""
 EVAL_BATCH_TOKENS = 16384
 """``model.eval_batch_tokens``: padded tokens per evaluation batch (at most 64 rows, where the CPU is fastest). A
 1,024-token decoder evaluates 16 rows at a time, whatever the training batch."""
-DATA_KEYS = ("task", "train", "validation", "test", "max_train_samples", "max_eval_samples")
-"""The data keys of every task; a task adds its column keys (a source may override them) and its options."""
-FILE_SOURCE_KEYS = ("path", "format")
-HUB_SOURCE_KEYS = ("hub", "config", "split", "revision")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "when")
 FIXED_KEYS = ("value", "when")
 """A fixed hyperparameter given as a mapping: its value and the condition under which it is active."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..config.sections import StudySection
 from ..config.vocabulary import TRIAL_VALUES
 
 
@@ -40,12 +41,11 @@ class Selection:
         return self.keep == "best" or self.patience is not None
 
     @classmethod
-    def from_study(cls, study: dict) -> "Selection":
+    def from_study(cls, study: StudySection) -> Selection:
         """The policy a validated space's ``study`` section asks for."""
-        stop = study.get("early_stopping") or {}
-        return cls(metric=study["metric"], maximize=study["direction"] == "maximize",
-                   keep=study.get("trial_value", "last"), patience=stop.get("patience"),
-                   min_delta=stop.get("min_delta", 0.0))
+        stop = study.early_stopping
+        return cls(metric=study.metric, maximize=study.direction == "maximize", keep=study.trial_value,
+                   patience=stop.patience if stop else None, min_delta=stop.min_delta if stop else 0.0)
 
 
 @dataclass

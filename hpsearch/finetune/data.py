@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..config.sections import DataSection, Source
 from ..errors import DataError
 from ..tasks import get_task
 from ..tasks.encoded import Encoded, PreparedData, RawSplit
@@ -26,29 +27,25 @@ from ..tasks.encoded import Encoded, PreparedData, RawSplit
 CACHE_VERSION = 3
 
 
-def load_source(src: dict) -> Any:
+def load_source(src: Source) -> Any:
     """A `datasets.Dataset` for one source: a local csv/tsv/json/jsonl/parquet file or a hub dataset split."""
     import datasets
 
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     try:
-        if "hub" in src:
-            return datasets.load_dataset(src["hub"], src.get("config"), split=src["split"],
-                                         revision=src.get("revision"))
-        fmt = src["format"]
-        if fmt == "conll":
-            return read_conll(Path(src["path"]).expanduser(), src["tokens_column"], src["tags_column"])
+        if src.hub is not None:
+            return datasets.load_dataset(src.hub, src.config, split=src.split, revision=src.revision)
+        if src.format == "conll":
+            return read_conll(Path(src.path).expanduser(), src.columns["tokens_column"], src.columns["tags_column"])
         kwargs: dict[str, Any] = {}
-        if fmt == "tsv":
+        if src.format == "tsv":
             # Quoting off: SST-2 and most TSV corpora contain bare quote characters inside sentences.
             kwargs = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}
-        builder = {"tsv": "csv", "jsonl": "json"}.get(fmt, fmt)
-        return datasets.load_dataset(builder, data_files=str(Path(src["path"]).expanduser()), split="train",
-                                     **kwargs)
+        builder = {"tsv": "csv", "jsonl": "json"}.get(src.format, src.format)
+        return datasets.load_dataset(builder, data_files=str(Path(src.path).expanduser()), split="train", **kwargs)
     except Exception as exc:  # datasets raises many types; the user needs the source and the reason
-        where = src.get("path") or f"{src.get('hub')} ({src.get('config')}, {src.get('split')})"
-        raise DataError(f"cannot load data from {where}: {exc}") from exc
+        raise DataError(f"cannot load data from {src.where}: {exc}") from exc
 
 
 def read_conll(path: Path, tokens_column: str, tags_column: str) -> Any:
@@ -79,36 +76,25 @@ def read_conll(path: Path, tokens_column: str, tags_column: str) -> Any:
     return datasets.Dataset.from_dict({tokens_column: sentences, tags_column: tags})
 
 
-def _source_identity(src: dict) -> dict:
-    if "hub" in src:
-        return {k: src.get(k) for k in ("hub", "config", "split", "revision")}
-    p = Path(src["path"]).expanduser().resolve()
+def _source_identity(src: Source) -> dict:
+    if src.hub is not None:
+        return src.identity()
+    p = Path(src.path).expanduser().resolve()
     st = p.stat()
-    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "format": src["format"]}
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "format": src.format}
 
 
-def _columns(data: dict, src: dict) -> dict:
-    """The task's columns for one source: the source's own names, else the data section's."""
-    return {c.key: src.get(c.key, data.get(c.key)) for c in get_task(data["task"]).columns}
-
-
-def task_options(data: dict) -> dict[str, Any]:
-    """The task's options (``label_all_tokens`` ...), from the data section or their defaults."""
-    return {k: data.get(k, v) for k, v in get_task(data["task"]).options.items()}
-
-
-def cache_key(data: dict, tokenizer: Any, max_length: int) -> str:
+def cache_key(data: DataSection, tokenizer: Any, max_length: int) -> str:
     """Hash of everything the tokenized tensors depend on."""
     vocab_hash = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
     body = {
         "v": CACHE_VERSION,
         "tokenizer": [type(tokenizer).__name__, vocab_hash, getattr(tokenizer, "do_lower_case", None)],
         "max_length": max_length,
-        "task": data["task"],
-        "options": task_options(data),
-        "train": [_source_identity(data["train"]), _columns(data, data["train"]), data.get("max_train_samples")],
-        "validation": [_source_identity(data["validation"]), _columns(data, data["validation"]),
-                       data.get("max_eval_samples")],
+        "task": data.task.name,
+        "options": dict(data.options),
+        "train": [_source_identity(data.train), dict(data.train.columns), data.max_train_samples],
+        "validation": [_source_identity(data.validation), dict(data.validation.columns), data.max_eval_samples],
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -137,7 +123,7 @@ def _save(path: Path, prepared: PreparedData) -> None:
             tensors[f"{split}.examples"] = torch.frombuffer(bytearray(json.dumps(enc.examples).encode()),
                                                             dtype=torch.uint8)
         layout[split] = {"fixed_width_labels": enc.fixed_width_labels}
-    meta = {"task": prepared.task, "label_names": json.dumps(prepared.label_names),
+    meta = {"task": prepared.task.name, "label_names": json.dumps(prepared.label_names),
             "options": json.dumps(prepared.options), "layout": json.dumps(layout)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -165,30 +151,32 @@ def _load(path: Path) -> PreparedData:
             t.get(f"{s}.label_lengths"), layout[s]["fixed_width_labels"],
             {k[len(f"{s}.extra."):]: v for k, v in t.items() if k.startswith(f"{s}.extra.")}, t.get(f"{s}.example"),
             None if examples is None else json.loads(examples.numpy().tobytes().decode()))
-    return PreparedData(splits["train"], splits["validation"], meta["task"], json.loads(meta["label_names"]),
+    return PreparedData(splits["train"], splits["validation"], get_task(meta["task"]), json.loads(meta["label_names"]),
                         json.loads(meta.get("options", "{}")))
 
 
-def prepare_test(data: dict, tokenizer: Any, max_length: int) -> Encoded:
+def _raw_split(data: DataSection, split: str, limit: int | None) -> RawSplit:
+    """One split's rows as the task reads them (its first ``limit`` rows); no rows at all is a DataError."""
+    src: Source = getattr(data, split)
+    where = f"data.{split} ({src.path or src.hub})"
+    ds = load_source(src)
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
+    if len(ds) == 0:
+        raise DataError(f"{where}: no rows")
+    return RawSplit(ds, dict(src.columns), where)
+
+
+def prepare_test(data: DataSection, tokenizer: Any, max_length: int) -> Encoded:
     """``data.test`` encoded as validation is (the label names come from the training split, and a test label
     never seen in training is an error with its row); not cached: it is scored once per model."""
-    if not data.get("test"):
+    if data.test is None:
         raise ValueError("the space has no data.test")
-    raw = {}
-    for split in ("train", "test"):
-        src = data[split]
-        cols = _columns(data, src)
-        ds = load_source({**src, **cols})
-        if split == "train" and data.get("max_train_samples") is not None and data["max_train_samples"] < len(ds):
-            ds = ds.select(range(data["max_train_samples"]))
-        if len(ds) == 0:
-            raise DataError(f"data.{split} ({src.get('path') or src.get('hub')}): no rows")
-        raw[split] = RawSplit(ds, cols, f"data.{split} ({src.get('path') or src.get('hub')})")
-    _, test, _ = get_task(data["task"]).encode(raw["train"], raw["test"], tokenizer, max_length, task_options(data))
-    return test
+    train, test = _raw_split(data, "train", data.max_train_samples), _raw_split(data, "test", None)
+    return data.task.encode(train, test, tokenizer, max_length, dict(data.options))[1]
 
 
-def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True) -> PreparedData:
+def prepare(data: DataSection, tokenizer: Any, max_length: int, use_cache: bool = True) -> PreparedData:
     """Load, label-encode and tokenize both splits described by a space's ``data`` section (cached)."""
     path = cache_dir() / f"{cache_key(data, tokenizer, max_length)}.safetensors"
     if use_cache and path.is_file():
@@ -196,22 +184,11 @@ def prepare(data: dict, tokenizer: Any, max_length: int, use_cache: bool = True)
             return replace(_load(path), tokenizer=tokenizer)
         except Exception:  # a corrupt or foreign cache file is rebuilt, never fatal
             pass
-    raw = {}
-    for split, limit_key in (("train", "max_train_samples"), ("validation", "max_eval_samples")):
-        src = data[split]
-        where = f"data.{split} ({src.get('path') or src.get('hub')})"
-        cols = _columns(data, src)
-        ds = load_source({**src, **cols})
-        limit = data.get(limit_key)
-        if limit is not None and limit < len(ds):
-            ds = ds.select(range(limit))
-        if len(ds) == 0:
-            raise DataError(f"{where}: no rows")
-        raw[split] = RawSplit(ds, cols, where)
-    task = get_task(data["task"])
-    options = task_options(data)
-    train, validation, names = task.encode(raw["train"], raw["validation"], tokenizer, max_length, options)
-    prepared = PreparedData(train, validation, data["task"], names, options, tokenizer)
+    train = _raw_split(data, "train", data.max_train_samples)
+    validation = _raw_split(data, "validation", data.max_eval_samples)
+    options = dict(data.options)
+    train, validation, names = data.task.encode(train, validation, tokenizer, max_length, options)
+    prepared = PreparedData(train, validation, data.task, names, options, tokenizer)
     if use_cache:
         try:
             _save(path, prepared)

@@ -9,10 +9,8 @@ from typing import Any
 
 import torch
 
+from ..config.placement import MEMORY_FRACTION_ENV
 from ..errors import HpsearchError
-
-MEMORY_FRACTION_ENV = "HPSEARCH_GPU_MEMORY_FRACTION"
-"""This process's cap on its GPU's memory, a fraction in (0, 1]: set by the launcher for workers that share a GPU."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:

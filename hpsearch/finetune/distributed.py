@@ -7,7 +7,7 @@ stop), so every rank trains the same config and stops at the same step; at every
 signal arrived (:meth:`Group.any`), so an interrupt stops all of them at one step. A collective that fails (a rank
 killed, a peer gone) raises :class:`GroupLost`: the trial fails and the group's processes exit.
 
-The launcher (:func:`hpsearch.study.workers.place`) sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+The launcher (:func:`hpsearch.config.placement.place_groups`) sets torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT), so ``torchrun --nproc-per-node K -m hpsearch run ...`` starts a group as well.
 """
 from __future__ import annotations

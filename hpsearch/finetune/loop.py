@@ -10,263 +10,30 @@ set up (:func:`_start`), one optimizer step at a time (:func:`_step`), an evalua
 """
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from .. import interrupts
-from ..config.metrics import compute as compute_metric
-from ..config.metrics import is_user_metric
-from ..config.metrics import load as load_metric
-from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, EVAL_BATCH_TOKENS, SCHEDULER_KWARGS
-from ..errors import HpsearchError
+from ..config.vocabulary import Hyperparameters
 from ..interrupts import check as check_interrupt
-from ..tasks import Task, get_task
+from ..tasks import Task
 from ..tasks.base import generates
-from ..tasks.encoded import Encoded, PreparedData, Rows
-from .checkpoints import Selection, Tracker, restore
-from .device import FP32, Precision, autocast, peak_memory_mb
+from ..tasks.encoded import Encoded, PreparedData
+from .batching import length_grouped_batches, steps_per_epoch
+from .checkpoints import Tracker, restore
+from .device import autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
+from .evaluation import evaluate
+from .optim import make_optimizer, make_scheduler
+from .state import Callback, NonFiniteLoss, TrainingState, TrainResult, TrainSettings
 from .vocab import SmallVocabulary, shrink_vocabulary
 
-if TYPE_CHECKING:
-    from ..config.space import Space
 
-EVAL_BATCH_SIZE = 64
-"""At most this many rows per evaluation batch. Measured on a 2-core CPU: batches of 32-64 length-sorted rows
-evaluate 1.8x faster than 256 (cache-bound). ``model.eval_batch_tokens`` caps a batch's padded tokens too."""
-
-
-class NonFiniteLoss(HpsearchError):
-    """The training loss became NaN or infinite: the trial cannot produce a meaningful result."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """How a model is trained and evaluated beyond its hyperparameters: what a space's study and model sections say
-    about evaluations, precision and the checkpoint that counts."""
-
-    reports_per_epoch: int = DEFAULT_REPORTS_PER_EPOCH
-    """Evaluations per epoch: report k comes once k / reports_per_epoch epochs of examples were seen, so trials
-    with different batch sizes and epoch counts report at comparable points."""
-    intermediate_eval_samples: int | None = None
-    """Intermediate (pruner) evaluations use the first N validation rows, the same in every trial; the final one
-    always uses the whole validation set. None: every evaluation uses all of it."""
-    precision: Precision = FP32
-    """The resolved ``model.precision`` (:func:`hpsearch.finetune.device.precision_plan`): the autocast dtype, and
-    whether a loss scaler guards fp16 gradients (the parameters' dtypes are set when the model is built)."""
-    eval_batch_tokens: int = EVAL_BATCH_TOKENS
-    """Padded tokens per evaluation batch (``model.eval_batch_tokens``), at most :data:`EVAL_BATCH_SIZE` rows."""
-    selection: Selection | None = None
-    """Early stopping and the checkpoint kept (:mod:`hpsearch.finetune.checkpoints`); None: the last evaluation
-    counts and epoch ends are not checkpoints."""
-    user_metrics: tuple[str, ...] = ()
-    """Metric functions (``package.module:function``) computed from each evaluation's predictions
-    (:mod:`hpsearch.config.metrics`), under their own names."""
-    distributed: str = "ddp"
-    """How the devices of a trial's process group hold the model (``model.distributed``): ``ddp`` or ``fsdp``."""
-    shrink_vocab: bool = True
-    """Train only the embedding rows the data uses and put the full table back at the end
-    (:mod:`hpsearch.finetune.vocab`): the same model without per-step work on rows whose gradient is zero."""
-
-    def __post_init__(self) -> None:
-        if self.reports_per_epoch < 1:
-            raise ValueError(f"reports_per_epoch must be >= 1, got {self.reports_per_epoch!r}")
-        if self.intermediate_eval_samples is not None and self.intermediate_eval_samples < 1:
-            raise ValueError(f"intermediate_eval_samples must be >= 1 or None, got {self.intermediate_eval_samples!r}")
-
-    @classmethod
-    def from_space(cls, space: Space, precision: Precision = FP32) -> TrainSettings:
-        """What a validated space asks for, in the ``precision`` its ``model.precision`` resolved to on the device:
-        every trial, confirmation and retraining of it trains this way."""
-        study = space.study
-        return cls(reports_per_epoch=study["reports_per_epoch"],
-                   intermediate_eval_samples=study["intermediate_eval_samples"], precision=precision,
-                   selection=Selection.from_study(study),
-                   eval_batch_tokens=space.config["model"].get("eval_batch_tokens", EVAL_BATCH_TOKENS),
-                   distributed=space.config["model"].get("distributed", "ddp"),
-                   user_metrics=tuple(dict.fromkeys(m for m in [study["metric"], *study.get("metrics", [])]
-                                                    if is_user_metric(m))))
-
-
-@dataclass
-class TrainingState:
-    """Where training stands; handed to callbacks and summarized in the result."""
-
-    total_steps: int
-    train_examples: int
-    reports_per_epoch: int
-    step: int = 0
-    examples_seen: int = 0
-    tokens_seen: int = 0
-    report: int = 0
-    loss: Any = float("nan")
-    """The last step's training loss: a 0-d tensor on the training device (``float(state.loss)`` reads it; on a GPU
-    reading it waits for the step, so the loop never does)."""
-    micro_batch_size: int = 0
-    """Rows per forward and backward pass (the batch when nothing is accumulated)."""
-    train_time: float = 0.0
-    eval_time: float = 0.0
-    setup_time: float = 0.0
-    parameters: int = 0
-    """The model's parameters."""
-    trainable_parameters: int = 0
-    """The parameters training updates."""
-
-    @property
-    def epochs_completed(self) -> float:
-        """Epochs of data seen so far (fractional)."""
-        return self.examples_seen / self.train_examples
-
-    @property
-    def examples_per_s(self) -> float:
-        """Training throughput (evaluation time excluded)."""
-        return self.examples_seen / max(self.train_time, 1e-9)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Real (unpadded) training tokens per second."""
-        return self.tokens_seen / max(self.train_time, 1e-9)
-
-
-class Callback:
-    """Hooks the loop calls; the default does nothing. ``on_evaluate`` may raise to stop training."""
-
-    def on_step(self, state: TrainingState) -> None:
-        """After each optimizer step."""
-
-    def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
-        """After each intermediate or final evaluation; ``state.report`` numbers it comparably across trials."""
-
-
-@dataclass
-class TrainResult:
-    """What a finished training run produced: final metrics and the cost of getting there."""
-
-    metrics: dict[str, float]
-    device: str
-    steps: int
-    epochs_completed: float
-    train_time_s: float
-    eval_time_s: float
-    setup_time_s: float
-    train_examples_per_s: float
-    train_tokens_per_s: float
-    peak_memory_mb: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    selection: dict[str, Any] = field(default_factory=dict)
-    """Where the best checkpoint was and whether training stopped early (empty without a Selection)."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Optimization pieces.
-
-
-def make_optimizer(model: torch.nn.Module, hp: dict, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on biases and norms; fused kernel where available."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    try:  # fused kernels exist for CUDA and (torch >= 2.4) the CPU: 5x faster than foreach on a 22M-param model
-        return torch.optim.AdamW(groups, lr=hp["learning_rate"], fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(groups, lr=hp["learning_rate"], foreach=True)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, hp: dict, total_steps: int) -> Any:
-    """transformers' learning-rate schedule by name, with warmup as a ratio of the total steps."""
-    from transformers import get_scheduler
-
-    warmup = math.ceil(hp["warmup_ratio"] * total_steps)
-    kwargs = dict(SCHEDULER_KWARGS.get(hp["scheduler"], {}))
-    if "num_decay_steps_ratio" in kwargs:
-        kwargs = {"num_decay_steps": max(1, math.ceil(kwargs.pop("num_decay_steps_ratio") * total_steps))}
-    return get_scheduler(hp["scheduler"], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps,
-                         scheduler_specific_kwargs=kwargs or None)
-
-
-def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator,
-                           group: int = 50) -> list[torch.Tensor]:
-    """Random batches of similar length: shuffle, sort within chunks of ``group`` batches, shuffle batch order.
-
-    Padding shrinks to almost nothing while every epoch still sees a fresh random grouping.
-    """
-    order = torch.randperm(len(lengths), generator=generator)
-    chunk = batch_size * group
-    batches = []
-    for start in range(0, len(order), chunk):
-        idx = order[start:start + chunk]
-        idx = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
-        batches.extend(idx.split(batch_size))
-    perm = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in perm]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)
-
-
-def eval_batches(lengths: torch.Tensor, max_tokens: int = EVAL_BATCH_TOKENS,
-                 max_rows: int = EVAL_BATCH_SIZE) -> list[torch.Tensor]:
-    """Rows by decreasing length, cut into batches of at most ``max_rows`` rows and ``max_tokens`` padded tokens
-    (a batch's first row is its longest; a row longer than the budget is a batch of its own)."""
-    order = torch.argsort(lengths, descending=True, stable=True)
-    sizes = lengths[order].tolist()
-    batches, start = [], 0
-    while start < len(order):
-        rows = max(1, min(max_rows, max_tokens // max(1, sizes[start])))
-        batches.append(order[start:start + rows])
-        start += rows
-    return batches
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, enc: Encoded, data: PreparedData, device: torch.device, *,
-             dtype: torch.dtype | None = None, generate: bool = False,
-             batch_tokens: int = EVAL_BATCH_TOKENS, user_metrics: tuple[str, ...] = ()) -> dict[str, float]:
-    """The task's metrics over a whole split (``enc``; ``data`` names the task, labels and options), in batches of
-    similar length and at most ``batch_tokens`` padded tokens, under autocast to ``dtype`` (None: none).
-    ``generate`` adds the metrics a generative task computes from generated text (ROUGE), at the cost of
-    generating."""
-    task = get_task(data.task)
-    generate = generate and generates(task)
-    was_training = model.training
-    model.eval()
-    parts, generated = [], []
-    with autocast(device, dtype):
-        for idx in eval_batches(enc.lengths, batch_tokens):
-            check_interrupt()
-            batch, labels = enc.batch(idx, device), enc.labels_of(idx, device)
-            parts.append(task.evaluate_batch(task.forward(model, batch, labels), labels,
-                                             Rows(enc, idx, data.options)))
-            if generate:
-                generated.append(task.generate_batch(model, batch, labels, data))
-    model.train(was_training)
-    metrics = task.metrics_from(parts, data.label_names, data.options)
-    if user_metrics:
-        given = task.predictions(parts, data.label_names, data.options)
-        for path in user_metrics:
-            metrics[path] = compute_metric(path, load_metric(path), given)
-    if generate:
-        metrics.update(task.generated_metrics(generated, data))
-    return metrics
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The loop.
-
-
-def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings = TrainSettings(), *,
+def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings = TrainSettings(), *,
           device: torch.device, callback: Callback | None = None, setup_time: float = 0.0,
           group: Group | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with the hyperparameters ``hp``, evaluating as ``settings`` say.
@@ -290,7 +57,7 @@ def train(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainS
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
                      setup_time + time.perf_counter() - entered, group)
         run.state.parameters, run.state.trainable_parameters = counts
-        for epoch in range(hp["epochs"]):
+        for epoch in range(hp.epochs):
             if _epoch(run, epoch):
                 break
         return _finish(run) if group is None or group.main or run.sharded else _follower_result(run)
@@ -310,7 +77,7 @@ class _Run:
 
     model: torch.nn.Module
     data: PreparedData
-    hp: dict
+    hp: Hyperparameters
     device: torch.device
     task: Task
     settings: TrainSettings
@@ -357,28 +124,29 @@ class _Run:
         return self.group is not None and self.settings.distributed == "fsdp"
 
 
-def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: TrainSettings, device: torch.device,
-           vocab: SmallVocabulary | None, callback: Callback, setup_time: float, group: Group | None = None) -> _Run:
+def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings,
+           device: torch.device, vocab: SmallVocabulary | None, callback: Callback, setup_time: float,
+           group: Group | None = None) -> _Run:
     """Optimizer, schedule, seeded batch order and dropout, the evaluation subset and the checkpoint tracker."""
     entered = time.perf_counter()
     n = len(data.train)
-    state = TrainingState(total_steps=steps_per_epoch(n, hp["batch_size"]) * hp["epochs"], train_examples=n,
+    state = TrainingState(total_steps=steps_per_epoch(n, hp.batch_size) * hp.epochs, train_examples=n,
                           reports_per_epoch=settings.reports_per_epoch)
     trainer = group.wrap(model, device, settings.distributed) if group is not None else model  # before the optimizer
     optimizer = make_optimizer(model, hp, device)
     scheduler = make_scheduler(optimizer, hp, state.total_steps)
     if vocab is not None:
         vocab.track(optimizer)
-    generator = torch.Generator().manual_seed(hp["seed"])
-    torch.manual_seed(hp["seed"])  # dropout masks
+    generator = torch.Generator().manual_seed(hp.seed)
+    torch.manual_seed(hp.seed)  # dropout masks
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     limit = settings.intermediate_eval_samples
     subset = (data.validation.head(limit) if limit is not None and limit < data.validation.example_count
               else data.validation)
     selection = settings.selection
-    task = get_task(data.task)
-    micro = hp.get("micro_batch_size", 0) or hp["batch_size"]
+    task = data.task
+    micro = hp.micro_batch_size or hp.batch_size
     run = _Run(model=model, data=data, hp=hp, device=device, task=task, settings=settings,
                state=state, optimizer=optimizer, scheduler=scheduler,
                trainable=[p for p in model.parameters() if p.requires_grad], generator=generator, subset=subset,
@@ -386,7 +154,7 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: dict, settings: Train
                generate_always=selection is not None and generates(task, selection.metric),
                every_epoch=selection is not None and selection.active, vocab=vocab, callback=callback,
                scaler=torch.amp.GradScaler(device.type) if settings.precision.scaler else None,
-               micro=min(micro, hp["batch_size"]), shrink_on_oom=not hp.get("micro_batch_size") and group is None,
+               micro=min(micro, hp.batch_size), shrink_on_oom=not hp.micro_batch_size and group is None,
                bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None,
                group=group, trainer=trainer)
     state.micro_batch_size = run.micro
@@ -400,7 +168,7 @@ def _epoch(run: _Run, epoch: int) -> bool:
     n, per_epoch = run.state.train_examples, run.state.reports_per_epoch
     seen, next_report = 0, 1
     t0 = time.perf_counter()
-    for idx in length_grouped_batches(run.data.train.lengths, run.hp["batch_size"], run.generator):
+    for idx in length_grouped_batches(run.data.train.lengths, run.hp.batch_size, run.generator):
         _step(run, idx)
         seen += len(idx)
         crossed = 0
@@ -438,8 +206,8 @@ def _step(run: _Run, idx: torch.Tensor) -> None:
     _check_finite(run, loss)
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
-    if hp["max_grad_norm"] > 0:
-        torch.nn.utils.clip_grad_norm_(run.trainable, hp["max_grad_norm"], foreach=True)
+    if hp.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.trainable, hp.max_grad_norm, foreach=True)
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -559,7 +327,7 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
 def _evaluate_and_tell(run: _Run, epoch: int, crossed: int) -> bool:
     state, data = run.state, run.data
     t_eval = time.perf_counter()
-    last = epoch == run.hp["epochs"] - 1 and crossed == state.reports_per_epoch
+    last = epoch == run.hp.epochs - 1 and crossed == state.reports_per_epoch
     full = last or run.subset is data.validation or (run.every_epoch and crossed == state.reports_per_epoch)
     _raise_nonfinite(run)
     run.metrics = evaluate(run.model, data.validation if full else run.subset, data, run.device, dtype=run.autocast,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config.vocabulary import ALL_LINEAR
+from ..config.vocabulary import ALL_LINEAR, Hyperparameters
 from ..config.vocabulary import lora_targets as targets
 from ..errors import HpsearchError
 
@@ -32,21 +32,22 @@ def unknown_targets(model: torch.nn.Module, value: str) -> list[str]:
     return [name for name in wanted if name not in known]
 
 
-def apply(model: torch.nn.Module, hp: dict, peft_task_type: str, blocks: torch.nn.ModuleList | None) -> torch.nn.Module:
-    """Wrap ``model`` in peft LoRA adapters per ``hp``; the first ``hp['num_frozen_layers']`` of ``blocks`` get no
+def apply(model: torch.nn.Module, hp: Hyperparameters, peft_task_type: str,
+          blocks: torch.nn.ModuleList | None) -> torch.nn.Module:
+    """Wrap ``model`` in peft LoRA adapters per ``hp``; the first ``hp.num_frozen_layers`` of ``blocks`` get no
     trainable adapter. Returns ``model`` unchanged when ``lora_r`` is 0."""
-    if hp["lora_r"] <= 0:
+    if hp.lora_r <= 0:
         return model
     from peft import LoraConfig, TaskType, get_peft_model
 
-    missing = unknown_targets(model, hp["lora_target_modules"])
+    missing = unknown_targets(model, hp.lora_target_modules)
     if missing:
         raise HpsearchError(f"lora_target_modules {', '.join(missing)}: no such linear layer in the model; "
                             f"it has {', '.join(linear_module_names(model))}")
-    config = LoraConfig(task_type=TaskType[peft_task_type], r=hp["lora_r"], lora_alpha=hp["lora_alpha"],
-                        lora_dropout=hp["lora_dropout"], target_modules=targets(hp["lora_target_modules"]))
+    config = LoraConfig(task_type=TaskType[peft_task_type], r=hp.lora_r, lora_alpha=hp.lora_alpha,
+                        lora_dropout=hp.lora_dropout, target_modules=targets(hp.lora_target_modules))
     peft_model = get_peft_model(model, config)
-    k = hp.get("num_frozen_layers", 0)
+    k = hp.num_frozen_layers
     if k and blocks is not None:
         for block in list(blocks)[:k]:
             for name, p in block.named_parameters():

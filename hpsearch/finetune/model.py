@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from ..config.vocabulary import model_layer_count
+from ..config.sections import ModelSection
+from ..config.vocabulary import Hyperparameters, model_layer_count
 from ..errors import HpsearchError
-from ..tasks import get_task
 from ..tasks.encoded import PreparedData
 from . import lora
 from .device import FP32, Precision
@@ -34,19 +34,18 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def load_tokenizer(model_cfg: dict) -> Any:
+def load_tokenizer(model: ModelSection) -> Any:
     """The model's tokenizer, loaded once per process."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    key = (model_cfg["name_or_path"], model_cfg.get("revision"))
+    key = (model.name_or_path, model.revision)
     if key not in _TOKENIZERS:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                model_cfg["name_or_path"], revision=model_cfg.get("revision"),
-                trust_remote_code=model_cfg.get("trust_remote_code", False))
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path, revision=model.revision,
+                                                      trust_remote_code=model.trust_remote_code)
         except Exception as exc:
-            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load the tokenizer: "
+            raise HpsearchError(f"model.name_or_path {model.name_or_path!r}: cannot load the tokenizer: "
                                 f"{exc}") from exc
         _TOKENIZERS[key] = with_pad_token(tokenizer)
     return _TOKENIZERS[key]
@@ -62,23 +61,21 @@ def with_pad_token(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def load_model_config(model_cfg: dict, **overrides: Any) -> Any:
+def load_model_config(model: ModelSection, **overrides: Any) -> Any:
     """The model's transformers config (no weights), with ``overrides`` applied."""
     from transformers import AutoConfig
 
     _quiet_transformers()
     try:
-        return AutoConfig.from_pretrained(model_cfg["name_or_path"], revision=model_cfg.get("revision"),
-                                          trust_remote_code=model_cfg.get("trust_remote_code", False),
-                                          **overrides)
+        return AutoConfig.from_pretrained(model.name_or_path, revision=model.revision,
+                                          trust_remote_code=model.trust_remote_code, **overrides)
     except Exception as exc:
-        raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load its config: "
-                            f"{exc}") from exc
+        raise HpsearchError(f"model.name_or_path {model.name_or_path!r}: cannot load its config: {exc}") from exc
 
 
-def layer_count(model_cfg: dict) -> int | None:
+def layer_count(model: ModelSection) -> int | None:
     """How many encoder layers the model has (for num_frozen_layers checks before training)."""
-    return model_layer_count(load_model_config(model_cfg).to_dict())
+    return model_layer_count(load_model_config(model).to_dict())
 
 
 def auto_class(name: str) -> Any:
@@ -88,20 +85,19 @@ def auto_class(name: str) -> Any:
     return getattr(transformers, name)
 
 
-def _pretrained_weights(model_cfg: dict, config: Any, auto: str) -> dict[str, torch.Tensor]:
+def _pretrained_weights(model: ModelSection, config: Any, auto: str) -> dict[str, torch.Tensor]:
     """The pretrained body weights (no task head), read from disk once per process and Auto class, in the
     checkpoint's dtype (a bf16 7B model is 14 GB of host memory per worker, not 28)."""
-    key = (model_cfg["name_or_path"], model_cfg.get("revision"), auto)
+    key = (model.name_or_path, model.revision, auto)
     if key not in _WEIGHTS:
         try:
-            model, info = auto_class(auto).from_pretrained(
-                model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"),
-                trust_remote_code=model_cfg.get("trust_remote_code", False), output_loading_info=True)
+            loaded, info = auto_class(auto).from_pretrained(
+                model.name_or_path, config=config, revision=model.revision,
+                trust_remote_code=model.trust_remote_code, output_loading_info=True)
         except Exception as exc:
-            raise HpsearchError(f"model.name_or_path {model_cfg['name_or_path']!r}: cannot load weights: "
-                                f"{exc}") from exc
+            raise HpsearchError(f"model.name_or_path {model.name_or_path!r}: cannot load weights: {exc}") from exc
         fresh = set(info.get("missing_keys", ()))
-        _WEIGHTS[key] = {k: v.detach().clone() for k, v in model.state_dict().items() if k not in fresh}
+        _WEIGHTS[key] = {k: v.detach().clone() for k, v in loaded.state_dict().items() if k not in fresh}
     return _WEIGHTS[key]
 
 
@@ -154,39 +150,36 @@ def freeze_layers(model: torch.nn.Module, k: int, count: int | None) -> int:
     return frozen
 
 
-def head_config(model_cfg: dict, data: PreparedData) -> Any:
+def head_config(model: ModelSection, data: PreparedData) -> Any:
     """The model config with the head the data's task needs (label names included) and a pad token id."""
-    config = load_model_config(model_cfg, **get_task(data.task).head_config(data.label_names))
+    config = load_model_config(model, **data.task.head_config(data.label_names))
     if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = load_tokenizer(model_cfg).pad_token_id
+        config.pad_token_id = load_tokenizer(model).pad_token_id
     return config
 
 
-def preload(model_cfg: dict, data: PreparedData) -> None:
+def preload(model: ModelSection, data: PreparedData) -> None:
     """Read the pretrained weights into memory now, so that no trial pays for it."""
-    _pretrained_weights(model_cfg, head_config(model_cfg, data), get_task(data.task).auto_class)
+    _pretrained_weights(model, head_config(model, data), data.task.auto_class)
 
 
-def checkpoint_dtype(model_cfg: dict) -> torch.dtype | None:
+def checkpoint_dtype(model: ModelSection) -> torch.dtype | None:
     """The dtype the checkpoint's config.json declares (None when it declares none)."""
-    dtype = getattr(load_model_config(model_cfg), "dtype", None)
+    dtype = getattr(load_model_config(model), "dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def attn_implementation(model_cfg: dict, device: torch.device, precision: Precision) -> str | None:
+def attn_implementation(model: ModelSection, device: torch.device, precision: Precision) -> str | None:
     """The attention kernel to ask transformers for: ``model.attn_implementation``, where ``auto`` is
-    flash_attention_2 on a GPU in half precision with flash-attn installed, else transformers' own default."""
+    flash_attention_2 on a GPU in half precision with flash-attn installed, else transformers' own default (the run's
+    rules refuse flash_attention_2 without flash-attn before anything starts)."""
     import importlib.util
 
-    asked = model_cfg.get("attn_implementation", "auto")
+    if model.attn_implementation != "auto":
+        return model.attn_implementation
     installed = importlib.util.find_spec("flash_attn") is not None
-    if asked == "flash_attention_2" and not installed:
-        raise HpsearchError("model.attn_implementation flash_attention_2: the flash-attn package is not installed "
-                            "(pip install flash-attn; it needs a CUDA GPU), or use sdpa")
-    if asked != "auto":
-        return asked
     half = precision.autocast is not None or precision.weights != torch.float32
     return "flash_attention_2" if installed and device.type == "cuda" and half else None
 
@@ -199,64 +192,60 @@ def _model_class(auto: str, config: Any) -> Any:
         return None
 
 
-def _load(model_cfg: dict, config: Any, auto: str, device: torch.device, precision: Precision,
+def _load(model: ModelSection, config: Any, auto: str, device: torch.device, precision: Precision,
           attn: str | None, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
     """The task model with pretrained weights, built straight on ``device`` in the plan's weight dtype: the body
     from the in-memory copy of the checkpoint (or, for quantized weights, the checkpoint through bitsandbytes), the
     head initialised by transformers under the trial's seed; no random initialisation of the body first."""
-    trust = model_cfg.get("trust_remote_code", False)
     config.dtype = precision.weights
     extra = {"attn_implementation": attn} if attn else {}
     placement = {"device_map": {"": device}} if device.type != "cpu" else {}
-    if model_cfg.get("quantization", "none") != "none":
+    if model.quantized:
         from .quantize import bnb_config
 
         return auto_class(auto).from_pretrained(
-            model_cfg["name_or_path"], config=config, revision=model_cfg.get("revision"), trust_remote_code=trust,
-            quantization_config=bnb_config(model_cfg["quantization"], precision), **placement, **extra)
+            model.name_or_path, config=config, revision=model.revision, trust_remote_code=model.trust_remote_code,
+            quantization_config=bnb_config(model.quantization, precision), **placement, **extra)
     cls = _model_class(auto, config)
     if cls is None:  # remote code: build, then copy the weights in
-        model = auto_class(auto).from_config(config, trust_remote_code=trust, **extra)
-        _, unexpected = model.load_state_dict(weights, strict=False)
+        built = auto_class(auto).from_config(config, trust_remote_code=model.trust_remote_code, **extra)
+        _, unexpected = built.load_state_dict(weights, strict=False)
         if unexpected:
             raise HpsearchError(f"pretrained weights do not fit the model: unexpected {unexpected[:3]}")
-        return model.to(device)
+        return built.to(device)
     # from_pretrained adopts a tensor that already has the wanted dtype and device: copy those, so that training
     # never writes into the copy every trial starts from.
     own = {k: v.clone() if v.dtype == precision.weights and v.device == device else v for k, v in weights.items()}
     return cls.from_pretrained(None, config=config, state_dict=own, **placement, **extra)
 
 
-def build_model(model_cfg: dict, hp: dict, data: PreparedData, device: torch.device,
+def build_model(spec: ModelSection, hp: Hyperparameters, data: PreparedData, device: torch.device,
                 precision: Precision | None = None) -> torch.nn.Module:
     """A fresh model for the data's task, on ``device``: pretrained body, seeded new head, the trial's dropout,
     frozen layers, gradient checkpointing, LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`), and
     its parameters in the dtypes ``precision`` says (default: fp32)."""
     precision = precision or FP32
-    auto = get_task(data.task).auto_class
-    config = head_config(model_cfg, data)
-    quantized = model_cfg.get("quantization", "none") != "none"
-    weights = None if quantized else _pretrained_weights(model_cfg, config, auto)
-    set_dropout(config, hp["dropout"])
-    torch.manual_seed(hp["seed"])  # the head's initialization depends on the trial's seed only
-    model = _load(model_cfg, config, auto, device, precision, attn_implementation(model_cfg, device, precision),
-                  weights)
+    auto = data.task.auto_class
+    config = head_config(spec, data)
+    weights = None if spec.quantized else _pretrained_weights(spec, config, auto)
+    set_dropout(config, hp.dropout)
+    torch.manual_seed(hp.seed)  # the head's initialization depends on the trial's seed only
+    model = _load(spec, config, auto, device, precision, attn_implementation(spec, device, precision), weights)
     count = model_layer_count(config.to_dict())
-    freeze_layers(model, hp["num_frozen_layers"], count)
+    freeze_layers(model, hp.num_frozen_layers, count)
     if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
         install_cheap_dropout(model)
-    if model_cfg.get("gradient_checkpointing"):
+    if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if quantized:
+    if spec.quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(
-            model_cfg.get("gradient_checkpointing")))
-    if hp.get("lora_r", 0) > 0:
-        blocks = encoder_layers(model, count) if count and hp["num_frozen_layers"] else None
-        model = lora.apply(model, hp, get_task(data.task).peft_task_type, blocks)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    if hp.lora_r > 0:
+        blocks = encoder_layers(model, count) if count and hp.num_frozen_layers else None
+        model = lora.apply(model, hp, data.task.peft_task_type, blocks)
     model = cast_parameters(model, precision)
-    return model if quantized else model.to(device)  # bitsandbytes' weights are placed at load and refuse .to
+    return model if spec.quantized else model.to(device)  # bitsandbytes' weights are placed at load and refuse .to
 
 
 def cast_parameters(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
@@ -273,10 +262,9 @@ def cast_parameters(model: torch.nn.Module, precision: Precision) -> torch.nn.Mo
     return model
 
 
-def linear_module_names(model_cfg: dict, data: PreparedData) -> list[str]:
+def linear_module_names(spec: ModelSection, data: PreparedData) -> list[str]:
     """The short names of the task model's linear layers, from a model built on the meta device (no weights)."""
-    config = head_config(model_cfg, data)
+    config = head_config(spec, data)
     with torch.device("meta"):
-        model = auto_class(get_task(data.task).auto_class).from_config(
-            config, trust_remote_code=model_cfg.get("trust_remote_code", False))
+        model = auto_class(data.task.auto_class).from_config(config, trust_remote_code=spec.trust_remote_code)
     return lora.linear_module_names(model)

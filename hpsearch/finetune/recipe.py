@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..config.validation import check_layers, check_lora_targets, uses_lora
+from ..config.vocabulary import Hyperparameters
 from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import Precision, deterministic, precision_plan, resolve_device, use_tf32
 from .distributed import Group, rank_device
-from .loop import Callback, TrainResult, TrainSettings, train
+from .loop import train
 from .model import (
-    attn_implementation,
     build_model,
     checkpoint_dtype,
     layer_count,
@@ -28,7 +28,7 @@ from .model import (
     load_tokenizer,
     preload,
 )
-from .quantize import check_quantization
+from .state import Callback, TrainResult, TrainSettings
 
 if TYPE_CHECKING:
     from ..config.space import Space
@@ -48,23 +48,20 @@ class Prepared:
 
 
 def prepare(space: Space, device: str | torch.device = "auto", *, weights: bool = True) -> Prepared:
-    """Check what only the model and the machine can tell (the layer count against ``num_frozen_layers``, the linear
-    layers against ``lora_target_modules``, native bf16, bitsandbytes and flash-attn where asked for), set the
-    device's numerics (TF32, ``study.deterministic``), tokenize the data (cached on disk) and, with ``weights``,
-    read the pretrained weights into memory once for every model this process builds. A problem is an error naming
-    the key, before any trial."""
+    """Check what only the model can tell (the layer count against ``num_frozen_layers``, the linear layers against
+    ``lora_target_modules``, native bf16 on the device), set the device's numerics (TF32, ``study.deterministic``),
+    tokenize the data (cached on disk) and, with ``weights``, read the pretrained weights into memory once for every
+    model this process builds. A problem is an error naming the key, before any trial. (What the machine must offer,
+    bitsandbytes or flash-attn, the run's rules checked before: :mod:`hpsearch.config.rules`.)"""
     dev = rank_device(device if isinstance(device, torch.device) else resolve_device(device))
-    model_cfg = space.config["model"]
-    check_quantization(model_cfg.get("quantization", "none"), dev)
-    precision = precision_plan(model_cfg["precision"], model_cfg.get("dtype", "auto"), checkpoint_dtype(model_cfg),
-                               dev)
-    attn_implementation(model_cfg, dev, precision)
+    model = space.model
+    precision = precision_plan(model.precision, model.dtype, checkpoint_dtype(model), dev)
     use_tf32(dev)
-    if space.study.get("deterministic"):
+    if space.study.deterministic:
         deterministic(dev)
     data = tokenize(space)
-    if weights and model_cfg.get("quantization", "none") == "none":
-        preload(model_cfg, data)
+    if weights and not model.quantized:
+        preload(model, data)
     return Prepared(dev, data.to(dev), precision)  # on a GPU the whole tokenized set stays resident
 
 
@@ -72,11 +69,10 @@ def tokenize(space: Space) -> PreparedData:
     """The space's data tokenized (cached on disk, so that workers and resumed runs skip it), after the checks only
     the model's config can answer: its layer count against ``num_frozen_layers``, its linear layers against
     ``lora_target_modules``. Touches no device: ``--workers``' parent runs it before its workers start."""
-    model_cfg = space.config["model"]
-    check_layers(space, layer_count(model_cfg))
-    data = prepare_data(space.config["data"], load_tokenizer(model_cfg), model_cfg["max_length"])
+    check_layers(space, layer_count(space.model))
+    data = prepare_data(space.data, load_tokenizer(space.model), space.model.max_length)
     if uses_lora(space):
-        check_lora_targets(space, linear_module_names(model_cfg, data))
+        check_lora_targets(space, linear_module_names(space.model, data))
     return data
 
 
@@ -86,11 +82,10 @@ def inference_latency_ms(model: torch.nn.Module, prepared: Prepared, rows: int =
     ``rows`` rows after ``warmup`` (what serving one request costs; ``study.metrics: [..., latency_ms]``)."""
     import statistics
 
-    from ..tasks import get_task
     from .device import autocast
 
     data, device = prepared.data, prepared.device
-    task = get_task(data.task)
+    task = data.task
     was_training = model.training
     model.eval()
     times = []
@@ -114,16 +109,16 @@ def encode_test(space: Space, prepared: Prepared) -> Any:
     """``data.test`` encoded with the prepared data's tokenizer (None without one); a bad row is a DataError."""
     from .data import prepare_test
 
-    if not space.config["data"].get("test"):
+    if space.data.test is None:
         return None
-    return prepare_test(space.config["data"], prepared.data.tokenizer, space.config["model"]["max_length"])
+    return prepare_test(space.data, prepared.data.tokenizer, space.model.max_length)
 
 
 def score_test(space: Space, model: torch.nn.Module, prepared: Prepared,
                test: Any = None) -> dict[str, float] | None:
     """The model's metrics on ``data.test`` (None without one; ``test``: it already encoded by
     :func:`encode_test`): measured once per final model (``train``, ``export --model``), never used to choose."""
-    from .loop import evaluate
+    from .evaluation import evaluate
 
     test = test if test is not None else encode_test(space, prepared)
     if test is None:
@@ -133,13 +128,13 @@ def score_test(space: Space, model: torch.nn.Module, prepared: Prepared,
                     batch_tokens=settings.eval_batch_tokens, user_metrics=settings.user_metrics)
 
 
-def fine_tune(space: Space, hp: dict, prepared: Prepared, callback: Callback | None = None,
+def fine_tune(space: Space, hp: Hyperparameters, prepared: Prepared, callback: Callback | None = None,
               group: Group | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says
     (data-parallel across ``group``'s ranks when given); return the trained model and what training produced (the
     time to build the model counts as setup)."""
     t0 = time.perf_counter()
-    model = build_model(space.config["model"], hp, prepared.data, prepared.device, prepared.precision)
+    model = build_model(space.model, hp, prepared.data, prepared.device, prepared.precision)
     result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),
                    device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0, group=group)
     return model, result

@@ -31,16 +31,15 @@ def score_kept_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, space
                      device: str = "auto") -> dict[str, float] | None:
     """Score an exported model on ``data.test`` once (None without one): the metrics go into its metrics.json and
     onto the study (:data:`hpsearch.study.record.TEST_SCORES`, which the report shows); nothing chooses by them."""
-    if not space.config["data"].get("test"):
+    if space.data.test is None:
         return None
     import transformers
 
     from ..finetune.modeldir import METRICS_FILE
     from ..finetune.recipe import prepare, score_test
-    from ..tasks import get_task
 
     prepared = prepare(space, device, weights=False)
-    cls = getattr(transformers, get_task(space.config["data"]["task"]).auto_class)
+    cls = getattr(transformers, space.task.auto_class)
     model = cls.from_pretrained(directory).to(prepared.device)
     test = score_test(space, model, prepared)
     file = directory / METRICS_FILE

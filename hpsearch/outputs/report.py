@@ -12,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from ..config.measurements import MEASUREMENTS
 from ..study import record
 from ..study.progress import fmt_params, fmt_value
 from ..tasks import all_metrics
@@ -124,6 +125,28 @@ def _top_table(study: optuna.Study, k: int) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
 
 
+def _measured_table(study: optuna.Study, k: int) -> str:
+    """What the best trials measured (:mod:`hpsearch.config.measurements`, each with its unit), in the order
+    export ranks them; only the measurements some of them recorded."""
+    done = record.ranked_trials(study)[:k]
+    shown = [m for m in MEASUREMENTS if any(m.name in t.user_attrs for t in done)]
+    if not done or not shown:
+        return "<p class='note'>no completed trial yet</p>"
+    head = "".join(f"<th title='{html.escape(m.help)}'>{html.escape(m.name)} ({m.unit})</th>" for m in shown)
+    rows = "".join("<tr><td>" + str(t.number) + "</td>" + "".join(
+        f"<td>{html.escape(_measure(t.user_attrs.get(m.name)))}</td>" for m in shown) + "</tr>" for t in done)
+    bounded = ", ".join(m.name for m in shown if m.constraint)
+    return (f"<table><thead><tr><th>trial</th>{head}</tr></thead><tbody>{rows}</tbody></table><p class='note'>"
+            f"Hover a column's name for what it measures. study.constraints can bound {bounded}.</p>")
+
+
+def _measure(value: Any) -> str:
+    """A measurement as the table shows it: counts whole, the rest to four significant digits."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
 CSS = """body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{margin-bottom:.2rem}.sub{color:#666;margin-top:0}section{margin:2rem 0}
 table{border-collapse:collapse;width:100%;font-size:.9rem}th,td{border-bottom:1px solid #ddd;padding:.35rem .5rem;
@@ -164,6 +187,7 @@ def render(study: optuna.Study, top: int = 10) -> str:
             parts.append(f"<p class='note'>{html.escape(note)}</p>")
         parts.append("</section>")
     parts.append(f"<section><h2>Top {top} trials</h2>{_top_table(study, top)}</section>")
+    parts.append(f"<section><h2>What the top trials measured</h2>{_measured_table(study, top)}</section>")
     parts.append(
         "<section><h2>Compute saved by pruning</h2>"
         f"<p>{saved['pruned_trials']} pruned trials ran {saved['pruned_spent_s']:.0f} s. Trained to the end they "

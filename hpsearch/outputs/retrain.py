@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 from ..config.space import Space
-from ..errors import UsageError
 from ..finetune.modeldir import check_new_dir, write_model_dir
 
 
@@ -15,25 +14,20 @@ def retrain(space: Space, output_dir: str | Path, device: str = "auto", progress
 
     The same recipe as a trial (:mod:`hpsearch.finetune.recipe`): with ``study.trial_value: best`` the saved
     weights are those of the best whole-validation checkpoint (and ``study.early_stopping`` applies), as in the
-    search that chose the config.
+    search that chose the config. The rules of a retraining (:func:`hpsearch.config.rules.decide_train`: nothing
+    left to search, adapters to save) were checked by the caller.
     """
     from ..finetune.model import load_tokenizer
     from ..finetune.recipe import encode_test, fine_tune, prepare, score_test
 
-    if adapter_only and space.fixed["lora_r"] <= 0:
-        raise UsageError(f"{space.source}: --adapter-only needs fixed.lora_r > 0 (it is {space.fixed['lora_r']})")
-    if space.params:
-        raise UsageError(f"{space.source}: params {', '.join(space.params)} are still searched; "
-                         f"export a trial's config with 'hpsearch export' or fix them under 'fixed:'")
     out = check_new_dir(output_dir, "--output-dir")
     prepared = prepare(space, device, weights=False)
     test = encode_test(space, prepared)  # a bad test row is an error now, not after training
-    hp = dict(space.fixed)
-    model, result = fine_tune(space, hp, prepared, callback=progress)
+    model, result = fine_tune(space, space.hyperparameters(), prepared, callback=progress)
     test = score_test(space, model, prepared, test)
-    metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": space.config.get("origin"),
+    metrics = {"metrics": result.metrics, "hyperparameters": dict(space.fixed), "origin": space.config.get("origin"),
                **({"test_metrics": test} if test is not None else {}),
                **{k: v for k, v in result.as_dict().items() if k != "metrics"}}
-    write_model_dir(out, model, load_tokenizer(space.config["model"]), metrics, space.to_dict(),
+    write_model_dir(out, model, load_tokenizer(space.model), metrics, space.to_dict(),
                     adapter_only=adapter_only)
     return metrics

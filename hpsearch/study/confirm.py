@@ -34,7 +34,7 @@ def candidates(study: optuna.Study, top_k: int) -> list[optuna.trial.FrozenTrial
 def fold_values(space: Space, params: dict, prepared: Prepared, folds: int) -> list[float]:
     """The metric of ``params`` (the space's fixed values, its seed included) on each fold, trained as a trial is."""
     run = space.with_params(params)
-    hp, metric = dict(run.fixed), run.study["metric"]
+    hp, metric = run.hyperparameters(), run.study.metric
     out = []
     for k in range(1, folds + 1):
         model, result = fine_tune(run, hp, replace(prepared, data=prepared.data.fold(k, folds)))
@@ -46,22 +46,22 @@ def fold_values(space: Space, params: dict, prepared: Prepared, folds: int) -> l
 def confirm_top(study: optuna.Study, space: Space, prepared: Prepared, say: Any = None) -> dict[int, dict]:
     """Confirm the study's best ``study.confirm.top_k`` trials on ``study.confirm.folds`` folds each (those no
     other worker took); return the confirmations this call made. ``say`` gets one line per confirmed trial."""
-    cfg = space.study.get("confirm")
+    cfg = space.study.confirm
     if not cfg:
         return {}
     made = {}
-    for trial in candidates(study, cfg["top_k"]):
+    for trial in candidates(study, cfg.top_k):
         if record.claimed(study, trial.number):  # another worker took it since
             continue
         key = record.confirm_key(trial.number)
         study.set_user_attr(key, {"claimed": True})
         t0 = time.perf_counter()
-        values = fold_values(space, trial.params, prepared, cfg["folds"])
+        values = fold_values(space, trial.params, prepared, cfg.folds)
         result = {"values": [trial.value, *values], "score": statistics.fmean([trial.value, *values]),
                   "seconds": round(time.perf_counter() - t0, 1)}
         study.set_user_attr(key, result)
         made[trial.number] = result
         if say is not None:
-            say(f"confirmed trial {trial.number}: {space.study['metric']} {trial.value:.4f} on validation, "
+            say(f"confirmed trial {trial.number}: {space.study.metric} {trial.value:.4f} on validation, "
                 f"{', '.join(f'{v:.4f}' for v in values)} on {len(values)} fold(s); score {result['score']:.4f}")
     return made

@@ -23,12 +23,15 @@ import optuna
 import torch
 
 from ..config.conditions import parse
+from ..config.measurements import LATENCY, MEASUREMENTS, OBJECTIVES, PEAK_MEMORY
+from ..config.placement import MEMORY_FRACTION_ENV
 from ..config.space import Space
+from ..config.vocabulary import Hyperparameters
 from ..errors import HpsearchError
-from ..finetune.device import MEMORY_FRACTION_ENV, peak_memory_mb
+from ..finetune.device import peak_memory_mb
 from ..finetune.distributed import Group, GroupLost
-from ..finetune.loop import Callback, NonFiniteLoss, TrainingState
 from ..finetune.recipe import Prepared, fine_tune, inference_latency_ms
+from ..finetune.state import Callback, NonFiniteLoss, TrainingState
 from ..interrupts import check as check_interrupt
 from . import record
 from .progress import Progress
@@ -129,30 +132,21 @@ class _Reporter(Callback):
             raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
 
 
-def _state_attrs(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
-    """What a trial's training measured, as far as it got (:mod:`hpsearch.study.record` names the attributes that
-    other modules read back)."""
-    where = {record.DEVICE: str(device), **_placement()}
-    if state is None:
-        return where
-    return {
-        **where,
-        "micro_batch_size": state.micro_batch_size,
-        "steps": state.step,
-        record.EPOCHS_COMPLETED: round(state.epochs_completed, 4),
-        "train_time_s": round(state.train_time, 3),
-        "eval_time_s": round(state.eval_time, 3),
-        "setup_time_s": round(state.setup_time, 3),
-        "examples_per_s": round(state.examples_per_s, 2),
-        "tokens_per_s": round(state.tokens_per_s, 1),
-        "parameters": state.parameters,
-        "trainable_parameters": state.trainable_parameters,
-    }
+def measured(state: TrainingState | None, device: torch.device) -> dict[str, Any]:
+    """Every measurement of :data:`hpsearch.config.measurements.MEASUREMENTS` the trial got to make, as it is
+    stored: the training loop's (none before its first step), and the device's peak memory. (``latency_ms`` is
+    measured after training, only for an objective that lists it.)"""
+    out: dict[str, Any] = {}
+    for m in MEASUREMENTS:
+        if m.source == "training" and state is not None:
+            out[m.name] = m.stored(getattr(state, m.field))
+    out[PEAK_MEMORY.name] = PEAK_MEMORY.stored(peak_memory_mb(device))
+    return out
 
 
 def _placement() -> dict[str, Any]:
     """Which process this is, and the GPU and memory share the launcher gave it
-    (:func:`hpsearch.study.workers.place`), where set."""
+    (:func:`hpsearch.config.placement.place`), where set."""
     out: dict[str, Any] = {record.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         out[record.GPU] = os.environ["CUDA_VISIBLE_DEVICES"]
@@ -193,10 +187,10 @@ class Objective:
         self.device = prepared.device
         self.progress = progress or Progress()
         self.config_id = config_id or space.fingerprint()
-        self.metric = space.study["metric"]
-        self.objectives: list[str] = list(space.study.get("metrics", []))
+        self.metric = space.study.metric
+        self.objectives: list[str] = list(space.study.metrics)
         """A multi-objective study's objectives (``study.metrics``); empty with one."""
-        self.constraints = [parse(text)[0] for text in space.study.get("constraints", [])]
+        self.constraints = [parse(text)[0] for text in space.study.constraints]
         """``study.constraints``: each trial's measurements against them go to Optuna as constraint values."""
         self.feasible = True
         """Whether the trial that just ended met every constraint."""
@@ -220,8 +214,9 @@ class Objective:
         start_trial(trial, self.total, self.liveness)
         hp = self.space.suggest(trial)
         trial.set_user_attr(record.CONFIG_ID, self.config_id)
-        off = self.space.inactive(hp)
-        trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in hp.items() if k not in off})
+        values = hp.as_dict()
+        off = self.space.inactive(values)
+        trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in values.items() if k not in off})
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
                              multi=bool(self.objectives))
@@ -273,24 +268,30 @@ class Objective:
     def _values(self, trial: optuna.Trial, model: torch.nn.Module, result: Any, reporter: _Reporter) -> list[float]:
         """Each of ``study.metrics``: an evaluated metric, or a measurement of the trained model or its training
         (``latency_ms`` is measured here, and recorded as an attribute)."""
-        state = _state_attrs(reporter.state, self.device)
-        measured: dict[str, Any] = {"train_time_s": result.train_time_s, "parameters": state.get("parameters"),
-                                    "trainable_parameters": state.get("trainable_parameters")}
-        if "latency_ms" in self.objectives:
-            measured["latency_ms"] = inference_latency_ms(model, self.prepared)
-            trial.set_user_attr("latency_ms", round(measured["latency_ms"], 4))
-        return [float(result.metrics[m]) if m in result.metrics else float(measured[m]) for m in self.objectives]
+        out = []
+        for name in self.objectives:
+            m = OBJECTIVES.get(name)
+            if m is None:
+                out.append(float(result.metrics[name]))
+            elif m is LATENCY:
+                latency = inference_latency_ms(model, self.prepared)
+                trial.set_user_attr(LATENCY.name, LATENCY.stored(latency))
+                out.append(float(latency))
+            else:  # a measurement of training, unrounded
+                out.append(float(getattr(reporter.state, m.field)))
+        return out
 
-    def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: dict, result: Any, value: float) -> None:
+    def _keep(self, trial: optuna.Trial, model: torch.nn.Module, hp: Hyperparameters, result: Any,
+              value: float) -> None:
         """Offer the trained model to the keeper (``--keep-best``); a failure to store it never fails the trial."""
         from ..finetune.model import load_tokenizer
         from ..finetune.modeldir import write_model_dir
 
         origin = {"study": trial.study.study_name, "trial": trial.number, "value": value, "metric": self.metric}
         config = self.space.with_params(trial.params, origin=origin).to_dict()
-        metrics = {"metrics": result.metrics, "hyperparameters": hp, "origin": origin,
+        metrics = {"metrics": result.metrics, "hyperparameters": hp.as_dict(), "origin": origin,
                    **{k: v for k, v in result.as_dict().items() if k not in ("metrics", "history")}}
-        tokenizer = load_tokenizer(self.space.config["model"])
+        tokenizer = load_tokenizer(self.space.model)
         try:
             kept = self.keeper.offer(trial, value, lambda out: write_model_dir(out, model, tokenizer, metrics, config))
         except (OSError, HpsearchError) as exc:
@@ -305,25 +306,30 @@ class Objective:
         trial.set_user_attr(record.STATUS, status)
         for key, value in (selection or {}).items():
             trial.set_user_attr(key, value)
-        for key, value in _state_attrs(reporter.state, self.device).items():
+        for key, value in {record.DEVICE: str(self.device), **_placement()}.items():
+            trial.set_user_attr(key, value)
+        made = measured(reporter.state, self.device)
+        for key, value in made.items():
             trial.set_user_attr(key, value)
         for key, value in (final or reporter.metrics).items():
             trial.set_user_attr(record.val(key), round(float(value), 6))
-        peak = round(peak_memory_mb(self.device), 1)
-        trial.set_user_attr(record.PEAK_MEMORY_MB, peak)
-        trial.set_user_attr("precision", self.prepared.precision.name)
+        trial.set_user_attr(record.PRECISION, self.prepared.precision.name)
         if self.prepared.data is not None:
             trial.set_user_attr(record.VALIDATION_ROWS, self.prepared.data.validation.example_count)
-        self._constrain(trial, {**_state_attrs(reporter.state, self.device), record.PEAK_MEMORY_MB: peak})
+        self._constrain(trial, made, trained=reporter.state is not None)
 
-    def _constrain(self, trial: optuna.Trial, measured: dict[str, Any]) -> None:
+    def _constrain(self, trial: optuna.Trial, made: dict[str, Any], trained: bool) -> None:
         """Each ``study.constraints`` bound as an Optuna constraint value (> 0: violated by that much), from what
-        the trial measured; a bound on something the trial did not get to measure is left unset."""
+        the trial measured. Every constraint names a measurement the objective makes (validation takes the names
+        from the table); only a trial that never got to its first step lacks the training ones, and then the
+        bound is left unset."""
         self.feasible = True
         for clause in self.constraints:
-            value = measured.get(clause.name)
-            if not isinstance(value, (int, float)):
+            if clause.name not in made:
+                if trained:
+                    raise KeyError(f"constraint {clause.name}: measured by no trial (hpsearch.config.measurements)")
                 continue
+            value = made[clause.name]
             excess = value - clause.value if clause.op in ("<=", "<") else clause.value - value
             if clause.op in ("<", ">") and excess == 0:
                 excess = 1e-9  # the bound itself breaks a strict inequality

@@ -1,44 +1,86 @@
 """``hpsearch run --ray [ADDRESS]``: the study's workers as Ray tasks on a local or remote Ray cluster.
 
-Each task asks Ray for its resources (``num_gpus``: 1, 1/K with ``--trials-per-gpu K``, K with ``--gpus-per-trial
-K``, 0 on the CPU; ``num_cpus``: ``--cpus-per-worker``, default 1) and runs an ordinary ``hpsearch run`` worker in
-a child process on the GPU(s) Ray gave it, so a Ray worker is the same worker as anywhere else: the study stays in
-the shared storage, workers outside Ray can join it, and a lost node's trial goes through the heartbeat retry. The
-nodes must see the space file and the data at the same paths (a shared file system or the same image).
+The cluster is connected before the run's rules are checked (:func:`connected`), so an unreachable address is one
+line and its GPUs are known before anything is written. Each task asks Ray for its slot's resources
+(:func:`hpsearch.config.placement.place_on_ray`: a GPU, 1/K of one with ``--trials-per-gpu K``, K with
+``--gpus-per-trial K``, none on the CPU; ``--cpus-per-worker`` CPUs) and runs an ordinary worker process
+(:mod:`hpsearch.study.worker`) on the GPU(s) Ray gave it, so a Ray worker is the same worker as anywhere else: the
+study stays in the shared storage, workers outside Ray can join it, and a lost node's trial goes through the
+heartbeat retry. The nodes must see the data and the model at the same paths (a shared file system or the same
+image).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import HpsearchError, UsageError
-from ..finetune.device import MEMORY_FRACTION_ENV
+from ..config.placement import Slot
+from ..config.rules import RayCluster
+from ..errors import HpsearchError
 
 
-def gpus_per_worker(device: str, trials_per_gpu: int | None, gpus_per_trial: int | None,
-                    cluster_gpus: float) -> float:
-    """What one worker asks Ray for: a share of a GPU when packing, K GPUs for a K-GPU trial, none on the CPU (or on
-    a cluster without GPUs when the device is auto)."""
-    if device == "cpu":
-        return 0.0
-    if gpus_per_trial:
-        return float(gpus_per_trial)
-    if trials_per_gpu:
-        return 1.0 / trials_per_gpu
-    if device.startswith("cuda") and cluster_gpus == 0:
-        raise UsageError(f"--device {device} with --ray: the Ray cluster has no GPU")
-    return 1.0 if cluster_gpus > 0 else 0.0
+@contextlib.contextmanager
+def connected(address: str) -> Iterator[RayCluster]:
+    """Connect to the Ray cluster at ``address`` ("": a local Ray started here) for the block; the cluster's
+    resources, or why it could not be reached."""
+    import ray
+
+    shown = address or "a local Ray"
+    unreachable = _unreachable(address)
+    if unreachable:
+        yield RayCluster(shown, error=unreachable)
+        return
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    except Exception as exc:  # ConnectionError, a timeout, a bad address: the reason in one line
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        yield RayCluster(shown, error=lines[0][:300])
+        return
+    try:
+        resources = ray.cluster_resources()
+        yield RayCluster(shown, gpus=float(resources.get("GPU", 0)), cpus=float(resources.get("CPU", 0)))
+    finally:
+        ray.shutdown()
 
 
-def _worker(args: list[str], cwd: str | None, env: dict[str, str]) -> int:
-    """One worker, inside a Ray task: ``hpsearch run ARGS`` in a child process of the node's Python, with the
-    task's CUDA_VISIBLE_DEVICES; a cancelled task (Ctrl-C on the driver) passes SIGINT on and waits for the worker
-    to mark its trial."""
+CONNECT_TIMEOUT_S = 5.0
+"""How long the head's port gets to answer before the address counts as unreachable (Ray's own client waits 30 s
+and then warns with a traceback-like message)."""
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a ``ray://HOST:PORT`` or ``HOST:PORT`` address (None: something listens, or the
+    address names no port to try: "auto", a local Ray)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "not an address of the form ray://HOST:PORT or HOST:PORT"
+    if not host or port is None:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
+def _worker(worker_spec: str, cwd: str | None, env: dict[str, str]) -> int:
+    """One worker, inside a Ray task: a worker process of the node's Python with the task's CUDA_VISIBLE_DEVICES;
+    a cancelled task (Ctrl-C on the driver) passes SIGINT on and waits for the worker to mark its trial."""
+    from .worker import start
+
     workdir = cwd if cwd and Path(cwd).is_dir() else None
-    proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "run", *args], cwd=workdir, env={**os.environ, **env})
+    proc = start(worker_spec, {**os.environ, **env}, cwd=workdir)
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -50,43 +92,23 @@ def _worker(args: list[str], cwd: str | None, env: dict[str, str]) -> int:
             raise
 
 
-def launch_on_ray(address: str, run_args: list[str], count: int, total: int, env: dict[str, str], *,
-                  device: str, trials_per_gpu: int | None, gpus_per_trial: int | None,
-                  cpus: float | None) -> int:
-    """Start ``count`` workers as Ray tasks on the cluster at ``address`` ("": $RAY_ADDRESS, else a local Ray
-    started here), wait, and return the worst exit code."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("--ray needs Ray: pip install 'hpsearch[ray]'") from None
-    target = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=target, include_dashboard=False, log_to_driver=True, ignore_reinit_error=True,
-             **({} if target else {"num_cpus": os.cpu_count()}))
-    try:
-        resources = ray.cluster_resources()
-        num_gpus = gpus_per_worker(device, trials_per_gpu, gpus_per_trial, float(resources.get("GPU", 0)))
-        num_cpus = 1.0 if cpus is None else cpus
-        task_env = dict(env)
-        if trials_per_gpu and num_gpus:
-            task_env[MEMORY_FRACTION_ENV] = f"{1.0 / trials_per_gpu:.6g}"
-        task_env.setdefault("OMP_NUM_THREADS", str(max(1, int(num_cpus))))
-        extra = ["--gpus-per-trial", str(gpus_per_trial)] if gpus_per_trial else []
-        print(f"[hpsearch] {count} workers as Ray tasks on {target or 'a local Ray'} "
-              f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs): {num_gpus:g} GPU and "
-              f"{num_cpus:g} CPU each", file=sys.stderr, flush=True)
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(_worker)
-        args = [*run_args, *extra, "--total", str(total), "--quiet"]
-        refs = [remote.remote(args, os.getcwd(), task_env) for _ in range(count)]
-        try:
-            codes = ray.get(refs)
-        except KeyboardInterrupt:
-            for ref in refs:
-                ray.cancel(ref)
-            raise
-        except ray.exceptions.RayError as exc:
-            raise HpsearchError(f"a Ray worker was lost: {str(exc).splitlines()[0][:300]} (its trial is retried "
-                                f"through the heartbeats when a worker runs again)") from exc
-        return max(codes, key=abs) if any(codes) else 0
-    finally:
-        ray.shutdown()
+def launch_on_ray(cluster: RayCluster, slots: Sequence[Slot], worker_spec: str) -> list[int]:
+    """Run a Ray task per slot on the connected ``cluster``; wait; return each task's exit code."""
+    import ray
 
+    first = slots[0]
+    print(f"[hpsearch] {len(slots)} workers as Ray tasks on {cluster.address} ({cluster.cpus:g} CPUs, "
+          f"{cluster.gpus:g} GPUs): {first.describe()} each", file=sys.stderr, flush=True)
+    refs = []
+    for slot in slots:
+        remote = ray.remote(num_cpus=slot.ray_cpus, num_gpus=slot.ray_gpus, max_retries=0)(_worker)
+        refs.append(remote.remote(worker_spec, os.getcwd(), slot.env({})))  # Ray pins the task's GPUs
+    try:
+        return list(ray.get(refs))
+    except KeyboardInterrupt:
+        for ref in refs:
+            ray.cancel(ref)
+        raise
+    except ray.exceptions.RayError as exc:
+        raise HpsearchError(f"a Ray worker was lost: {str(exc).splitlines()[0][:300]} (its trial is retried "
+                            f"through the heartbeats when a worker runs again)") from exc

@@ -5,8 +5,8 @@ On the study (user attributes): ``config:<id>`` holds each resolved config a run
 (``--keep-best``), and ``confirm:<trial number>`` a trial's confirmation on cross-validation folds
 (``study.confirm``). On each trial: ``config_id``, ``hyperparameters`` (searched and fixed), ``status``, the
 metrics of the evaluation it reports as ``val_<metric>``, where it was pruned or why it failed, and what training
-measured. Every name is here except those of the training measurements (steps, times, throughput), which the
-objective writes from the loop's state and nothing reads back.
+measured. Every name is here except those of the measurements (steps, times, throughput, memory), whose one home
+is the table :mod:`hpsearch.config.measurements`.
 
 Ranking lives here too: :func:`ranked_trials` is the one "best first" (the study's direction, confirmed trials
 ahead by their confirmed score), which ``export``, ``report``, ``--keep-best`` and the CLI's summary all follow.
@@ -17,6 +17,7 @@ from typing import Any
 
 import optuna
 
+from ..config import measurements
 from ..errors import UsageError
 from ..version import __version__
 
@@ -50,8 +51,10 @@ GPU = "gpu"
 """The GPU a worker was placed on (its CUDA_VISIBLE_DEVICES), when the launcher or the user set one."""
 GPU_MEMORY_FRACTION = "gpu_memory_fraction"
 """The worker's cap on that GPU's memory when it shared the GPU (``--trials-per-gpu``)."""
-EPOCHS_COMPLETED = "epochs_completed"
-PEAK_MEMORY_MB = "peak_memory_mb"
+EPOCHS_COMPLETED = measurements.EPOCHS_COMPLETED.name
+PEAK_MEMORY_MB = measurements.PEAK_MEMORY.name
+PRECISION = "precision"
+"""What ``model.precision`` resolved to for the trial (fp32, bf16-mixed ...)."""
 VAL_PREFIX = "val_"
 FAILED = "failed"
 """How a status starts for a trial that did not finish: ``failed: out of memory``, ``failed: interrupted`` ..."""

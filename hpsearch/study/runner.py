@@ -65,11 +65,11 @@ def warm_start_params(storage: Any, source: str, space: Space, top: int = WARM_S
     if source not in optuna.get_all_study_names(storage):
         raise UsageError(f"--warm-start {source}: no such study in this storage")
     earlier = optuna.load_study(study_name=source, storage=storage)
-    if record.is_multi(earlier) or space.study.get("metrics"):
+    if record.is_multi(earlier):
         raise UsageError(f"--warm-start {source}: warm starts take the best configs of single-objective studies")
-    if earlier.direction.name.lower() != space.study["direction"]:
+    if earlier.direction.name.lower() != space.study.direction:
         raise UsageError(f"--warm-start {source}: it {earlier.direction.name.lower()}s, this study "
-                         f"{space.study['direction']}s {space.study['metric']}")
+                         f"{space.study.direction}s {space.study.metric}")
     out: list[dict] = []
     for t in record.by_value(earlier):
         params = {k: v for k, v in t.params.items() if k in space.params and _admits(space.params[k], v)}
@@ -87,9 +87,8 @@ def _admits(spec: dict, value: Any) -> bool:
 
 
 def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[dict]) -> optuna.Study:
-    metrics = space.study.get("metrics")
-    directions = space.study.get("directions") or [space.study["direction"]]
-    direction, metric = ", ".join(directions), ", ".join(metrics) if metrics else space.study["metric"]
+    directions = list(space.study.all_directions)
+    direction, metric = ", ".join(directions), ", ".join(space.study.objectives)
     config_id = space.fingerprint()
     if name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=name, storage=storage)
@@ -106,8 +105,8 @@ def _open_study(storage: Any, name: str, space: Space, warn: Any, seeds: list[di
                  f"each trial keeps the config it ran with")
     study = optuna.create_study(storage=storage, study_name=name, directions=directions,
                                 sampler=build_sampler(space), pruner=build_pruner(space), load_if_exists=True)
-    record.store_config(study, config_id, space.to_dict(), space.study["metric"], metrics)
-    for params in [*space.study["enqueue"], *seeds]:
+    record.store_config(study, config_id, space.to_dict(), space.study.metric, list(space.study.metrics))
+    for params in [*space.study.enqueue, *seeds]:
         study.enqueue_trial(params, skip_if_exists=True)
     _describe_for_dashboard(study, space)
     return study
@@ -117,7 +116,7 @@ def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
     """Name the objective after the metric and put the resolved config in the study's dashboard note."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(space.study.get("metrics") or [space.study["metric"]])
+        study.set_metric_names(list(space.study.objectives))
     try:
         import optuna_dashboard
     except ImportError:
@@ -133,10 +132,10 @@ def prepare_run(space: Space, device: str, weights: bool = True) -> Prepared:
     tokenized data, pretrained weights) and what the study section asks of the data."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepared = prepare(space, device, weights=weights)
-    confirm = space.study.get("confirm")
+    confirm = space.study.confirm
     n = len(prepared.data.train)
-    if confirm and n // (confirm["folds"] + 1) < 1:
-        raise UsageError(f"study.confirm.folds: {confirm['folds']} folds need more than {n} training rows (each "
+    if confirm and n // (confirm.folds + 1) < 1:
+        raise UsageError(f"study.confirm.folds: {confirm.folds} folds need more than {n} training rows (each "
                          f"fold moves a block of them to validation)")
     return prepared
 
@@ -177,12 +176,6 @@ def run_study(space: Space, options: RunOptions, progress: Any = None) -> optuna
     prepared = prepare_run(space, options.device)
     group = join(prepared.device)
     if group is not None:
-        if space.study.get("confirm"):
-            raise UsageError("study.confirm with --gpus-per-trial: the confirmation folds run in one process; "
-                             "confirm the study's best afterwards without --gpus-per-trial")
-        if options.keep_best and space.config["model"].get("distributed") == "fsdp":
-            raise UsageError("--keep-best with model.distributed: fsdp: a sharded model is not written whole; "
-                             "export the best config and retrain it (hpsearch train)")
         if not group.main:  # rank 0 talks to the study; this rank trains what it sends
             with interrupts.handled():
                 follow(space, prepared, group)
@@ -219,29 +212,26 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     storage = open_storage(url, heartbeat_interval=interval, grace_period=options.grace_period, max_retry=retries)
     liveness = liveness_for(storage, url, interval, options.grace_period, retries)
     study = open_study(storage, options.study_name or space.name, space, warm_start=options.warm_start)
-    confirm = space.study.get("confirm")
+    confirm = space.study.confirm
     keep_best = options.keep_best
-    if keep_best and space.study.get("metrics"):
-        raise UsageError("--keep-best with study.metrics: several objectives have no K best; export the Pareto "
-                         "front's configs (hpsearch export --pareto) and retrain the one you pick")
     # Until the confirmation has chosen, keep the weights of every trial it may choose.
-    keeper = make_keeper(study, url, max(keep_best, confirm["top_k"]) if keep_best and confirm else keep_best,
+    keeper = make_keeper(study, url, max(keep_best, confirm.top_k) if keep_best and confirm else keep_best,
                          options.artifacts)
     progress = progress or make_progress(options.quiet)
     objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
                           total=options.total, keeper=keeper, liveness=liveness, group=group)
     n_trials, total = options.trials, options.total
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
-    progress.study_started(study, planned, space.study["metric"])
+    progress.study_started(study, planned, space.study.metric)
     callbacks: list[Any] = [progress] if keeper is None else [progress, lambda study, trial: keeper.prune(study)]
     if options.mlflow:
         from .tracking import MLflowLogger
 
-        callbacks.append(MLflowLogger(options.mlflow, space.study["metric"]))
+        callbacks.append(MLflowLogger(options.mlflow, space.study.metric))
     if options.wandb is not None:
         from .wandb_tracking import WandbLogger
 
-        callbacks.append(WandbLogger(options.wandb, space.study["metric"]))
+        callbacks.append(WandbLogger(options.wandb, space.study.metric))
     callbacks.append(interrupts.stop_study)
     kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached,)}
     try:

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import optuna
 
+from ..config.sections import Pruner
 from ..config.space import Space
 from ..config.vocabulary import PRUNERS, SAMPLERS
 from .seeding import WorkerSeededSampler
@@ -31,16 +32,16 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
     A seeded sampler is a ``WorkerSeededSampler``: each process sharing the study (workers, a resumed run) draws
     its own sequence, the one that runs trial 0 the seed's. QMC keeps one seed everywhere: its processes share
     one low-discrepancy sequence, indexed through the study."""
-    cfg = space.study["sampler"]
-    cls = getattr(optuna.samplers, SAMPLERS[cfg["name"]])
+    cfg = space.study.sampler
+    cls = getattr(optuna.samplers, SAMPLERS[cfg.name])
 
     def build(seed: int | None) -> optuna.samplers.BaseSampler:
-        options = dict(cfg["options"])
-        if cfg["name"] == "tpe" and space.config.get("when") and "group" not in options:
+        options = dict(cfg.options)
+        if cfg.name == "tpe" and space.conditions and "group" not in options:
             # Conditional parameters: TPE models each group of parameters that occur together (Optuna's advice
             # for conditional spaces) instead of falling back to independent sampling.
             options.update(group=True, multivariate=True)
-        if cfg["name"] == "grid":
+        if cfg.name == "grid":
             options["search_space"] = grid_search_space(space.params)
         if seed is not None:
             options["seed"] = seed
@@ -48,9 +49,9 @@ def build_sampler(space: Space) -> optuna.samplers.BaseSampler:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return cls(**options)
 
-    if cfg["seed"] is None or cfg["name"] == "qmc":
-        return build(cfg["seed"])
-    return WorkerSeededSampler(build, cfg["seed"])
+    if cfg.seed is None or cfg.name == "qmc":
+        return build(cfg.seed)
+    return WorkerSeededSampler(build, cfg.seed)
 
 
 def build_pruner(space: Space) -> optuna.pruners.BasePruner:
@@ -60,17 +61,17 @@ def build_pruner(space: Space) -> optuna.pruners.BasePruner:
     pruners compare it with the step index, which counts from 0 in Optuna's examples and from 1 in hpsearch (report
     k comes after k / reports_per_epoch epochs, also for Hyperband's resources), so it is passed on as W + 1.
     """
-    return _pruner(space.study["pruner"])
+    return _pruner(space.study.pruner)
 
 
-def _pruner(cfg: dict) -> optuna.pruners.BasePruner:
-    cls = getattr(optuna.pruners, PRUNERS[cfg["name"]])
-    if cfg["name"] == "patient":
-        wrapped = _pruner(cfg["wrapped"]) if cfg.get("wrapped") else None
+def _pruner(cfg: Pruner) -> optuna.pruners.BasePruner:
+    cls = getattr(optuna.pruners, PRUNERS[cfg.name])
+    if cfg.name == "patient":
+        wrapped = _pruner(cfg.wrapped) if cfg.wrapped else None
         with warnings.catch_warnings():  # PatientPruner is "experimental" in Optuna: chosen knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return cls(wrapped, **cfg["options"])
-    options = dict(cfg["options"])
+            return cls(wrapped, **cfg.options)
+    options = dict(cfg.options)
     if "n_warmup_steps" in options:  # Optuna counts steps from 0; hpsearch's reports are numbered from 1
         options["n_warmup_steps"] += 1
     return cls(**options)

@@ -10,50 +10,34 @@ and the trial's state (COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED) a
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
-from ..errors import HpsearchError, UsageError
+from ..errors import HpsearchError
 from . import record
 
-ENV_VAR = "MLFLOW_TRACKING_URI"
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 MAX_TAG = 5000
 """MLflow's tag value limit is larger on most servers; long values (tracebacks, configs) are cut here."""
 
 
-def tracking_uri(flag: str | None) -> str:
-    """``--mlflow URI``, or ``--mlflow`` alone (``flag == ""``) meaning $MLFLOW_TRACKING_URI; checked before a run
-    writes anything (the URI is given and mlflow is installed)."""
-    uri = flag or os.environ.get(ENV_VAR)
-    if not uri:
-        raise UsageError("--mlflow: give a tracking URI (e.g. --mlflow sqlite:///mlflow.db or http://mlflow:5000) "
-                         f"or set {ENV_VAR}")
-    import importlib.util
-
-    if importlib.util.find_spec("mlflow") is None:
-        raise UsageError("--mlflow needs mlflow: pip install 'hpsearch[mlflow]'") from None
-    _check_store(uri)
-    return uri
-
-
-def _check_store(uri: str) -> None:
-    """Open the tracking store now, so that a URI MLflow refuses (MLflow 3 refuses a file store unless
-    MLFLOW_ALLOW_FILE_STORE is set) is a one-line error before the study is written, not a traceback after."""
+def store_problem(uri: str) -> str | None:
+    """Why MLflow refuses the tracking store at ``uri`` (None: it opens), found by opening it before the study is
+    written (MLflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is set): one line for the run's rules
+    (:mod:`hpsearch.config.rules`), not a traceback at the first trial."""
     from mlflow.exceptions import MlflowException
 
     try:
         from mlflow.tracking._tracking_service.utils import _get_store
     except ImportError:  # a private helper: an MLflow without it is checked at the first trial instead
-        return
-
+        return None
     try:
         _get_store(uri)
     except MlflowException as exc:
         first = str(exc).split(". ")[0]
         hint = (" (or set MLFLOW_ALLOW_FILE_STORE=true)" if "filesystem" in str(exc) else "")
-        raise UsageError(f"--mlflow {uri}: {first}; use a database URI such as sqlite:///mlflow.db{hint}") from None
+        return f"{first}; use a database URI such as sqlite:///mlflow.db{hint}"
+    return None
 
 
 class MLflowLogger:

@@ -9,21 +9,11 @@ else $WANDB_PROJECT, else the study's name; WANDB_MODE=offline keeps the runs on
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from typing import Any
 
-from ..errors import HpsearchError, UsageError
+from ..errors import HpsearchError
 from . import record
-
-
-def wandb_project(flag: str | None) -> str:
-    """``--wandb PROJECT``, or ``--wandb`` alone (``""``): $WANDB_PROJECT, else "" (the study's name); checked
-    before a run writes anything (wandb is installed)."""
-    if importlib.util.find_spec("wandb") is None:
-        raise UsageError("--wandb needs wandb: pip install 'hpsearch[wandb]'")
-    return flag or os.environ.get("WANDB_PROJECT", "")
 
 
 class WandbLogger:

@@ -228,12 +228,14 @@ def tokenize(tokenizer: object, texts: list[str], pairs: list[str] | None,
 
 @dataclass
 class PreparedData:
-    """Both splits, the task's name, the label names its head needs (empty for regression), its options, and the
-    tokenizer (not cached: tasks that generate decode with it)."""
+    """Both splits, the task that encoded them, the label names its head needs (empty for regression), its options,
+    and the tokenizer (not cached: tasks that generate decode with it)."""
 
     train: Encoded
     validation: Encoded
-    task: str
+    task: Any
+    """The task object (a :class:`hpsearch.tasks.base.Task`, which imports this module): its loss, forward pass and
+    metrics."""
     label_names: list[str]
     options: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = field(default=None, repr=False, compare=False)

@@ -185,7 +185,7 @@ def _answers(batches: list[Any], options: dict[str, Any]) -> tuple[dict[int, str
     out = {}
     for example in sorted(gold):
         score, text = best[example]
-        out[example] = "" if options.get("allow_no_answer") and null[example] > score else text
+        out[example] = "" if options["allow_no_answer"] and null[example] > score else text
     return out, dict(sorted(gold.items()))
 
 
@@ -305,7 +305,7 @@ def _flat_answer(where: str, split: RawSplit, value: tuple[Any, Any]) -> list[tu
 def stride_for(options: dict[str, Any], max_length: int) -> int:
     """``doc_stride``, with ``auto`` resolved to a third of ``max_length``, at most 128 (128 at transformers'
     usual 384)."""
-    stride = options.get("doc_stride", "auto")
+    stride = options["doc_stride"]
     return min(128, max_length // 3) if stride == "auto" else int(stride)
 
 
@@ -329,7 +329,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
 
     questions = [q.lstrip() for q in text_values(split, "question_column")]
     contexts = text_values(split, "context_column")
-    gold = _gold(split, contexts, bool(options.get("allow_no_answer")))
+    gold = _gold(split, contexts, bool(options["allow_no_answer"]))
     stride = stride_for(options, max_length)
     _check_room(split, tokenizer, questions, max_length, stride)
     question_first = tokenizer.padding_side == "right"

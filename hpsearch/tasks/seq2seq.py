@@ -141,7 +141,7 @@ def _encode(split: RawSplit, tokenizer: Any, max_length: int, options: dict[str,
 
     from .encoded import Encoded, padded, text_values, tokenize
 
-    prefix = options.get("source_prefix", "")
+    prefix = options["source_prefix"]
     sources = text_values(split, "source_column", prefix)
     targets = text_values(split, "target_column")
     ids, lengths, _ = tokenize(tokenizer, sources, None, max_length)

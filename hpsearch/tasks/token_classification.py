@@ -60,7 +60,7 @@ class TokenClassification:
         index = {n: i for i, n in enumerate(names)}
         inside = {i: index.get("I-" + n[2:], i) for n, i in index.items() if n.startswith("B-")}
         out = [_encode_split(split, split_tags, index, inside, tokenizer, max_length,
-                             options.get("label_all_tokens", False))
+                             options["label_all_tokens"])
                for split, split_tags in zip((train, validation), tags)]
         return out[0], out[1], names
 

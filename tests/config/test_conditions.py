@@ -43,13 +43,13 @@ def test_inactive_params_are_not_sampled_and_default_in_training(tiny_model: Pat
         trial = study.ask()
         hp = space.suggest(trial)
         study.tell(trial, 0.5)
-        seen.add(hp["lora_r"])
-        if hp["lora_r"] == 0:
+        seen.add(hp.lora_r)
+        if hp.lora_r == 0:
             assert set(trial.params) == {"lora_r", "learning_rate"}
-            assert (hp["lora_alpha"], hp["lora_dropout"]) == (16, 0.0)  # the defaults, which full fine-tuning ignores
+            assert (hp.lora_alpha, hp.lora_dropout) == (16, 0.0)  # the defaults, which full fine-tuning ignores
             assert space.inactive(hp) == {"lora_alpha", "lora_target_modules", "lora_dropout"}
         else:
-            assert {"lora_alpha", "lora_target_modules"} <= set(trial.params) and hp["lora_dropout"] == 0.1
+            assert {"lora_alpha", "lora_target_modules"} <= set(trial.params) and hp.lora_dropout == 0.1
             assert space.inactive(hp) == set()
     assert seen == {0, 4, 8}
     full = space.with_params({"lora_r": 0, "learning_rate": 1e-3}).to_dict()

@@ -162,8 +162,8 @@ def test_yaml_exponent_without_dot_is_a_number(tiny_model: Path, tiny_data: dict
 def test_set_overrides_nested_keys_and_validates(make_space) -> None:
     path = make_space()
     space = load_space(path, ["fixed.epochs=3", "data.max_train_samples=50", "study.sampler.seed=7"])
-    assert space.fixed["epochs"] == 3 and space.config["data"]["max_train_samples"] == 50
-    assert space.study["sampler"]["seed"] == 7
+    assert space.fixed["epochs"] == 3 and space.data.max_train_samples == 50
+    assert space.study.sampler.seed == 7
     with pytest.raises(ConfigError) as info:
         load_space(path, ["fixed.epochs=-1"])
     assert [i.key for i in info.value.issues] == ["fixed.epochs"]
@@ -174,7 +174,7 @@ def test_reports_per_epoch_defaults_to_one_whole_validation_report_per_epoch(tin
         raw = space_dict(tiny_model, tiny_data)
         del raw["study"]["reports_per_epoch"]
         raw["study"].update(study)
-        return validate(raw, "space.yaml").study["reports_per_epoch"]
+        return validate(raw, "space.yaml").study.reports_per_epoch
 
     assert reports() == 1  # median pruner: it compares epoch-end checkpoints (bench/README.md, search levers)
     assert reports(pruner="none") == 1  # once per epoch, like Trainer's eval_strategy="epoch"
@@ -200,8 +200,8 @@ def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
 def test_suggest_returns_every_hyperparameter_in_range(make_space) -> None:
     space = load_space(make_space())
     hp = space.suggest(optuna.trial.FixedTrial({"learning_rate": 2e-4, "dropout": 0.05}))
-    assert set(hp) == set(HYPERPARAMETERS)
-    assert hp["learning_rate"] == 2e-4 and hp["dropout"] == 0.05 and hp["batch_size"] == 16
+    assert set(hp.as_dict()) == set(HYPERPARAMETERS)
+    assert hp.learning_rate == 2e-4 and hp.dropout == 0.05 and hp.batch_size == 16
 
 
 def test_with_params_leaves_nothing_to_search(make_space) -> None:

@@ -83,7 +83,7 @@ def test_a_study_optimizes_the_metric_function(metric_module, tiny_model: Path, 
     path = f"{metric_module}:balanced_accuracy"
     raw = space_dict(tiny_model, tiny_data, study__metric=path, fixed__epochs=1)
     space = validate(raw)
-    assert space.study["direction"] == "maximize"  # declared by the function
+    assert space.study.direction == "maximize"  # declared by the function
     study = hpsearch_run(raw, tmp_path)
     calls = importlib.import_module(metric_module).CALLS
     assert calls and calls[-1]["scores"] == (64, 2) and calls[-1]["names"] == ["0", "1"]

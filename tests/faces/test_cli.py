@@ -10,9 +10,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 
 from hpsearch.config.load import load_space
 from hpsearch.version import __version__ as hpsearch_version
+from tests.helpers import REPO
 
 
 def _digest(path: Path) -> str:
@@ -149,3 +151,19 @@ def test_export_errors(make_space, hpsearch, tmp_path: Path) -> None:
 def test_train_refuses_a_space_with_searched_params(make_space, hpsearch) -> None:
     res = hpsearch("train", "--config", str(make_space()), "--output-dir", "out")
     assert res.returncode == 2 and "still searched" in res.stderr
+
+
+def test_a_study_written_by_an_earlier_version_exports_and_reports(hpsearch, tmp_path: Path) -> None:
+    """studies.db.example was written before micro_batch_size, lora_* and model.distributed existed: its configs
+    export with those at their defaults, and the report reads it."""
+    import shutil
+
+    from hpsearch.config.vocabulary import HYPERPARAMETERS
+
+    shutil.copy(REPO / "studies.db.example", tmp_path / "old.db")
+    storage = f"sqlite:///{tmp_path}/old.db"
+    hpsearch("export", "--study", "sst2-lr-dropout", "--storage", storage, "--output", "best.yaml", check=True)
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert set(exported["fixed"]) == set(HYPERPARAMETERS) and exported["fixed"]["micro_batch_size"] == 0
+    hpsearch("report", "--study", "sst2-lr-dropout", "--storage", storage, "--output", "r.html", check=True)
+    assert "train_time_s (s)" in (tmp_path / "r.html").read_text()

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from hpsearch.config.validation import validate
+from hpsearch.finetune import evaluation as E
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.checkpoints import Selection, Tracker
 from tests.helpers import CPU, space_dict, trial_hp
 
@@ -53,8 +55,9 @@ def test_bad_policy_is_refused_with_the_value(kwargs: dict) -> None:
 
 def test_space_validates_early_stopping_and_trial_value(tiny_model, tiny_data) -> None:
     space = validate(space_dict(tiny_model, tiny_data, study__early_stopping={"patience": 2}))
-    assert space.study["early_stopping"] == {"patience": 2, "min_delta": 0.0}
-    assert space.study["trial_value"] == "best"
+    assert space.config["study"]["early_stopping"] == {"patience": 2, "min_delta": 0.0}
+    assert space.study.early_stopping.patience == 2
+    assert space.study.trial_value == "best"
     bad = space_dict(tiny_model, tiny_data, study__early_stopping={"patience": 0, "min_delta": -1, "wait": 3},
                      study__trial_value="first")
     with pytest.raises(Exception) as info:
@@ -67,8 +70,8 @@ def test_space_validates_early_stopping_and_trial_value(tiny_model, tiny_data) -
 
 def _train(space, data, selection: Selection, **hp):
     params = trial_hp(space, **hp)
-    model = M.build_model(space.config["model"], params, data, CPU)
-    settings = T.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=16, selection=selection)
+    model = M.build_model(space.model, params, data, CPU)
+    settings = S.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=16, selection=selection)
     return model, T.train(model, data, params, settings, device=CPU)
 
 
@@ -84,7 +87,7 @@ def test_best_checkpoint_weights_and_metrics_are_what_the_run_ends_with(setup) -
     best = min(checkpoints, key=lambda h: h["eval_loss"])
     assert best["report"] < checkpoints[-1]["report"]  # so the run really went back to earlier weights
     assert result.metrics["eval_loss"] == best["eval_loss"] and result.selection["best_report"] == best["report"]
-    again = T.evaluate(model, data.validation, data, CPU)
+    again = E.evaluate(model, data.validation, data, CPU)
     assert again["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-4)
     assert again["accuracy"] == best["accuracy"]
 
@@ -102,9 +105,9 @@ def test_early_stopping_ends_training_and_says_where(setup) -> None:
 def test_without_a_policy_the_loop_is_unchanged(setup) -> None:
     space, data = setup
     params = trial_hp(space, epochs=2)
-    settings = T.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=16)
-    plain = T.train(M.build_model(space.config["model"], params, data, CPU), data, params, settings, device=CPU)
-    last = T.train(M.build_model(space.config["model"], params, data, CPU), data, params,
+    settings = S.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=16)
+    plain = T.train(M.build_model(space.model, params, data, CPU), data, params, settings, device=CPU)
+    last = T.train(M.build_model(space.model, params, data, CPU), data, params,
                    replace(settings, selection=Selection("accuracy", True)), device=CPU)
     assert [h["full"] for h in plain.history] == [False, False, False, True]
     assert plain.metrics == last.metrics and plain.selection == {}

@@ -41,8 +41,8 @@ def test_swapped_model_computes_what_the_original_computes(setup, monkeypatch: p
     hp = _hp(space, dropout=0.2)
     with monkeypatch.context() as m:
         m.setattr(M, "install_cheap_dropout", lambda model: False)
-        original = M.build_model(space.config["model"], hp, data, CPU)
-    model = M.build_model(space.config["model"], hp, data, CPU)  # on the CPU: cheaper dropout installed
+        original = M.build_model(space.model, hp, data, CPU)
+    model = M.build_model(space.model, hp, data, CPU)  # on the CPU: cheaper dropout installed
     assert model.config._attn_implementation == D.ATTENTION
     assert all(type(m) is not torch.nn.Dropout for m in model.modules())
     assert original.config._attn_implementation == "sdpa"
@@ -60,7 +60,7 @@ def test_swapped_model_computes_what_the_original_computes(setup, monkeypatch: p
 
 def test_attention_dropout_is_applied(setup) -> None:
     space, data = setup
-    model = M.build_model(space.config["model"], _hp(space, dropout=0.3), data, CPU)
+    model = M.build_model(space.model, _hp(space, dropout=0.3), data, CPU)
     for name, module in model.named_modules():  # leave only the attention-probability dropout on
         if isinstance(module, torch.nn.Dropout) and not name.endswith("attention.self.dropout"):
             module.p = 0.0

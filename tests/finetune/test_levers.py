@@ -3,6 +3,7 @@ gradient checkpointing gives the same loss, mixed precision keeps fp32 master we
 evaluation batches are cut by tokens, not rows."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -11,8 +12,11 @@ import pytest
 import torch
 
 from hpsearch.config.validation import validate
+from hpsearch.finetune import batching as B
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import optim as O
+from hpsearch.finetune import state as S
 from hpsearch.finetune.data import prepare
 from hpsearch.finetune.device import FP32, precision_plan
 from tests.helpers import CPU, trial_hp
@@ -24,9 +28,9 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _train(space, data, settings=T.TrainSettings(reports_per_epoch=1), precision=FP32, model_cfg=None, **hp):
+def _train(space, data, settings=S.TrainSettings(reports_per_epoch=1), precision=FP32, model_cfg=None, **hp):
     hp = trial_hp(space, **{**CONSTANT, **hp})
-    model = M.build_model(model_cfg or space.config["model"], hp, data, CPU, precision)
+    model = M.build_model(model_cfg or space.model, hp, data, CPU, precision)
     result = T.train(model, data, hp, settings, device=CPU)
     return model, result
 
@@ -57,7 +61,7 @@ def ragged_sft(tmp_path: Path, tiny_decoders) -> tuple:
                     "validation": {"path": str(tmp_path / "dev.jsonl")}},
            "params": {}, "fixed": {"batch_size": 12, "epochs": 1, "seed": 0, "learning_rate": 1e-2}}
     space = validate(raw)
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32)
     return space, data
 
 
@@ -72,7 +76,7 @@ def test_accumulation_weights_micro_batches_by_learned_tokens(ragged_sft) -> Non
 def test_gradient_checkpointing_gives_the_same_training(ragged_sft) -> None:
     space, data = ragged_sft
     plain, a = _train(space, data, batch_size=12, epochs=2)
-    checkpointed_cfg = {**space.config["model"], "gradient_checkpointing": True}
+    checkpointed_cfg = dataclasses.replace(space.model, gradient_checkpointing=True)
     checkpointed, b = _train(space, data, model_cfg=checkpointed_cfg, batch_size=12, epochs=2)
     assert checkpointed.is_gradient_checkpointing and not plain.is_gradient_checkpointing
     assert a.metrics["eval_loss"] == pytest.approx(b.metrics["eval_loss"], rel=1e-4)
@@ -100,23 +104,23 @@ def bf16_checkpoint(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) 
 def test_a_bf16_checkpoint_trains_in_the_precision_asked_for(precision, trained, frozen, autocast, setup,
                                                              bf16_checkpoint: Path) -> None:
     space, data = setup
-    model_cfg = {**space.config["model"], "name_or_path": str(bf16_checkpoint), "precision": precision}
+    model_cfg = dataclasses.replace(space.model, name_or_path=str(bf16_checkpoint), precision=precision)
     plan = precision_plan(precision, "auto", M.checkpoint_dtype(model_cfg), CPU)
     assert plan.autocast == autocast
     hp = trial_hp(space, **CONSTANT, num_frozen_layers=1, epochs=1)
     model = M.build_model(model_cfg, hp, data, CPU, plan)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {trained}
     assert {p.dtype for p in model.parameters() if not p.requires_grad and p.ndim > 1} == {frozen}
-    result = T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1, precision=plan), device=CPU)
+    result = T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1, precision=plan), device=CPU)
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.steps == 12
-    optimizer = T.make_optimizer(model, hp, CPU)
+    optimizer = O.make_optimizer(model, hp, CPU)
     assert all(p.dtype == trained for group in optimizer.param_groups for p in group["params"])
 
 
 def test_the_host_copy_of_the_weights_keeps_the_checkpoint_dtype_and_trials_never_write_into_it(
         setup, bf16_checkpoint: Path) -> None:
     space, data = setup
-    model_cfg = {**space.config["model"], "name_or_path": str(bf16_checkpoint), "precision": "bf16-true"}
+    model_cfg = dataclasses.replace(space.model, name_or_path=str(bf16_checkpoint), precision="bf16-true")
     plan = precision_plan("bf16-true", "auto", torch.bfloat16, CPU)
     hp = trial_hp(space, **CONSTANT, epochs=1, learning_rate=1e-2)
     config = M.head_config(model_cfg, data)
@@ -124,13 +128,13 @@ def test_the_host_copy_of_the_weights_keeps_the_checkpoint_dtype_and_trials_neve
     assert {v.dtype for v in cache.values()} == {torch.bfloat16}  # half the host memory of an fp32 copy
     before = {k: v.clone() for k, v in cache.items()}
     model = M.build_model(model_cfg, hp, data, CPU, plan)
-    T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1, precision=plan, shrink_vocab=False), device=CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1, precision=plan, shrink_vocab=False), device=CPU)
     assert all(torch.equal(before[k], cache[k]) for k in cache)
 
 
 def test_a_trial_s_new_head_depends_on_its_seed_only(setup) -> None:
     space, data = setup
-    heads = [M.build_model(space.config["model"], trial_hp(space, seed=s), data, CPU).classifier.weight.detach()
+    heads = [M.build_model(space.model, trial_hp(space, seed=s), data, CPU).classifier.weight.detach()
              for s in (3, 4, 3)]
     assert torch.equal(heads[0], heads[2]) and not torch.equal(heads[0], heads[1])
     assert 0.005 < float(heads[0].std()) < 0.05  # initialised as the model initialises a head (std 0.02)
@@ -138,19 +142,19 @@ def test_a_trial_s_new_head_depends_on_its_seed_only(setup) -> None:
 
 def test_evaluation_batches_are_cut_by_tokens() -> None:
     lengths = torch.tensor([1024] * 40 + [64] * 300)
-    batches = T.eval_batches(lengths, max_tokens=16384, max_rows=64)
+    batches = B.eval_batches(lengths, max_tokens=16384, max_rows=64)
     assert sorted(torch.cat(batches).tolist()) == list(range(340))
     widths = [int(lengths[b].max()) * len(b) for b in batches]
     assert max(widths) <= 16384 and [len(b) for b in batches[:4]] == [16, 16, 16, 64]
     assert max(len(b) for b in batches) == 64  # short rows: the row cap
-    assert [len(b) for b in T.eval_batches(torch.tensor([5000, 10]), max_tokens=100)] == [1, 1]
+    assert [len(b) for b in B.eval_batches(torch.tensor([5000, 10]), max_tokens=100)] == [1, 1]
 
 
-def test_what_cannot_run_here_is_a_clear_error_before_any_trial(setup, tiny_model: Path, tiny_data: dict,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_what_no_trial_can_train_is_a_config_error(tiny_model: Path, tiny_data: dict) -> None:
+    """(What the machine must offer a model, a CUDA GPU or a package, is a rule of the run: tests/config/
+    test_rules.py.)"""
     from hpsearch.config.validation import validate
-    from hpsearch.errors import ConfigError, HpsearchError
-    from hpsearch.finetune.recipe import prepare as prepare_run
+    from hpsearch.errors import ConfigError
     from tests.helpers import space_dict
 
     with pytest.raises(ConfigError) as err:  # quantized weights are not trained: every trial needs adapters
@@ -158,13 +162,6 @@ def test_what_cannot_run_here_is_a_clear_error_before_any_trial(setup, tiny_mode
     assert "params" not in str(err.value) and "fixed.lora_r" in str(err.value)
     with pytest.raises(ConfigError, match="model.dtype"):
         validate(space_dict(tiny_model, tiny_data, model__precision="fp32", model__dtype="bfloat16"))
-    quantized = validate(space_dict(tiny_model, tiny_data, model__quantization="8bit", fixed__lora_r=8))
-    with pytest.raises(HpsearchError, match="model.quantization 8bit: bitsandbytes quantization needs a CUDA GPU"):
-        prepare_run(quantized, "cpu")
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "flash_attn" else object())
-    flash = validate(space_dict(tiny_model, tiny_data, model__attn_implementation="flash_attention_2"))
-    with pytest.raises(HpsearchError, match="flash-attn package is not installed"):
-        prepare_run(flash, "cpu")
 
 
 def test_deterministic_turns_on_torch_s_deterministic_algorithms(setup, tiny_model: Path, tiny_data: dict) -> None:
@@ -187,5 +184,5 @@ def test_on_a_gpu_a_non_finite_loss_is_caught_at_the_next_report_without_a_sync_
     for step, loss in enumerate((0.5, 0.4, float("nan"), 0.3, float("inf")), 1):
         run.state.step = step
         T._check_finite(run, torch.tensor(loss))  # a device tensor kept, no comparison on the host
-    with pytest.raises(T.NonFiniteLoss, match="non-finite at step 3"):
+    with pytest.raises(S.NonFiniteLoss, match="non-finite at step 3"):
         T._raise_nonfinite(run)

@@ -4,8 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpsearch.config.vocabulary import Hyperparameters
+from hpsearch.errors import HpsearchError
+from hpsearch.finetune import batching as B
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import optim as O
+from hpsearch.finetune import state as S
 from hpsearch.tasks.classification import SequenceClassification
 from tests.helpers import CPU
 from tests.helpers import trial_hp as _hp
@@ -13,8 +18,8 @@ from tests.helpers import trial_hp as _hp
 
 def _run(space, data, **kw):
     hp = _hp(space, **kw)
-    model = M.build_model(space.config["model"], hp, data, CPU)
-    return model, T.train(model, data, hp, T.TrainSettings(reports_per_epoch=2), device=CPU)
+    model = M.build_model(space.model, hp, data, CPU)
+    return model, T.train(model, data, hp, S.TrainSettings(reports_per_epoch=2), device=CPU)
 
 
 def test_the_model_learns(setup) -> None:
@@ -39,9 +44,9 @@ def test_reports_are_numbered_by_epoch_fraction(setup) -> None:
 def test_frozen_parameters_do_not_change_and_trainable_ones_do(setup) -> None:
     space, data = setup
     hp = _hp(space, num_frozen_layers=1, epochs=1)
-    model = M.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.model, hp, data, CPU)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1), device=CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1), device=CPU)
     for name, p in model.named_parameters():
         changed = not torch.equal(before[name], p.detach())
         frozen = name.startswith(("bert.embeddings", "bert.encoder.layer.0."))
@@ -51,13 +56,13 @@ def test_frozen_parameters_do_not_change_and_trainable_ones_do(setup) -> None:
 
 def test_too_many_frozen_layers_is_refused(setup) -> None:
     space, data = setup
-    with pytest.raises(T.HpsearchError, match="exceeds"):
-        M.build_model(space.config["model"], _hp(space, num_frozen_layers=3), data, CPU)
+    with pytest.raises(HpsearchError, match="exceeds"):
+        M.build_model(space.model, _hp(space, num_frozen_layers=3), data, CPU)
 
 
 def test_dropout_reaches_the_model(setup) -> None:
     space, data = setup
-    model = M.build_model(space.config["model"], _hp(space, dropout=0.27), data, CPU)
+    model = M.build_model(space.model, _hp(space, dropout=0.27), data, CPU)
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == {0.27}
     assert model.config.hidden_dropout_prob == 0.27 and model.config.attention_probs_dropout_prob == 0.27
@@ -66,7 +71,7 @@ def test_dropout_reaches_the_model(setup) -> None:
 def _lr_curve(name: str, warmup: float = 0.0, total: int = 20) -> list[float]:
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.AdamW([p], lr=1.0)
-    sched = T.make_scheduler(opt, {"scheduler": name, "warmup_ratio": warmup}, total)
+    sched = O.make_scheduler(opt, Hyperparameters(scheduler=name, warmup_ratio=warmup), total)
     lrs = []
     for _ in range(total):
         lrs.append(opt.param_groups[0]["lr"])
@@ -116,8 +121,8 @@ def test_a_trial_does_not_depend_on_earlier_trials(setup) -> None:
 def test_length_grouped_batches_cover_every_example_once_and_reshuffle() -> None:
     lengths = torch.randint(3, 60, (1000,))
     g = torch.Generator().manual_seed(0)
-    e1 = T.length_grouped_batches(lengths, 16, g, group=4)
-    e2 = T.length_grouped_batches(lengths, 16, g, group=4)
+    e1 = B.length_grouped_batches(lengths, 16, g, group=4)
+    e2 = B.length_grouped_batches(lengths, 16, g, group=4)
     for epoch in (e1, e2):
         assert sorted(torch.cat(epoch).tolist()) == list(range(1000))
     assert [b.tolist() for b in e1] != [b.tolist() for b in e2]
@@ -129,5 +134,5 @@ def test_length_grouped_batches_cover_every_example_once_and_reshuffle() -> None
 def test_non_finite_loss_stops_training(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     space, data = setup
     monkeypatch.setattr(SequenceClassification, "loss", lambda self, logits, labels: logits.sum() * float("nan"))
-    with pytest.raises(T.NonFiniteLoss, match="step 1"):
+    with pytest.raises(S.NonFiniteLoss, match="step 1"):
         _run(space, data, epochs=1)

@@ -13,6 +13,7 @@ from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.modeldir import write_model_dir
 from tests.helpers import CPU, space_dict, trial_hp
 
@@ -39,14 +40,14 @@ def test_only_adapters_and_the_head_train_and_frozen_blocks_keep_none(setup, tin
     _, data = setup
     space = validate(lora_space(tiny_model, tiny_data))
     hp = trial_hp(space, num_frozen_layers=1, learning_rate=5e-3)
-    model = M.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.model, hp, data, CPU)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "classifier" in n for n in trainable), sorted(trainable)
     assert not any(".layer.0." in n for n in trainable)  # the frozen block: no trainable adapter
     assert any(".layer.1." in n and "lora_" in n for n in trainable)
     assert any("classifier" in n and "modules_to_save" in n for n in trainable)  # the new head, in full
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1), device=CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1), device=CPU)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and changed <= trainable
 
@@ -57,13 +58,13 @@ def test_merged_save_loads_without_peft_and_computes_the_same(setup, tiny_model:
     _, data = setup
     space = validate(lora_space(tiny_model, tiny_data, lora_target_modules="all-linear"))
     hp = trial_hp(space, learning_rate=5e-3)
-    model = M.build_model(space.config["model"], hp, data, CPU)
-    T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1), device=CPU)
+    model = M.build_model(space.model, hp, data, CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1), device=CPU)
     batch = data.validation.batch(torch.arange(8), CPU)
     model.eval()
     with torch.no_grad():
         expected = model(**batch).logits
-    write_model_dir(tmp_path / "m", model, M.load_tokenizer(space.config["model"]), {}, space.to_dict())
+    write_model_dir(tmp_path / "m", model, M.load_tokenizer(space.model), {}, space.to_dict())
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
     assert not any("lora" in n for n, _ in loaded.named_parameters())
     with torch.no_grad():

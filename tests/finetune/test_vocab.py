@@ -6,14 +6,15 @@ import torch
 
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.vocab import shrink_vocabulary, used_ids
 from tests.helpers import CPU
 from tests.helpers import trial_hp as _hp
 
 
-def _train(space, data, hp, shrink: bool, callback: T.Callback | None = None):
-    model = M.build_model(space.config["model"], hp, data, CPU)
-    result = T.train(model, data, hp, T.TrainSettings(reports_per_epoch=2, shrink_vocab=shrink), device=CPU,
+def _train(space, data, hp, shrink: bool, callback: S.Callback | None = None):
+    model = M.build_model(space.model, hp, data, CPU)
+    result = T.train(model, data, hp, S.TrainSettings(reports_per_epoch=2, shrink_vocab=shrink), device=CPU,
                      callback=callback)
     return model, result
 
@@ -34,7 +35,7 @@ def test_small_table_training_equals_full_table_training(setup) -> None:
 def test_unused_rows_get_exactly_the_weight_decay(setup) -> None:
     space, data = setup
     hp = _hp(space, epochs=1, weight_decay=0.5, learning_rate=3e-3)
-    pretrained = M.build_model(space.config["model"], hp, data, CPU).get_input_embeddings().weight.detach()
+    pretrained = M.build_model(space.model, hp, data, CPU).get_input_embeddings().weight.detach()
     model, _ = _train(space, data, hp, shrink=True)
     unused = torch.ones(len(pretrained), dtype=torch.bool)
     unused[used_ids(data)] = False
@@ -47,29 +48,29 @@ def test_unused_rows_get_exactly_the_weight_decay(setup) -> None:
 def test_the_whole_table_comes_back_when_training_stops_early(setup) -> None:
     space, data = setup
 
-    class Stop(T.Callback):
+    class Stop(S.Callback):
         def on_evaluate(self, state, metrics) -> None:
             raise RuntimeError("pruned")
 
     hp = _hp(space, epochs=1)
-    model = M.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.model, hp, data, CPU)
     with pytest.raises(RuntimeError, match="pruned"):
-        T.train(model, data, hp, T.TrainSettings(reports_per_epoch=2), device=CPU, callback=Stop())
+        T.train(model, data, hp, S.TrainSettings(reports_per_epoch=2), device=CPU, callback=Stop())
     assert model.get_input_embeddings().num_embeddings == model.config.vocab_size
 
 
 def test_frozen_or_tied_embeddings_are_left_alone(setup) -> None:
     space, data = setup
-    frozen = M.build_model(space.config["model"], _hp(space, num_frozen_layers=1), data, CPU)
+    frozen = M.build_model(space.model, _hp(space, num_frozen_layers=1), data, CPU)
     assert shrink_vocabulary(frozen, data) is None
-    model = M.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.model, _hp(space), data, CPU)
     model.get_output_embeddings = lambda: model.get_input_embeddings()  # as a language-model head would
     assert shrink_vocabulary(model, data) is None
 
 
 def test_renumbered_data_looks_up_the_same_vectors(setup) -> None:
     space, data = setup
-    model = M.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.model, _hp(space), data, CPU)
     before = model.get_input_embeddings().weight.detach().clone()
     small = shrink_vocabulary(model, data)
     assert small is not None and small.small.num_embeddings < len(before)
@@ -110,6 +111,6 @@ def test_special_ids_keep_their_numbers_so_roberta_positions_stay_right() -> Non
 
 def test_special_ids_high_in_the_vocabulary_leave_the_table_alone(setup) -> None:
     space, data = setup
-    model = M.build_model(space.config["model"], _hp(space), data, CPU)
+    model = M.build_model(space.model, _hp(space), data, CPU)
     model.config.eos_token_id = model.config.vocab_size - 1  # as GPT-2's 50256 of 50257
     assert shrink_vocabulary(model, data) is None

@@ -32,8 +32,11 @@ def test_report_is_self_contained_with_every_section(real_study: optuna.Study, t
     assert not re.search(r"<script[^>]+src=", text)  # nothing fetched: plotly.js is inline
     assert text.count("Plotly.newPlot") >= 6 and len(re.findall(r"plotly\.js v\d", text)) == 1
     for heading in ("Optimization history", "Learning curves", "Parameter importances", "Parallel coordinates",
-                    "Slice: learning_rate", "Slice: dropout", "Top 10 trials", "Compute saved by pruning"):
+                    "Slice: learning_rate", "Slice: dropout", "Top 10 trials", "Compute saved by pruning",
+                    "What the top trials measured"):
         assert heading in text, heading
+    for column in ("train_time_s (s)", "peak_memory_mb (MB)", "tokens_per_s (tokens/s)", "parameters (count)"):
+        assert column in text, column  # the measurements, with the table's units
 
 
 def test_pruning_savings_estimate() -> None:

@@ -7,6 +7,7 @@ import optuna
 import pytest
 import yaml
 
+from hpsearch.config.sections import Confirm
 from hpsearch.config.validation import validate
 from hpsearch.study.record import confirmations, ranked_trials
 from tests.helpers import space_dict
@@ -46,8 +47,7 @@ def test_confirm_options_are_checked(make_space, hpsearch) -> None:
 
 
 def test_confirm_is_off_unless_asked_and_true_means_the_defaults(tiny_model, tiny_data) -> None:
-    assert validate(space_dict(tiny_model, tiny_data)).study["confirm"] is None
-    assert validate(space_dict(tiny_model, tiny_data, study__confirm=True)).study["confirm"] == {"top_k": 3, "folds": 2}
-    assert validate(space_dict(tiny_model, tiny_data, study__confirm={"folds": 1})).study["confirm"] == {
-        "top_k": 3, "folds": 1}
-    assert validate(space_dict(tiny_model, tiny_data, study__confirm=False)).study["confirm"] is None
+    assert validate(space_dict(tiny_model, tiny_data)).study.confirm is None
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm=True)).study.confirm == Confirm(3, 2)
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm={"folds": 1})).study.confirm == Confirm(3, 1)
+    assert validate(space_dict(tiny_model, tiny_data, study__confirm=False)).study.confirm is None

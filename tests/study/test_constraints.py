@@ -34,11 +34,11 @@ def test_a_bad_constraint_is_named(constraints, expected: str, setup) -> None:
 def _fake_fine_tune(trainable_per_row: int):
     """Training faked so that only the sampler is measured: bigger batches score higher, and the trainable
     parameters grow with the batch size (64 and 128 break the bound below), as activation memory would."""
-    from hpsearch.finetune.loop import TrainingState
+    from hpsearch.finetune.state import TrainingState
 
     def fine_tune(space, hp, prepared, callback=None, group=None):
         state = TrainingState(total_steps=1, train_examples=1, reports_per_epoch=1,
-                              trainable_parameters=hp["batch_size"] * trainable_per_row)
+                              trainable_parameters=hp.batch_size * trainable_per_row)
         callback.on_step(state)
         return None, SimpleNamespace(metrics={"accuracy": fake_accuracy(hp)}, selection={})
 

@@ -37,13 +37,13 @@ def test_keep_best_keeps_the_top_k_and_export_writes_a_loadable_model(make_space
 
     # The kept weights are the trial's own: evaluating them gives the trial's value.
     from hpsearch.config.load import load_space
-    from hpsearch.finetune import loop as training
+    from hpsearch.finetune import evaluation as E
     from hpsearch.finetune.data import prepare
     from hpsearch.finetune.model import load_tokenizer
 
     exported = load_space(tmp_path / "best.yaml")
-    data = prepare(exported.config["data"], load_tokenizer(exported.config["model"]), 32)
-    again = training.evaluate(model, data.validation, data, torch.device("cpu"))
+    data = prepare(exported.data, load_tokenizer(exported.model), 32)
+    again = E.evaluate(model, data.validation, data, torch.device("cpu"))
     assert again["accuracy"] == pytest.approx(ranked[0].value)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hpsearch.finetune import loop, recipe
+from hpsearch.finetune import optim as O
 from hpsearch.finetune.device import FP32
 from hpsearch.finetune.recipe import Prepared
 from hpsearch.study.objective import Objective
@@ -44,7 +45,7 @@ def test_nothing_of_a_trial_is_alive_when_the_next_one_starts(ending: str, setup
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     space, data = setup
     alive: list[weakref.ref] = []
-    build, make_optimizer = recipe.build_model, loop.make_optimizer
+    build, make_optimizer = recipe.build_model, O.make_optimizer
 
     def tracked_build(*args, **kwargs):
         left = [r() for r in alive if r() is not None]

@@ -44,7 +44,7 @@ def test_a_two_objective_study_its_front_and_its_exports(make_space, hpsearch, t
     raw["study"].pop("metric")
     space.write_text(yaml.safe_dump(raw))
     normalized = validate(raw).study
-    assert normalized["directions"] == ["maximize", "minimize"] and normalized["pruner"]["name"] == "none"
+    assert normalized.directions == ("maximize", "minimize") and normalized.pruner.name == "none"
     res = hpsearch("run", "--space", str(space), "--trials", "5", "--device", "cpu", check=True)
     assert "Pareto front:" in res.stdout
     url = f"sqlite:///{tmp_path}/studies.db"

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from rich.console import Console
 
-from hpsearch.finetune.loop import TrainingState
+from hpsearch.finetune.state import TrainingState
 from hpsearch.study.progress import LiveProgress, LogProgress, make_progress
 
 

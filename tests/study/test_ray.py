@@ -6,9 +6,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpsearch.errors import UsageError
 from hpsearch.study import record
-from hpsearch.study.raylaunch import gpus_per_worker
 
 ray = pytest.importorskip("ray", reason="the ray extra (pip install 'hpsearch[ray]')")
 
@@ -26,12 +24,3 @@ def test_workers_run_as_ray_tasks_on_one_shared_study(make_space, hpsearch, tmp_
     hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--storage", url, check=True)
     assert len(optuna.load_study(study_name="tiny", storage=url).trials) == len(trials) + 1
 
-
-def test_what_a_ray_worker_asks_for() -> None:
-    assert gpus_per_worker("auto", None, None, cluster_gpus=8) == 1.0
-    assert gpus_per_worker("auto", 4, None, cluster_gpus=8) == 0.25
-    assert gpus_per_worker("cuda", None, 2, cluster_gpus=8) == 2.0
-    assert gpus_per_worker("auto", None, None, cluster_gpus=0) == 0.0
-    assert gpus_per_worker("cpu", 4, None, cluster_gpus=8) == 0.0
-    with pytest.raises(UsageError, match="--device cuda with --ray: the Ray cluster has no GPU"):
-        gpus_per_worker("cuda", None, None, cluster_gpus=0)

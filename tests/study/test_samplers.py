@@ -19,7 +19,7 @@ def test_every_sampler_builds_and_samples(name: str, tiny_model: Path, tiny_data
                      "weight_decay": {"type": "categorical", "choices": [0.0, 0.01]}}
     space = validate(raw)
     study = optuna.create_study(sampler=samplers.build_sampler(space), direction="maximize")
-    study.optimize(lambda t: space.suggest(t)["dropout"], n_trials=3)
+    study.optimize(lambda t: space.suggest(t).dropout, n_trials=3)
     assert all(t.params["dropout"] in (0.0, 0.1, 0.2) for t in study.trials)
 
 

@@ -22,7 +22,7 @@ def _space(tiny_model: Path, tiny_data: dict, name: str = "tpe"):
 
 
 def _objective(space):
-    return lambda trial: sum(space.suggest(trial)[k] for k in PARAMS)
+    return lambda trial: sum(getattr(space.suggest(trial), k) for k in PARAMS)
 
 
 def _key(trial: optuna.trial.FrozenTrial) -> tuple:

@@ -82,11 +82,11 @@ def test_wandb_logs_every_trial_offline(make_space, hpsearch, tmp_path: Path, mo
         assert run.get("exit", 0) == 0
 
 
-def test_wandb_without_the_package_is_a_usage_error(make_space, hpsearch, monkeypatch) -> None:
+def test_wandb_without_the_package_is_the_machine_s_problem(make_space, hpsearch, monkeypatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--wandb")
-    assert res.returncode == 2 and "pip install 'hpsearch[wandb]'" in res.stderr
+    assert res.returncode == 1 and "pip install 'hpsearch[wandb]'" in res.stderr  # only the machine can say
     assert not (make_space().parent / "studies.db").exists()

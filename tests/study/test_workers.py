@@ -8,9 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.finetune.device import MEMORY_FRACTION_ENV
+from hpsearch.config.placement import MEMORY_FRACTION_ENV, Slot, place
 from hpsearch.study import record
-from hpsearch.study.workers import Slot, check_storage_for_workers, place, visible_gpus, worker_env
+from hpsearch.study.machine import visible_gpus
 from tests.helpers import REPO, finish, kill_a_worker_mid_trial, start_cli
 
 
@@ -53,6 +53,7 @@ def test_packed_workers_share_a_total_and_get_their_gpu_and_memory_share(make_sp
     4 trials, both pinned to GPU 4 with half its memory each (here on the CPU, each trial records what its worker
     process was given)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)  # CUDA would find that one GPU
     url = f"sqlite:///{tmp_path}/p.db"
     res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "4", "--trials-per-gpu", "2",
                    "--storage", url, check=True)
@@ -80,32 +81,30 @@ def test_workers_go_round_robin_over_gpus_and_share_their_memory() -> None:
     assert {s.threads for s in place(None, ["0"], per_gpu=4)} == {max(1, cores // 4)}
 
 
-def test_visible_gpus_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
-    for value, expected in (("2,3", ["2", "3"]), (" 1 ", ["1"]), ("", []), ("-1", []),
-                            ("GPU-5c1e,GPU-77ab", ["GPU-5c1e", "GPU-77ab"])):
+def test_visible_gpus_follow_cuda_visible_devices_as_far_as_cuda_finds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    for value, expected in (("2,3", ("2", "3")), (" 1 ", ("1",)), ("", ()), ("-1", ()),
+                            ("GPU-5c1e,GPU-77ab", ("GPU-5c1e", "GPU-77ab")), ("0,1,7", ("0", "1"))):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
         assert visible_gpus() == expected, value
-        assert visible_gpus("cpu") == []
+        assert visible_gpus("cpu") == ()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)  # listed, but no CUDA here: not usable
+    assert visible_gpus() == ()
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr("torch.cuda.device_count", lambda: 3)
-    assert visible_gpus() == ["0", "1", "2"]
+    assert visible_gpus() == ("0", "1", "2")
 
 
 def test_worker_environment_pins_gpus_caps_memory_and_splits_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(MEMORY_FRACTION_ENV, "0.3")  # the parent's own cap is not inherited
-    env = worker_env(Slot("5", 0.25, 4), {"HPSEARCH_STORAGE": "x"})
+    env = Slot("5", 0.25, 4).env(os.environ, {"HPSEARCH_STORAGE": "x"})
     assert (env["CUDA_VISIBLE_DEVICES"], env[MEMORY_FRACTION_ENV], env["OMP_NUM_THREADS"]) == ("5", "0.25", "4")
     assert env["HPSEARCH_STORAGE"] == "x"
-    alone = worker_env(Slot("5", None, 8))
+    alone = Slot("5", None, 8).env(os.environ)
     assert MEMORY_FRACTION_ENV not in alone and alone["MKL_NUM_THREADS"] == "8"
-    cpu = worker_env(Slot(None, None, 1))
+    cpu = Slot(None, None, 1).env(os.environ)
     assert cpu["OMP_NUM_THREADS"] == "1" and cpu.get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
-
-
-def test_many_sqlite_workers_are_refused_with_a_pointer_to_postgres() -> None:
-    with pytest.raises(Exception, match="PostgreSQL"):
-        check_storage_for_workers("sqlite:///x.db", 8)
-    check_storage_for_workers("postgresql://h/db", 8)
 
 
 def test_compose_and_dockerfile_are_consistent_with_the_cli(hpsearch) -> None:

@@ -21,6 +21,7 @@ import json, resource, sys
 import torch
 from hpsearch.config.load import load_space
 from hpsearch.finetune import loop, model as M
+from hpsearch.finetune import evaluation as E
 from hpsearch.finetune.recipe import prepare
 from hpsearch.tasks import causal_lm
 
@@ -28,14 +29,14 @@ space = load_space(sys.argv[1])
 if sys.argv[2] == "logits":  # the same evaluation from full logits, on a small batch, for the reference loss
     causal_lm.body_and_head = lambda model: None
 prepared = prepare(space, "cpu")
-model = M.build_model(space.config["model"], dict(space.fixed), prepared.data, prepared.device, prepared.precision)
+model = M.build_model(space.model, space.hyperparameters(), prepared.data, prepared.device, prepared.precision)
 validation = prepared.data.validation
 out = {"rows": len(validation), "tokens": int(validation.lengths.sum())}
 if sys.argv[2] == "hidden":  # the 16 rows as one batch: the memory this test is about
-    out["eval_loss_16"] = loop.evaluate(model, validation, prepared.data, prepared.device)["eval_loss"]
+    out["eval_loss_16"] = E.evaluate(model, validation, prepared.data, prepared.device)["eval_loss"]
     out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 two = validation.head(2)  # the loss of two rows, a row per batch: what the logits way can afford
-out["eval_loss"] = loop.evaluate(model, two, prepared.data, prepared.device, batch_tokens=1024)["eval_loss"]
+out["eval_loss"] = E.evaluate(model, two, prepared.data, prepared.device, batch_tokens=1024)["eval_loss"]
 print(json.dumps(out))
 """
 

@@ -52,7 +52,7 @@ def test_an_empty_response_is_still_a_response(tiny_decoders, hpsearch, tmp_path
     from hpsearch.finetune.data import prepare
 
     space = load_space(file)
-    prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
 
 
 def test_a_null_seq2seq_target_is_refused(tiny_seq2seq, hpsearch, tmp_path: Path) -> None:

@@ -13,8 +13,10 @@ import yaml
 
 from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError, DataError
+from hpsearch.finetune import evaluation as E
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.data import prepare
 from hpsearch.tasks import get_task
 from hpsearch.tasks.encoded import Rows, concat
@@ -60,8 +62,8 @@ def qa_space(model: Path, files: dict[str, Path], **data: object) -> dict:
 
 def _prepared(model: Path, files: dict[str, Path], **data: object):
     space = validate(qa_space(model, files, **data))
-    tokenizer = M.load_tokenizer(space.config["model"])
-    return space, tokenizer, prepare(space.config["data"], tokenizer, 24, use_cache=False)
+    tokenizer = M.load_tokenizer(space.model)
+    return space, tokenizer, prepare(space.data, tokenizer, 24, use_cache=False)
 
 
 def _oracle(enc, scale: float = 30.0) -> torch.Tensor:
@@ -240,8 +242,8 @@ def test_flat_answer_columns_encode_as_squad_answers_do(qa_files, tmp_path: Path
 
 def test_windows_keep_their_extras_through_the_cache_head_take_concat_and_folds(qa_files, tiny_tagger: Path) -> None:
     space, tokenizer, fresh = _prepared(tiny_tagger, qa_files)
-    prepare(space.config["data"], tokenizer, 24)
-    cached = prepare(space.config["data"], tokenizer, 24)
+    prepare(space.data, tokenizer, 24)
+    cached = prepare(space.data, tokenizer, 24)
     for a, b in ((fresh.train, cached.train), (fresh.validation, cached.validation)):
         assert torch.equal(a.extras["offsets"], b.extras["offsets"]) and torch.equal(a.example, b.example)
         assert a.examples == b.examples and b.fixed_width_labels
@@ -318,9 +320,9 @@ def test_a_question_that_leaves_no_room_for_context_is_named(tmp_path: Path, tin
 
 def test_training_finds_the_answers(qa_files, tiny_tagger: Path) -> None:
     space, _, data = _prepared(tiny_tagger, qa_files)
-    model = M.build_model(space.config["model"], trial_hp(space), data, CPU)
-    before = T.evaluate(model, data.validation, data, CPU)
-    result = T.train(model, data, trial_hp(space, learning_rate=1e-2, epochs=4), T.TrainSettings(), device=CPU)
+    model = M.build_model(space.model, trial_hp(space), data, CPU)
+    before = E.evaluate(model, data.validation, data, CPU)
+    result = T.train(model, data, trial_hp(space, learning_rate=1e-2, epochs=4), S.TrainSettings(), device=CPU)
     after = result.metrics
     assert after["eval_loss"] < before["eval_loss"] - 0.5
     assert after["f1"] > before["f1"] + 30 and after["exact_match"] >= 50

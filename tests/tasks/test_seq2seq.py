@@ -13,8 +13,10 @@ import yaml
 
 from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError
+from hpsearch.finetune import evaluation as E
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.checkpoints import Selection
 from hpsearch.finetune.data import prepare
 from hpsearch.tasks import get_task
@@ -51,9 +53,9 @@ def s2s_space(model: Path, files: dict[str, Path], **data: object) -> dict:
 
 def test_targets_become_labels_ending_in_eos_and_sources_take_the_prefix(s2s_files, tiny_seq2seq) -> None:
     space = validate(s2s_space(tiny_seq2seq["t5"], s2s_files, source_prefix="the story "))
-    assert space.study["metric"] == "eval_loss" and space.study["direction"] == "minimize"
-    tokenizer = M.load_tokenizer(space.config["model"])
-    data = prepare(space.config["data"], tokenizer, 32, use_cache=False)
+    assert space.study.metric == "eval_loss" and space.study.direction == "minimize"
+    tokenizer = M.load_tokenizer(space.model)
+    data = prepare(space.data, tokenizer, 32, use_cache=False)
     row = s2s_rows(96, 1)[0]
     ids = data.train.input_ids[0, : int(data.train.lengths[0])].tolist()
     assert tokenizer.decode(ids) == "the story " + row["document"]
@@ -69,7 +71,7 @@ def test_rouge_is_the_mean_f_measure_that_rouge_score_computes(tiny_seq2seq, s2s
     from rouge_score import rouge_scorer
 
     space = validate(s2s_space(tiny_seq2seq["t5"], s2s_files))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     pairs = [("alice went to paris", "alice paris"), ("bob rome", "bob saw rome"), ("", "carol oslo")]
     got = get_task("seq2seq").generated_metrics([pairs[:2], pairs[2:]], data)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -95,21 +97,21 @@ def test_training_lowers_the_loss_and_final_evaluation_generates(kind: str, tiny
     """Teacher-forced training learns; ROUGE appears on the final evaluation only (the metric is eval_loss), and
     the reported ROUGE is that of the returned model's greedy generations."""
     space = validate(s2s_space(tiny_seq2seq[kind], s2s_files))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     hp = trial_hp(space, learning_rate=1e-2, epochs=3)
-    model = M.build_model(space.config["model"], hp, data, CPU)
-    before = T.evaluate(model, data.validation, data, CPU)["eval_loss"]
+    model = M.build_model(space.model, hp, data, CPU)
+    before = E.evaluate(model, data.validation, data, CPU)["eval_loss"]
     assert before == pytest.approx(math.log(len(data.tokenizer)), rel=0.2)  # a random model is near chance
     generated = []
     task = get_task("seq2seq")
     real = task.generate_batch
     monkeypatch.setattr(task, "generate_batch", lambda *a: generated.append(1) or real(*a))
-    result = T.train(model, data, hp, T.TrainSettings(reports_per_epoch=2, selection=Selection("eval_loss", False)),
+    result = T.train(model, data, hp, S.TrainSettings(reports_per_epoch=2, selection=Selection("eval_loss", False)),
                      device=CPU)
     assert result.metrics["eval_loss"] < before / 2
     assert [("rouge1" in h) for h in result.history] == [False] * 5 + [True]
     assert len(generated) == 1  # one batch of 24 rows, on the final evaluation only
-    again = T.evaluate(model, data.validation, data, CPU, generate=True)
+    again = E.evaluate(model, data.validation, data, CPU, generate=True)
     assert again["rougeL"] == pytest.approx(result.metrics["rougeL"])
 
 
@@ -117,10 +119,10 @@ def test_a_rouge_metric_generates_on_every_evaluation_and_is_maximized(tiny_seq2
     raw = s2s_space(tiny_seq2seq["t5"], s2s_files)
     raw["study"].update(metric="rougeL", trial_value="best")
     space = validate(raw)
-    assert space.study["direction"] == "maximize"
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
-    model = M.build_model(space.config["model"], trial_hp(space, learning_rate=1e-2), data, CPU)
-    settings = T.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=8,
+    assert space.study.direction == "maximize"
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
+    model = M.build_model(space.model, trial_hp(space, learning_rate=1e-2), data, CPU)
+    settings = S.TrainSettings(reports_per_epoch=2, intermediate_eval_samples=8,
                                selection=Selection.from_study(space.study))
     result = T.train(model, data, trial_hp(space, learning_rate=1e-2), settings, device=CPU)
     assert all("rougeL" in h for h in result.history)
@@ -158,7 +160,7 @@ def test_seq2seq_lora_study_through_the_cli_exports_a_model_that_loads_without_p
 
 def test_bleu_and_chrf_are_sacrebleu_s_corpus_scores(tiny_seq2seq, s2s_files) -> None:
     space = validate(s2s_space(tiny_seq2seq["t5"], s2s_files))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     task = get_task("seq2seq")
     same = task.generated_metrics([[("alice went to paris today", "alice went to paris today")]], data)
     assert same["bleu"] == pytest.approx(100.0) and same["chrf"] == pytest.approx(100.0)

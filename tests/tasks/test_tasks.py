@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
+from hpsearch.config.sections import ModelSection
 from hpsearch.config.validation import validate
 from hpsearch.errors import ConfigError, HpsearchError
 from hpsearch.finetune import loop as T
 from hpsearch.finetune import model as M
+from hpsearch.finetune import state as S
 from hpsearch.finetune.data import prepare
 from hpsearch.study.progress import Progress
 from hpsearch.tasks import TASKS, get_task
@@ -63,8 +65,8 @@ def ner_space(model: Path, train: Path, dev: Path, **data: object) -> dict:
 
 def test_conll_is_read_as_sentences_with_the_last_column_as_tag(ner_files, tiny_tagger: Path) -> None:
     space = validate(ner_space(tiny_tagger, ner_files["conll_train"], ner_files["conll_dev"]))
-    assert space.study["metric"] == "entity_f1" and space.study["direction"] == "maximize"
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    assert space.study.metric == "entity_f1" and space.study.direction == "maximize"
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     assert len(data.train) == 96 and len(data.validation) == 32  # -DOCSTART- and blank lines are no sentences
     assert data.label_names[0] == "O" and set(data.label_names) == {"O", "B-PER", "I-PER", "B-LOC"}
     assert data.train.labels.shape == data.train.input_ids.shape
@@ -74,10 +76,10 @@ def test_first_sub_token_carries_the_tag_unless_label_all_tokens(tmp_path: Path,
     rows = [(["alice", "vanderberg", "visited", "oslo"], ["B-PER", "I-PER", "O", "B-LOC"]),
             (["bob", "met", "carol"], ["B-PER", "O", "B-PER"])]
     conll = write_conll(tmp_path / "s.conll", rows)
-    tokenizer = M.load_tokenizer({"name_or_path": str(tiny_tagger)})
+    tokenizer = M.load_tokenizer(ModelSection(str(tiny_tagger)))
     for label_all in (False, True):
         space = validate(ner_space(tiny_tagger, conll, conll, label_all_tokens=label_all))
-        data = prepare(space.config["data"], tokenizer, 32, use_cache=False)
+        data = prepare(space.data, tokenizer, 32, use_cache=False)
         names = data.label_names
         ids = data.train.input_ids[0, : int(data.train.lengths[0])].tolist()
         pieces = tokenizer.convert_ids_to_tokens(ids)
@@ -94,7 +96,7 @@ def test_words_beyond_max_length_are_truncated_and_counted(tmp_path: Path, tiny_
     rows = [(["alice"] * 20, ["B-PER"] * 20), (["bob", "met", "carol"], ["B-PER", "O", "B-PER"])]
     conll = write_conll(tmp_path / "long.conll", rows)
     space = validate(ner_space(tiny_tagger, conll, conll))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 8, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 8, use_cache=False)
     assert int(data.train.lengths.max()) == 8
     assert "1 of 2 rows longer than max_length 8 were truncated (14 words" in capsys.readouterr().err
 
@@ -136,14 +138,14 @@ def test_integer_tags_take_their_names_from_the_dataset_features(tmp_path: Path,
                                     features=features)
     ds.to_parquet(tmp_path / "t.parquet")
     space = validate(ner_space(tiny_tagger, tmp_path / "t.parquet", tmp_path / "t.parquet"))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     assert set(data.label_names) <= set(names) and "B-PER" in data.label_names
     # Plain integers that nothing names are an error that says what to do.
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"tokens": ["alice"], "ner_tags": [1]}) + "\n", encoding="utf-8")
     space = validate(ner_space(tiny_tagger, plain, plain))
     with pytest.raises(HpsearchError, match="integers and the dataset does not name them"):
-        prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+        prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
 
 
 def test_validation_names_a_missing_tags_column_and_an_unknown_scheme(ner_files, tiny_tagger: Path) -> None:
@@ -212,10 +214,10 @@ def decoder_space(model: Path, data: dict[str, Path], **fixed: object) -> dict:
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_decoder_gets_a_pad_token_from_eos_and_keeps_it_in_its_config(kind: str, tiny_decoders, tiny_data) -> None:
     space = validate(decoder_space(tiny_decoders[kind], tiny_data))
-    tokenizer = M.load_tokenizer(space.config["model"])
+    tokenizer = M.load_tokenizer(space.model)
     assert tokenizer.pad_token == tokenizer.eos_token == "[SEP]"
-    data = prepare(space.config["data"], tokenizer, 32, use_cache=False)
-    model = M.build_model(space.config["model"], trial_hp(space), data, CPU)
+    data = prepare(space.data, tokenizer, 32, use_cache=False)
+    model = M.build_model(space.model, trial_hp(space), data, CPU)
     assert model.config.pad_token_id == tokenizer.eos_token_id
     # A padded batch classifies each row by its last real token: the same logits as the row alone.
     idx = torch.tensor([0, 1, 2, 3])
@@ -229,9 +231,9 @@ def test_decoder_gets_a_pad_token_from_eos_and_keeps_it_in_its_config(kind: str,
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_decoder_freezing_covers_its_embeddings_and_first_blocks(kind: str, tiny_decoders, tiny_data) -> None:
     space = validate(decoder_space(tiny_decoders[kind], tiny_data, num_frozen_layers=1))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     hp = trial_hp(space, num_frozen_layers=1, epochs=1)
-    model = M.build_model(space.config["model"], hp, data, CPU)
+    model = M.build_model(space.model, hp, data, CPU)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     embed = "embed_tokens" if kind == "llama" else "wte"
     assert any(embed in n for n in frozen), "the token embedding must be frozen"
@@ -241,7 +243,7 @@ def test_decoder_freezing_covers_its_embeddings_and_first_blocks(kind: str, tiny
     later = ".layers.1." if kind == "llama" else ".h.1."
     assert any(blocks in n for n in frozen) and not any(later in n for n in frozen)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    T.train(model, data, hp, T.TrainSettings(reports_per_epoch=1), device=CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1), device=CPU)
     after = dict(model.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in frozen)
     assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
@@ -255,13 +257,13 @@ def test_cpu_dropout_attention_keeps_decoders_causal(kind: str, tiny_decoders, t
     from hpsearch.finetune import dropout as D
 
     space = validate(decoder_space(tiny_decoders[kind], tiny_data))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
     hp = trial_hp(space, dropout=0.1)
     monkeypatch.setattr(D, "keep_mask", lambda shape, p, dtype, device: torch.ones(shape, dtype=dtype, device=device))
-    ours = M.build_model(space.config["model"], hp, data, CPU)
+    ours = M.build_model(space.model, hp, data, CPU)
     assert ours.config._attn_implementation == D.ATTENTION  # the CPU path is in use
     monkeypatch.setattr(M, "install_cheap_dropout", lambda model: False)
-    reference = M.build_model(space.config["model"], {**hp, "dropout": 0.0}, data, CPU)
+    reference = M.build_model(space.model, hp.replace(dropout=0.0), data, CPU)
     reference.load_state_dict(ours.state_dict())
     ours.train()
     reference.train()
@@ -330,9 +332,9 @@ def sft_files(tmp_path: Path) -> dict[str, Path]:
 def test_sft_masks_the_prompt_and_ends_with_eos(sft_files, tiny_decoders) -> None:
     space = validate(sft_space(tiny_decoders["llama"], sft_files["train"], sft_files["dev"],
                                prompt_column="instruction", response_column="answer"))
-    assert space.study["metric"] == "eval_loss" and space.study["direction"] == "minimize"
-    tokenizer = M.load_tokenizer(space.config["model"])
-    data = prepare(space.config["data"], tokenizer, 32, use_cache=False)
+    assert space.study.metric == "eval_loss" and space.study.direction == "minimize"
+    tokenizer = M.load_tokenizer(space.model)
+    data = prepare(space.data, tokenizer, 32, use_cache=False)
     row = sft_rows(64, 1)[0]
     ids = data.train.input_ids[0, : int(data.train.lengths[0])].tolist()
     labels = data.train.labels[0, : len(ids)].tolist()
@@ -370,7 +372,7 @@ def test_sft_study_learns_and_exports_a_causal_lm(lora_r: int, sft_files, tiny_d
     assert study.direction.name == "MINIMIZE"
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 2 and all(t.user_attrs["val_eval_loss"] > 0 for t in done)
-    vocab = len(M.load_tokenizer({"name_or_path": str(tiny_decoders["llama"])}))
+    vocab = len(M.load_tokenizer(ModelSection(str(tiny_decoders["llama"]))))
     # Below chance (perplexity = vocabulary size); full fine-tuning far below. (LoRA trains adapters on q/v only,
     # next to the tiny model's random, frozen output layer: it learns, but slowly.)
     assert study.best_value < (vocab / 2 if lora_r == 0 else vocab * 0.95), study.best_value
@@ -399,8 +401,8 @@ def test_sft_logits_only_where_learned_give_the_full_loss_and_gradients(kind: st
 
     space = validate(sft_space(tiny_decoders[kind], sft_files["train"], sft_files["dev"], prompt_column="instruction",
                                response_column="answer"))
-    data = prepare(space.config["data"], M.load_tokenizer(space.config["model"]), 32, use_cache=False)
-    model = M.build_model(space.config["model"], trial_hp(space), data, CPU)
+    data = prepare(space.data, M.load_tokenizer(space.model), 32, use_cache=False)
+    model = M.build_model(space.model, trial_hp(space), data, CPU)
     task = get_task("causal_lm")
     idx = torch.arange(8)
     batch, labels = data.train.batch(idx, CPU), data.train.labels_of(idx, CPU)
