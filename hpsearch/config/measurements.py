@@ -67,6 +67,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "examples_per_s", digits=2, constraint=True),
     Measurement("tokens_per_s", "tokens/s", "training throughput in real (unpadded) tokens per second", "training",
                 "tokens_per_s", digits=1, constraint=True),
+    Measurement("padding_ratio", "count", "padded tokens the training passes computed per real token (1.0: no "
+                "padding)", "training", "padding_ratio", digits=4, constraint=True),
     Measurement("parameters", "count", "the model's parameters", "training", "parameters", constraint=True,
                 objective=True),
     Measurement("trainable_parameters", "count", "the parameters training updates (LoRA's adapters and the head; "

@@ -216,7 +216,9 @@ def _step(run: _Run, idx: torch.Tensor) -> None:
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     state.examples_seen += len(idx)
-    state.tokens_seen += int(run.data.train.lengths[idx].sum())
+    lengths = run.data.train.lengths
+    state.tokens_seen += int(lengths[idx].sum())
+    state.padded_tokens_seen += sum(len(part) * int(lengths[part].max()) for part in idx.split(run.micro))
     state.loss = loss.detach()
     if run.group is not None and run.group.any(interrupts.requested()):
         check_interrupt()  # the rank that holds the signal raises it; the others stop at the same step

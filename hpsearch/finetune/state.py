@@ -75,6 +75,8 @@ class TrainingState:
     step: int = 0
     examples_seen: int = 0
     tokens_seen: int = 0
+    padded_tokens_seen: int = 0
+    """Tokens the training passes computed, padding included."""
     report: int = 0
     loss: Any = float("nan")
     """The last step's training loss: a 0-d tensor on the training device (``float(state.loss)`` reads it; on a GPU
@@ -98,6 +100,11 @@ class TrainingState:
     def examples_per_s(self) -> float:
         """Training throughput (evaluation time excluded)."""
         return self.examples_seen / max(self.train_time, 1e-9)
+
+    @property
+    def padding_ratio(self) -> float:
+        """Padded tokens computed per real one (1.0: no padding; 0 before the first step)."""
+        return self.padded_tokens_seen / self.tokens_seen if self.tokens_seen else 0.0
 
     @property
     def tokens_per_s(self) -> float:

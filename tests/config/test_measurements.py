@@ -39,6 +39,7 @@ def test_a_trial_records_every_measurement_a_constraint_or_an_objective_may_name
         value = trial.user_attrs[m.name]
         assert isinstance(value, (int, float)) and value == m.stored(value), (m.name, value)
     assert set(trial.constraints) == set(bounds)
+    assert 1.0 <= trial.user_attrs["padding_ratio"] < 2.0  # length-grouped batches: little padding
     assert set(OBJECTIVES) <= {m.name for m in MEASUREMENTS} and trial.values[1] > 0  # latency_ms, measured
 
 
