@@ -26,7 +26,7 @@ def study_with(constraints: list[str], seed: int, trials: int) -> list[tuple[int
     import torch
 
     from hpsearch.config.validation import validate
-    from hpsearch.finetune.device import FP32
+    from hpsearch.finetune.precision import FP32
     from hpsearch.finetune.recipe import Prepared
     from hpsearch.finetune.state import TrainingState
     from hpsearch.study import objective as O

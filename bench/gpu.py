@@ -25,8 +25,10 @@ others still run. Sections:
    weights, LoRA r 16 on every linear layer, batches of 4 x 1,024 tokens, through hpsearch's build and loop: setup
    time and peak memory with and without gradient checkpointing, and with 4-bit weights (bitsandbytes); peak memory
    scaled to 32 layers from the two slices (the per-layer cost is their difference).
-4. **a MiniLM step in each precision**: fp32 (TF32), bf16 mixed, bf16-true; ms per step in a process's first
-   trial and after it (what ``model.precision: auto`` should pick for small models on a GPU).
+4. **a MiniLM trial in each precision, with and without CUDA graphs** (run first: it decides issue #35): auto,
+   fp32 (TF32), bf16 mixed, bf16-true, each also with ``model.cuda_graphs``; per variant a warm trial's seconds
+   and ms per step against the Trainer anchor's warm trial, the plan ``auto`` chose and why, and the first and a
+   second evaluation of the same batches (equal when no per-shape attention plan is built).
 5. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
    one round, on CUDA (a MiniLM-shaped model with random weights on both sides).
 """
@@ -247,33 +249,83 @@ def lora_7b_slices(work: Path, reduced: bool) -> dict:
     return out
 
 
-def minilm_step_by_precision(work: Path, reduced: bool) -> dict:
-    """A MiniLM trial's ms per step in each precision, after a warm-up trial in the same process (on an H200 the
-    bf16-mixed trial was launch-bound: the GPU busy 7 % of it, autocast's casts a third of the kernels)."""
-    from hpsearch.finetune import recipe
+VARIANTS = (("auto", False), ("fp32", False), ("bf16", False), ("bf16-true", False), ("auto", True),
+            ("fp32", True), ("bf16-true", True))
+"""(model.precision, model.cuda_graphs) of a MiniLM trial: what auto picks on this GPU, each precision by name,
+and CUDA graphs on the ones a launch-bound step would take (fp16's loss scaler turns graphs off)."""
+ANCHOR_CONFIG = {"learning_rate": 2e-4, "per_device_train_batch_size": 16, "num_train_epochs": 1,
+                 "weight_decay": 0.0, "lr_scheduler_type": "cosine", "dropout": 0.1, "num_frozen_layers": 0}
+"""configs_small.json's batch-16 config, as the anchor trains it (ops_per_step.py counts this step)."""
 
-    model = save_bert(work / "minilm-precision", reduced)
-    out: dict[str, Any] = {}
-    for precision in ("fp32", "bf16", "bf16-true"):
+
+def minilm_trials(work: Path, reduced: bool, anchor: str) -> dict:
+    """The decisive figures of issue #35: a MiniLM trial (SST-2, 2,000 rows, batch 16, one epoch) in each precision,
+    with and without CUDA graphs, each after a warm-up trial in the same process, against the Trainer anchor's warm
+    trial (its second of two identical trials in one process); and, per variant, the first and a second evaluation
+    of the same validation batches (equal when no per-shape plan is built: cuDNN attention is off)."""
+    import torch
+
+    from hpsearch.finetune import recipe
+    from hpsearch.finetune.evaluation import evaluate
+
+    model = save_bert(work / "minilm-trials", reduced)
+    rows, val = (128, 64) if reduced else (2000, 500)
+    out: dict[str, Any] = {"trainer": _warm_anchor_trial(work, model, anchor, rows, val, reduced)}
+    for precision, graphs in VARIANTS:
+        name = f"{precision}{' + graphs' if graphs else ''}"
         space = space_for({
-            "study": {"name": "precision", "metric": "accuracy", "pruner": "none"},
-            "model": {"name_or_path": str(model), "max_length": 64, "precision": precision},
+            "study": {"name": "trials", "metric": "accuracy", "pruner": "none"},
+            "model": {"name_or_path": str(model), "max_length": 64, "precision": precision, "cuda_graphs": graphs},
             "data": {"task": "classification", "label_column": "label",
                      "train": {"path": str(SST2 / "train.tsv"), "text_column": "sentence"},
                      "validation": {"path": str(SST2 / "dev.tsv"), "text_column": "content"},
-                     "max_train_samples": 128 if reduced else 2000, "max_eval_samples": 64 if reduced else 500},
-            "params": {}, "fixed": {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4}})
+                     "max_train_samples": rows, "max_eval_samples": val},
+            "params": {}, "fixed": {"epochs": 1, "batch_size": 16, "learning_rate": 2e-4, "scheduler": "cosine",
+                                    "dropout": 0.1, "seed": 0}})
         try:
             prepared = recipe.prepare(space, "auto")
-        except Exception as exc:  # bf16 on a CPU without native bf16 is refused: say so and go on
-            out[precision] = {"refused": str(exc)[:200]}
+        except Exception as exc:  # bf16 where it is not native is refused: say so and go on
+            out[name] = {"refused": str(exc)[:200]}
             continue
-        cold = recipe.fine_tune(space, space.hyperparameters(), prepared)[1]
-        warm = recipe.fine_tune(space, space.hyperparameters(), prepared)[1]
-        out[precision] = {"ms_per_step_first": round(1000 * cold.train_time_s / cold.steps, 1),
-                          "ms_per_step_warm": round(1000 * warm.train_time_s / warm.steps, 1),
-                          "accuracy": round(warm.metrics["accuracy"], 4), "plan": prepared.precision.name}
+        figures = {"plan": prepared.precision.name, "reason": prepared.precision.reason}
+        for which in ("first", "warm"):
+            t0 = time.perf_counter()
+            built, result = recipe.fine_tune(space, space.hyperparameters(), prepared)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            figures[f"{which}_trial_s"] = round(time.perf_counter() - t0, 3)
+            figures[f"{which}_ms_per_step"] = round(1000 * result.train_time_s / result.steps, 2)
+        figures["accuracy"] = round(result.metrics["accuracy"], 4)
+        evals = []
+        for _ in range(2):  # the same batches twice: a per-shape plan would make the first slower
+            t0 = time.perf_counter()
+            evaluate(built, prepared.data.validation, prepared.data, prepared.device, dtype=prepared.precision.autocast)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            evals.append(round(time.perf_counter() - t0, 3))
+        figures["eval_s_first_second"] = evals
+        trainer = out["trainer"].get("warm_trial_s")
+        if trainer:
+            figures["ratio_to_trainer"] = round(figures["warm_trial_s"] / trainer, 3)
+        out[name] = figures
+        del built
     return out
+
+
+def _warm_anchor_trial(work: Path, model: Path, anchor: str, rows: int, val: int, reduced: bool) -> dict:
+    """The Trainer anchor's trial time, warm: the second of two identical trials in one process."""
+    if reduced:
+        return {"skipped": "reduced mode"}
+    if not Path(anchor).is_file():
+        return {"skipped": f"no anchor script at {anchor} (copy ../shared/bench/trainer_baseline.py into .gpu/)"}
+    configs, result = work / "anchor_configs.json", work / "anchor.json"
+    configs.write_text(json.dumps([ANCHOR_CONFIG, ANCHOR_CONFIG]))
+    subprocess.run([sys.executable, anchor, "--train", str(SST2 / "train.tsv"), "--eval", str(SST2 / "dev.tsv"),
+                    "--model", str(model), "--n-train", str(rows), "--n-eval", str(val), "--configs", str(configs),
+                    "--out", str(result), "--max-length", "64"], cwd=REPO, check=True, timeout=300)
+    raw = json.loads(result.read_text())
+    return {"first_trial_s": round(raw["durations_s"][0], 3), "warm_trial_s": round(raw["durations_s"][1], 3),
+            "accuracy": raw["values"][1]}
 
 
 def minilm_against_trainer(work: Path, reduced: bool, anchor: str) -> dict:
@@ -297,7 +349,6 @@ SECTIONS: dict[str, Callable[..., dict]] = {
     "memory given back after pruned trials": memory_after_pruned_trials,
     "evaluation of a 128k-vocabulary decoder at 1,024 tokens": eval_peak_128k,
     "a 7B LoRA trial, from Llama-7B-shaped slices": lora_7b_slices,
-    "a MiniLM step in each precision": minilm_step_by_precision,
 }
 
 
@@ -313,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     raw.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
     sections: dict[str, Callable[[Path, bool], dict]] = {
+        "a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)":
+            lambda work, reduced: minilm_trials(work, reduced, a.anchor),
         **SECTIONS, "a MiniLM trial against Trainer": lambda work, reduced: minilm_against_trainer(work, reduced,
                                                                                                    a.anchor)}
     with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-") as tmp:

@@ -21,7 +21,7 @@ from hpsearch.config.load import load_space
 from hpsearch.finetune import batching as B
 from hpsearch.finetune import model as M
 from hpsearch.finetune import optim as O
-from hpsearch.finetune.device import precision_plan
+from hpsearch.finetune.precision import precision_plan
 from hpsearch.finetune.recipe import prepare
 from hpsearch.finetune.vocab import shrink_vocabulary
 
@@ -44,7 +44,7 @@ def one_epoch(space, data, batch_size: int, variant: str, profile: bool = False)
         data = shrink_vocabulary(model, data).data
     optimizer = O.make_optimizer(model, hp, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    bf16 = precision_plan(space.model["precision"], "auto", None, device).autocast is not None
+    bf16 = precision_plan(space.model.precision, "auto", None, device).autocast is not None
     batches = B.length_grouped_batches(data.train.lengths, batch_size, torch.Generator().manual_seed(0))
     model.train()
 

@@ -94,8 +94,10 @@ def test_the_gpu_script_runs_its_sections_reduced_on_the_cpu(tmp_path: Path) -> 
     assert evaluation["rows"] == 16 and evaluation["tokens"] == 16 * 1024
     lora = raw["a 7B LoRA trial, from Llama-7B-shaped slices"]
     assert lora["bf16, 2 layers"]["steps"] == 2 and "bf16 + checkpointing: scaled to 32 layers, GB" in lora
-    precisions = raw["a MiniLM step in each precision"]
-    assert precisions["fp32"]["plan"] == "fp32" and precisions["fp32"]["ms_per_step_warm"] > 0
+    trials = raw["a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)"]
+    assert trials["fp32"]["plan"] == "fp32" and trials["fp32"]["warm_ms_per_step"] > 0
+    assert trials["fp32 + graphs"]["accuracy"] == trials["fp32"]["accuracy"]  # on the CPU: the same step, uncaptured
+    assert len(trials["auto"]["eval_s_first_second"]) == 2 and "auto on a CPU" in trials["auto"]["reason"]
     assert out.read_text().startswith("# GPU measurements (reduced")
 
 

@@ -194,6 +194,9 @@ def space_problems(space: Space, options: RunOptions) -> list[Problem]:
     if fsdp and not options.gpus_per_trial:
         out.append(Problem(f"model.distributed: fsdp shards a trial over the processes of {shown('gpus_per_trial')} "
                            f"K; give it, or drop model.distributed (one process holds the whole model)"))
+    if space.model.cuda_graphs and options.gpus_per_trial:
+        out.append(Problem(f"model.cuda_graphs with {shown('gpus_per_trial')}: a process group's collectives are not "
+                           f"captured; drop one of them"))
     if options.warm_start and study.multi:
         out.append(Problem(f"{shown('warm_start')} {options.warm_start}: warm starts take the best configs of "
                            f"single-objective studies, and this one has several objectives (study.metrics)"))

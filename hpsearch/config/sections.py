@@ -102,6 +102,9 @@ class ModelSection:
     """Padded tokens per evaluation batch (:data:`~hpsearch.config.vocabulary.EVAL_BATCH_TOKENS`)."""
     distributed: str = key("ddp", choices=DISTRIBUTED)
     """How the processes of a ``--gpus-per-trial`` trial hold the model: ``ddp`` copies, ``fsdp`` shards."""
+    cuda_graphs: bool = key(False, kind=bool)
+    """Replay each batch shape's training step as a CUDA graph (:mod:`hpsearch.finetune.graphs`): a few launches
+    a step instead of hundreds, for launch-bound models on a GPU; on the CPU the same step runs uncaptured."""
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelSection:

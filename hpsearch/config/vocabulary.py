@@ -185,8 +185,9 @@ DISTRIBUTED = ("ddp", "fsdp")
 on each, gradients averaged) or ``fsdp`` (parameters, gradients and AdamW state sharded over them, each block
 gathered for its forward and backward: for models that do not fit one device)."""
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-true")
-"""``model.precision``, how a model trains (:func:`hpsearch.finetune.device.precision_plan`): ``auto`` (bf16 mixed
-where the hardware has native bf16, else fp16 mixed on a GPU and fp32 on a CPU), ``fp32``, ``bf16`` and ``fp16``
+"""``model.precision``, how a model trains (:func:`hpsearch.finetune.precision.precision_plan`): ``auto`` (on a GPU
+fp32 with TF32 products for a launch-bound step, bf16 mixed, or fp16 without native bf16, for a compute-bound one;
+on a CPU bf16 mixed where bf16 is native, else fp32), ``fp32``, ``bf16`` and ``fp16``
 (mixed: trained parameters and AdamW state in fp32, compute autocast; fp16 with a loss scaler), ``bf16-true`` (pure:
 weights, gradients and AdamW state in bf16; the smallest memory, small updates lost)."""
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -1,10 +1,9 @@
-"""Where and in what precision a model trains: the device a run names, the precision plan (the dtype of loaded,
-trained and computed values), TF32 on GPUs that have it, and the peak memory a trial reports."""
+"""Where a model trains: the device a run names, its memory cap, its numerics (TF32, no cuDNN attention, determinism),
+autocast, and the peak memory a trial reports. The precision plan is :mod:`hpsearch.finetune.precision`."""
 from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,16 +47,10 @@ def cap_memory(device: torch.device) -> float | None:
     return fraction
 
 
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matrix products run natively (elsewhere bf16 is emulated and slower)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
-    """Autocast to ``dtype`` on ``device`` (None: a no-op context)."""
-    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True) -> Any:
+    """Autocast to ``dtype`` on ``device`` (None: a no-op context); ``cache`` False for a CUDA graph's capture,
+    which autocast's cache of cast weights would break."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None, cache_enabled=cache)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -67,73 +60,18 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-@dataclass(frozen=True)
-class Precision:
-    """How a model trains, said rather than implied: the dtype its weights load in (and frozen ones stay in), the
-    dtype of the trained parameters (and so of their gradients and AdamW state), the autocast dtype of the compute
-    (None: none), and whether a loss scaler guards fp16 gradients against underflow."""
-
-    name: str
-    """What was chosen, as a trial records it: fp32, bf16-mixed, fp16-mixed or bf16-true."""
-    weights: torch.dtype
-    master: torch.dtype
-    autocast: torch.dtype | None
-    scaler: bool
-
-    @property
-    def mixed(self) -> bool:
-        return self.autocast is not None
-
-
-FP32 = Precision("fp32", torch.float32, torch.float32, None, False)
-"""Everything in float32: what a model trains in when nothing else is said."""
-
-DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 arithmetic runs natively: AMX / AVX512-BF16 on a CPU, compute capability 8.0+ on a GPU (where
-    ``torch.cuda.is_bf16_supported()`` alone would also count the emulation of a V100 or T4)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return cpu_has_native_bf16()
-
-
-def precision_plan(precision: str, dtype: str, checkpoint: torch.dtype | None, device: torch.device) -> Precision:
-    """The :class:`Precision` of ``model.precision`` and ``model.dtype`` on ``device`` for a checkpoint saved in
-    ``checkpoint`` (None: it says nothing, float32).
-
-    >>> precision_plan("bf16", "auto", torch.bfloat16, torch.device("cpu"))
-    Precision(name='bf16-mixed', weights=torch.bfloat16, master=torch.float32, autocast=torch.bfloat16, scaler=False)
-    >>> precision_plan("fp32", "auto", torch.bfloat16, torch.device("cpu")).weights
-    torch.float32
-    """
-    if precision == "auto":
-        if native_bf16(device):
-            precision = "bf16"
-        else:
-            precision = "fp16" if device.type == "cuda" else "fp32"
-    loaded = DTYPE_NAMES.get(dtype) or (checkpoint if checkpoint in DTYPE_NAMES.values() else torch.float32)
-    if precision == "fp32":
-        return FP32
-    if precision == "bf16-true":
-        return Precision("bf16-true", torch.bfloat16, torch.bfloat16, None, False)
-    if precision == "bf16":
-        if device.type == "cuda" and not native_bf16(device):
-            raise HpsearchError(f"model.precision bf16: {torch.cuda.get_device_name(device)} has no native bf16 "
-                                f"(it would be emulated, slowly); use fp16 (mixed, with a loss scaler) or auto")
-        return Precision("bf16-mixed", loaded, torch.float32, torch.bfloat16, False)
-    if precision == "fp16":
-        return Precision("fp16-mixed", loaded, torch.float32, torch.float16, True)
-    raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, bf16-true, got {precision!r}")
-
-
-def use_tf32(device: torch.device) -> None:
-    """Let fp32 matrix products use TF32 tensor cores on GPUs that have them (compute capability 8.0+): the fp32
-    parts of mixed precision, and fp32 training, at tensor-core speed (10 mantissa bits in the products)."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+def set_numerics(device: torch.device) -> None:
+    """How a GPU computes: fp32 matrix products on TF32 tensor cores where it has them (compute capability 8.0+:
+    the fp32 parts of mixed precision, and fp32 training, at tensor-core speed, 10 mantissa bits in the products),
+    and no cuDNN attention. cuDNN's SDPA backend builds a plan for every new (batch, width) shape, about 0.2 s each
+    on the H200 (186 / 203 / 218 ms in three trials, bench/results/raw/profile_h200.txt: the same evaluation batches
+    took 0.77 s in a first trial, 0.07 s once planned); the memory-efficient and flash backends build none."""
+    if device.type != "cuda":
+        return
+    if torch.cuda.get_device_capability(device)[0] >= 8:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def deterministic(device: torch.device) -> None:

@@ -23,11 +23,13 @@ from ..interrupts import check as check_interrupt
 from ..tasks import Task
 from ..tasks.base import generates
 from ..tasks.encoded import Encoded, PreparedData
-from .batching import length_grouped_batches, steps_per_epoch
+from .attention import additive_mask, compute_dtype
+from .batching import Batch, bucket_widths, chunks, length_grouped_batches, rounded_width, steps_per_epoch
 from .checkpoints import Tracker, restore
 from .device import autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
 from .evaluation import evaluate
+from .graphs import StepGraphs
 from .optim import make_optimizer, make_scheduler
 from .state import Callback, NonFiniteLoss, TrainingState, TrainResult, TrainSettings
 from .vocab import SmallVocabulary, shrink_vocabulary
@@ -53,6 +55,7 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
     counts = (sum(p.numel() for p in model.parameters()),
               sum(p.numel() for p in model.parameters() if p.requires_grad))  # before the vocabulary shrinks
     vocab = shrink_vocabulary(model, data) if settings.shrink_vocab and group is None else None
+    run = None
     try:
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
                      setup_time + time.perf_counter() - entered, group)
@@ -69,6 +72,10 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
     finally:
         if vocab is not None:
             vocab.restore(model)
+        if run is not None and run.mask_hook is not None:
+            run.mask_hook.remove()
+        if run is not None and run.graphs is not None:
+            run.state.cuda_graphs = run.graphs.describe()
 
 
 @dataclass
@@ -103,9 +110,20 @@ class _Run:
     batch size chose it)."""
     shrink_on_oom: bool = False
     """Whether an out-of-memory step is retried with half the micro-batch (``micro_batch_size`` 0: not set)."""
-    bad_step: torch.Tensor | None = None
-    """On a GPU, the first step whose loss was not finite (0: none so far), kept on the device so that no step
-    waits for the GPU to check; read at each report."""
+    loss_total: torch.Tensor | None = None
+    """On a GPU, the sum of every step's training loss, kept on the device: a non-finite loss makes it non-finite
+    for good, and it is read at each report, so that no step waits for the device to check (one kernel a step, where
+    remembering the first bad step took eight). None on the CPU, where each loss is checked at once."""
+    checked_step: int = 0
+    """The step of the last report that found ``loss_total`` finite."""
+    widths: tuple[int, ...] = ()
+    """The padded widths the trial's training batches take on a GPU (:func:`bucket_widths`); empty: each batch's
+    longest row (the CPU, where padding costs arithmetic)."""
+    graphs: StepGraphs | None = None
+    """The step replayed from CUDA graphs (``model.cuda_graphs``); None: the eager step."""
+    mask_hook: Any = None
+    """The forward pre-hook that gives the model its attention mask in the 4-D additive form (:mod:`.attention`),
+    removed when training ends; None where the model takes a 2-D mask."""
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     group: Group | None = None
@@ -116,6 +134,16 @@ class _Run:
     @property
     def autocast(self) -> torch.dtype | None:
         return self.settings.precision.autocast
+
+    @property
+    def bad_step(self) -> torch.Tensor | None:
+        """``loss_total`` by the name the step counter (../shared/bench/ops_per_step.py) sets to take the GPU path of
+        the non-finite check on the CPU."""
+        return self.loss_total
+
+    @bad_step.setter
+    def bad_step(self, value: torch.Tensor | None) -> None:
+        self.loss_total = value
 
     @property
     def sharded(self) -> bool:
@@ -133,7 +161,8 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, sett
     state = TrainingState(total_steps=steps_per_epoch(n, hp.batch_size) * hp.epochs, train_examples=n,
                           reports_per_epoch=settings.reports_per_epoch)
     trainer = group.wrap(model, device, settings.distributed) if group is not None else model  # before the optimizer
-    optimizer = make_optimizer(model, hp, device)
+    capture = settings.cuda_graphs and device.type == "cuda"
+    optimizer = make_optimizer(model, hp, device, capturable=capture)
     scheduler = make_scheduler(optimizer, hp, state.total_steps)
     if vocab is not None:
         vocab.track(optimizer)
@@ -155,12 +184,29 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, sett
                every_epoch=selection is not None and selection.active, vocab=vocab, callback=callback,
                scaler=torch.amp.GradScaler(device.type) if settings.precision.scaler else None,
                micro=min(micro, hp.batch_size), shrink_on_oom=not hp.micro_batch_size and group is None,
-               bad_step=torch.zeros((), dtype=torch.int64, device=device) if device.type == "cuda" else None,
+               loss_total=torch.zeros((), device=device) if device.type == "cuda" or settings.cuda_graphs else None,
+               widths=_trial_widths(data, hp, settings, device, generator),
+               mask_hook=additive_mask(model, compute_dtype(model, settings.precision.autocast)),
                group=group, trainer=trainer)
     state.micro_batch_size = run.micro
+    if settings.cuda_graphs and run.scaler is not None:
+        state.cuda_graphs = "off: fp16's loss scaler reads the gradients on the host every step"
+    elif settings.cuda_graphs:
+        run.graphs = StepGraphs(lambda batch: _graph_passes(run, batch), lambda x, y: _pass_loss(run, x, y), optimizer,
+                                run.trainable, hp.max_grad_norm, run.loss_total, capture=capture)
     model.train()
     state.setup_time = setup_time + (time.perf_counter() - entered)  # everything before the first training step
     return run
+
+
+def _trial_widths(data: PreparedData, hp: Hyperparameters, settings: TrainSettings, device: torch.device,
+                  generator: torch.Generator) -> tuple[int, ...]:
+    """The padded widths of a GPU trial's batches (:func:`bucket_widths`, aligned to 16 bytes of the compute
+    dtype: what SDPA's mask and tensor cores want); none on the CPU."""
+    if device.type != "cuda":
+        return ()
+    dtype = settings.precision.autocast or settings.precision.master
+    return bucket_widths(data.train.lengths, hp.batch_size, generator, align=128 // torch.finfo(dtype).bits)
 
 
 def _epoch(run: _Run, epoch: int) -> bool:
@@ -168,9 +214,10 @@ def _epoch(run: _Run, epoch: int) -> bool:
     n, per_epoch = run.state.train_examples, run.state.reports_per_epoch
     seen, next_report = 0, 1
     t0 = time.perf_counter()
-    for idx in length_grouped_batches(run.data.train.lengths, run.hp.batch_size, run.generator):
-        _step(run, idx)
-        seen += len(idx)
+    order = length_grouped_batches(run.data.train.lengths, run.hp.batch_size, run.generator)
+    for batch in chunks(run.data.train, order, run.device, run.hp.batch_size, run.widths):
+        _step(run, batch)
+        seen += len(batch)
         crossed = 0
         while next_report <= per_epoch and seen * per_epoch >= next_report * n:
             crossed, next_report = next_report, next_report + 1
@@ -184,13 +231,45 @@ def _epoch(run: _Run, epoch: int) -> bool:
     return False
 
 
-def _step(run: _Run, idx: torch.Tensor) -> None:
-    """One optimizer step on the rows ``idx``, accumulated over micro-batches of ``run.micro`` rows. An out-of-memory
-    error retries the step with half the micro-batch when the batch size chose it; a non-finite loss stops the run
-    (NonFiniteLoss: at once on the CPU; on a GPU at the next report, so that no step waits for the device)."""
+def _step(run: _Run, batch: Batch) -> None:
+    """One optimizer step on ``batch``: replayed from a CUDA graph (``model.cuda_graphs``), else eagerly
+    (:func:`_update`); then the schedule, the counts, an interrupt held, the callback."""
+    state = run.state
+    loss = None
+    if run.graphs is not None:
+        try:
+            loss = run.graphs.step(batch)
+        except torch.cuda.OutOfMemoryError:
+            run.graphs.off = "off: out of memory (the trial went on eagerly)"
+        if run.graphs.off is not None and run.graphs.off.startswith("off: out of memory"):
+            state.cuda_graphs, run.graphs = run.graphs.describe(), None
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.device.type == "cuda":
+                torch.cuda.empty_cache()
+    if loss is None:
+        loss = _update(run, batch)
+    state.step += 1
+    run.scheduler.step()
+    lengths = batch.chunk.lengths
+    state.examples_seen += len(batch)
+    state.tokens_seen += int(lengths[batch.rows].sum())
+    state.padded_tokens_seen += sum(len(lengths[p]) * _width(run, batch.chunk, p) for p in batch.parts(run.micro))
+    state.loss = loss.detach()
+    if run.group is not None and run.group.any(interrupts.requested()):
+        check_interrupt()  # the rank that holds the signal raises it; the others stop at the same step
+        raise KeyboardInterrupt()
+    check_interrupt()
+    run.callback.on_step(state)
+
+
+def _update(run: _Run, batch: Batch) -> torch.Tensor:
+    """The eager update: forward and backward over ``batch`` in micro-batches of ``run.micro`` rows, clipping, AdamW;
+    return the loss. An out-of-memory error retries the step with half the micro-batch when the batch size chose it;
+    a non-finite loss stops the run (NonFiniteLoss: at once on the CPU; on a GPU at the next report, so that no step
+    waits for the device)."""
     while True:
         try:
-            loss = _accumulate(run, idx)
+            loss = _accumulate(run, batch)
             break
         except torch.cuda.OutOfMemoryError:
             if not run.shrink_on_oom or run.micro == 1:
@@ -201,81 +280,95 @@ def _step(run: _Run, idx: torch.Tensor) -> None:
         run.state.micro_batch_size = run.micro
         if run.device.type == "cuda":
             torch.cuda.empty_cache()
-    state, hp = run.state, run.hp
-    state.step += 1
     _check_finite(run, loss)
     if run.scaler is not None:
         run.scaler.unscale_(run.optimizer)
-    if hp.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.trainable, hp.max_grad_norm, foreach=True)
+    if run.hp.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(run.trainable, run.hp.max_grad_norm, foreach=True)
     if run.scaler is not None:
         run.scaler.step(run.optimizer)
         run.scaler.update()
     else:
         run.optimizer.step()
-    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    state.examples_seen += len(idx)
-    lengths = run.data.train.lengths
-    state.tokens_seen += int(lengths[idx].sum())
-    state.padded_tokens_seen += sum(len(part) * int(lengths[part].max()) for part in idx.split(run.micro))
-    state.loss = loss.detach()
-    if run.group is not None and run.group.any(interrupts.requested()):
-        check_interrupt()  # the rank that holds the signal raises it; the others stop at the same step
-        raise KeyboardInterrupt()
-    check_interrupt()
-    run.callback.on_step(state)
+    return loss
 
 
-def _accumulate(run: _Run, idx: torch.Tensor) -> torch.Tensor:
-    """Forward and backward over ``idx`` in micro-batches; return the batch's loss (each micro-batch's mean loss
+def _width(run: _Run, chunk: Encoded, rows: slice) -> int:
+    """The padded width of a pass over ``rows``: their longest row, rounded up to one of the trial's widths on a GPU
+    (:func:`hpsearch.finetune.batching.bucket_widths`)."""
+    return rounded_width(run.widths, int(chunk.lengths[rows].max()))
+
+
+def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
+    """Forward and backward over ``batch`` in micro-batches; return the batch's loss (each micro-batch's mean loss
     weighted by its share of the batch's units: rows, or learned tokens, as the task counts them), so that the
     gradients are those of one pass over the whole batch."""
-    data, task = run.data.train, run.task
     if run.group is not None:
-        return _accumulate_share(run, idx, run.group)
-    parts = idx.split(run.micro)
+        return _accumulate_share(run, batch, run.group)
+    chunk, task = batch.chunk, run.task
+    parts = batch.parts(run.micro)
     if len(parts) == 1:
-        loss = _forward_loss(run, idx, data.labels_of(idx, run.device))
+        loss = _forward_loss(run, chunk, batch.rows, chunk.labels_of(batch.rows, run.device))
         _backward(run, loss)
         return loss.detach()
-    labels = [data.labels_of(part, run.device) for part in parts]
+    labels = [chunk.labels_of(part, run.device) for part in parts]
     units = [_units(task, part_labels) for part_labels in labels]
     total = sum(units)
     loss_sum = torch.zeros((), device=run.device)
     for part, part_labels, n in zip(parts, labels, units):
-        loss = _forward_loss(run, part, part_labels) * (n / total)
+        loss = _forward_loss(run, chunk, part, part_labels) * (n / total)
         _backward(run, loss)
         loss_sum = loss_sum + loss.detach()
     return loss_sum
 
 
-def _accumulate_share(run: _Run, idx: torch.Tensor, group: Group) -> torch.Tensor:
+def _accumulate_share(run: _Run, batch: Batch, group: Group) -> torch.Tensor:
     """This rank's share of a batch: every ``world``-th row from its ``rank``-th, in micro-batches, each loss
     weighted by its share of the whole batch's units times ``world`` (DistributedDataParallel averages the ranks'
     gradients, so their sum is one pass over the whole batch); return this rank's part of the batch's loss."""
-    data, task = run.data.train, run.task
-    total = float(_units(task, data.labels_of(idx, torch.device("cpu"))))
-    mine, scale = idx[group.rank::group.world], float(group.world)
-    if len(mine) == 0:  # fewer rows than ranks: still take part in the all-reduce, with a zero-weighted row
-        mine, scale = idx[:1], 0.0
-    parts = mine.split(run.micro)
+    chunk, task = batch.chunk, run.task
+    total = float(_units(task, chunk.labels_of(batch.rows, torch.device("cpu"))))
+    mine, scale = batch.share(group.rank, group.world), float(group.world)
+    if mine is None:  # fewer rows than ranks: still take part in the all-reduce, with a zero-weighted row
+        mine, scale = Batch(chunk, slice(batch.rows.start, batch.rows.start + 1)), 0.0
+    parts = mine.parts(run.micro)
     loss_sum = torch.zeros((), device=run.device)
     for i, part in enumerate(parts):
-        labels = data.labels_of(part, run.device)
+        labels = chunk.labels_of(part, run.device)
         with group.no_sync(run.trainer) if i < len(parts) - 1 else nullcontext():  # gradients reduced once, at the end
-            loss = _forward_loss(run, part, labels) * (_units(task, labels) / total * scale)
+            loss = _forward_loss(run, chunk, part, labels) * (_units(task, labels) / total * scale)
             _backward(run, loss)
         loss_sum = loss_sum + loss.detach() / group.world
     return loss_sum
 
 
-def _forward_loss(run: _Run, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The task's mean loss on the training rows ``rows`` (whose ``labels`` the caller already gathered)."""
-    batch = run.data.train.batch(rows, run.device)
-    with autocast(run.device, run.autocast):
-        logits = run.task.forward(run.trainer or run.model, batch, labels)
+def _forward_loss(run: _Run, chunk: Encoded, rows: slice, labels: torch.Tensor) -> torch.Tensor:
+    """The task's mean loss on the training rows ``rows`` of ``chunk`` (whose ``labels`` the caller gathered)."""
+    return _pass_loss(run, chunk.batch(rows, run.device, width=_width(run, chunk, rows)), labels)
+
+
+def _pass_loss(run: _Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """The task's mean loss of one forward pass over ``inputs``, under the trial's autocast (without its weight
+    cache when the pass may be captured in a CUDA graph)."""
+    with autocast(run.device, run.autocast, cache=run.graphs is None):
+        logits = run.task.forward(run.trainer or run.model, inputs, labels)
     return run.task.loss(logits, labels)
+
+
+def _graph_passes(run: _Run, batch: Batch) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, float]]:
+    """A batch's passes for :class:`StepGraphs`: the whole batch in one pass (micro-batches, whose loss weights
+    change from batch to batch, are not captured: they run the same code eagerly)."""
+    chunk = batch.chunk
+    parts = batch.parts(run.micro)
+    if len(parts) > 1:
+        labels = [chunk.labels_of(part, run.device) for part in parts]
+        units = [_units(run.task, part_labels) for part_labels in labels]
+        total = sum(units)
+        return [(chunk.batch(part, run.device, width=_width(run, chunk, part)), part_labels, n / total)
+                for part, part_labels, n in zip(parts, labels, units)]
+    rows = batch.rows
+    return [(chunk.batch(rows, run.device, width=_width(run, chunk, rows)), chunk.labels_of(rows, run.device), 1.0)]
 
 
 def _backward(run: _Run, loss: torch.Tensor) -> None:
@@ -289,20 +382,21 @@ def _units(task: Task, labels: torch.Tensor) -> torch.Tensor | int:
 
 
 def _check_finite(run: _Run, loss: torch.Tensor) -> None:
-    """Stop on a non-finite loss: on the CPU now; on a GPU remember the step on the device (:func:`_raise_nonfinite`
-    reads it at each report)."""
-    if run.bad_step is None:
+    """Stop on a non-finite loss: on the CPU now; on a GPU add it to the device's running sum, which
+    :func:`_raise_nonfinite` reads at each report."""
+    if run.loss_total is None:
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"training loss became {loss.item()} at step {run.state.step}")
+            raise NonFiniteLoss(f"training loss became {loss.item()} at step {run.state.step + 1}")
         return
-    first = (run.bad_step == 0) & ~torch.isfinite(loss)
-    run.bad_step = torch.where(first, run.state.step, run.bad_step)
+    run.loss_total = run.loss_total + loss.detach()
 
 
 def _raise_nonfinite(run: _Run) -> None:
-    """Raise NonFiniteLoss if a GPU step's loss was not finite since training began."""
-    if run.bad_step is not None and int(run.bad_step):
-        raise NonFiniteLoss(f"training loss became non-finite at step {int(run.bad_step)}")
+    """Raise NonFiniteLoss if a GPU step's loss was not finite since the last report (one read of the device)."""
+    if run.loss_total is not None and not bool(torch.isfinite(run.loss_total)):
+        raise NonFiniteLoss(f"training loss became non-finite between steps {run.checked_step + 1} and "
+                            f"{run.state.step}")
+    run.checked_step = run.state.step
 
 
 def _report(run: _Run, epoch: int, crossed: int) -> bool:

@@ -15,8 +15,8 @@ from ..config.vocabulary import Hyperparameters, model_layer_count
 from ..errors import HpsearchError
 from ..tasks.encoded import PreparedData
 from . import lora
-from .device import FP32, Precision
 from .dropout import install as install_cheap_dropout
+from .precision import FP32, Precision
 
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
                 "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout_rate")
@@ -260,6 +260,17 @@ def cast_parameters(model: torch.nn.Module, precision: Precision) -> torch.nn.Mo
         if p.dtype != want:
             p.data = p.data.to(want)
     return model
+
+
+def matmul_parameters(spec: ModelSection, data: PreparedData) -> int:
+    """The parameters of the task model's matrix products (its linear layers; embeddings are lookups), counted on
+    a model built on the meta device (no weights)."""
+    from transformers.pytorch_utils import Conv1D
+
+    config = head_config(spec, data)
+    with torch.device("meta"):
+        model = auto_class(data.task.auto_class).from_config(config, trust_remote_code=spec.trust_remote_code)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
 
 
 def linear_module_names(spec: ModelSection, data: PreparedData) -> list[str]:

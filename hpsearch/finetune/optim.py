@@ -10,14 +10,19 @@ import torch
 from ..config.vocabulary import SCHEDULER_KWARGS, Hyperparameters
 
 
-def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on biases and norms; fused kernel where available."""
+def make_optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device,
+                   capturable: bool = False) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases and norms; fused kernel where available.
+    ``capturable`` (a CUDA graph replays its steps): the learning rate a device tensor the schedule fills in place,
+    the step counts on the device."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if capturable:
+        return torch.optim.AdamW(groups, lr=torch.tensor(hp.learning_rate, device=device), fused=True, capturable=True)
     try:  # fused kernels exist for CUDA and (torch >= 2.4) the CPU: 5x faster than foreach on a 22M-param model
         return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=True)
     except (RuntimeError, TypeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .device import Precision
+from .precision import Precision
 
 
 def bnb_config(kind: str, precision: Precision) -> Any:

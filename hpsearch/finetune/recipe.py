@@ -17,7 +17,7 @@ from ..config.validation import check_layers, check_lora_targets, uses_lora
 from ..config.vocabulary import Hyperparameters
 from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
-from .device import Precision, deterministic, precision_plan, resolve_device, use_tf32
+from .device import deterministic, resolve_device, set_numerics
 from .distributed import Group, rank_device
 from .loop import train
 from .model import (
@@ -26,8 +26,10 @@ from .model import (
     layer_count,
     linear_module_names,
     load_tokenizer,
+    matmul_parameters,
     preload,
 )
+from .precision import Precision, Workload, precision_plan, typical_pass
 from .state import Callback, TrainResult, TrainSettings
 
 if TYPE_CHECKING:
@@ -49,20 +51,33 @@ class Prepared:
 
 def prepare(space: Space, device: str | torch.device = "auto", *, weights: bool = True) -> Prepared:
     """Check what only the model can tell (the layer count against ``num_frozen_layers``, the linear layers against
-    ``lora_target_modules``, native bf16 on the device), set the device's numerics (TF32, ``study.deterministic``),
-    tokenize the data (cached on disk) and, with ``weights``, read the pretrained weights into memory once for every
-    model this process builds. A problem is an error naming the key, before any trial. (What the machine must offer,
-    bitsandbytes or flash-attn, the run's rules checked before: :mod:`hpsearch.config.rules`.)"""
+    ``lora_target_modules``, native bf16 on the device), tokenize the data (cached on disk), choose the precision
+    (``auto``: by what a step of this space costs on this device, :mod:`hpsearch.finetune.precision`), set the
+    device's numerics (TF32, no cuDNN attention, ``study.deterministic``) and, with ``weights``, read the pretrained
+    weights into memory once for every model this process builds. A problem is an error naming the key, before any
+    trial (what the machine must offer, bitsandbytes or flash-attn, the run's rules checked before:
+    :mod:`hpsearch.config.rules`)."""
     dev = rank_device(device if isinstance(device, torch.device) else resolve_device(device))
     model = space.model
-    precision = precision_plan(model.precision, model.dtype, checkpoint_dtype(model), dev)
-    use_tf32(dev)
+    data = tokenize(space)
+    precision = precision_plan(model.precision, model.dtype, checkpoint_dtype(model), dev,
+                               workload(space, data) if model.precision == "auto" and dev.type == "cuda" else None)
+    set_numerics(dev)
     if space.study.deterministic:
         deterministic(dev)
-    data = tokenize(space)
     if weights and not model.quantized:
         preload(model, data)
     return Prepared(dev, data.to(dev), precision)  # on a GPU the whole tokenized set stays resident
+
+
+def workload(space: Space, data: PreparedData) -> Workload | None:
+    """What a training step of the space computes, for ``precision: auto`` to weigh (None for quantized weights,
+    whose model is not built to count)."""
+    if space.model.quantized:
+        return None
+    rows = typical_pass(space.params, space.fixed)
+    return Workload(matmul_parameters(space.model, data), layer_count(space.model) or 1,
+                    rows * float(data.train.lengths.float().mean()))
 
 
 def tokenize(space: Space) -> PreparedData:

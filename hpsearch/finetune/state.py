@@ -10,7 +10,7 @@ from ..config.metrics import is_user_metric
 from ..config.vocabulary import DEFAULT_REPORTS_PER_EPOCH, EVAL_BATCH_TOKENS
 from ..errors import HpsearchError
 from .checkpoints import Selection
-from .device import FP32, Precision
+from .precision import FP32, Precision
 
 if TYPE_CHECKING:
     from ..config.space import Space
@@ -32,7 +32,7 @@ class TrainSettings:
     """Intermediate (pruner) evaluations use the first N validation rows, the same in every trial; the final one
     always uses the whole validation set. None: every evaluation uses all of it."""
     precision: Precision = FP32
-    """The resolved ``model.precision`` (:func:`hpsearch.finetune.device.precision_plan`): the autocast dtype, and
+    """The resolved ``model.precision`` (:func:`hpsearch.finetune.precision.precision_plan`): the autocast dtype, and
     whether a loss scaler guards fp16 gradients (the parameters' dtypes are set when the model is built)."""
     eval_batch_tokens: int = EVAL_BATCH_TOKENS
     """Padded tokens per evaluation batch (``model.eval_batch_tokens``), at most :data:`EVAL_BATCH_SIZE` rows."""
@@ -44,6 +44,8 @@ class TrainSettings:
     (:mod:`hpsearch.config.metrics`), under their own names."""
     distributed: str = "ddp"
     """How the devices of a trial's process group hold the model (``model.distributed``): ``ddp`` or ``fsdp``."""
+    cuda_graphs: bool = False
+    """Replay the training step from CUDA graphs (``model.cuda_graphs``; :mod:`hpsearch.finetune.graphs`)."""
     shrink_vocab: bool = True
     """Train only the embedding rows the data uses and put the full table back at the end
     (:mod:`hpsearch.finetune.vocab`): the same model without per-step work on rows whose gradient is zero."""
@@ -62,6 +64,7 @@ class TrainSettings:
         return cls(reports_per_epoch=study.reports_per_epoch, intermediate_eval_samples=study.intermediate_eval_samples,
                    precision=precision, selection=Selection.from_study(study),
                    eval_batch_tokens=space.model.eval_batch_tokens, distributed=space.model.distributed,
+                   cuda_graphs=space.model.cuda_graphs,
                    user_metrics=tuple(dict.fromkeys(m for m in [study.metric, *study.metrics] if is_user_metric(m))))
 
 
@@ -90,6 +93,9 @@ class TrainingState:
     """The model's parameters."""
     trainable_parameters: int = 0
     """The parameters training updates."""
+    cuda_graphs: str = ""
+    """With ``model.cuda_graphs``: whether the steps were replayed from graphs, and how many shapes were captured, or
+    why not (empty: not asked for)."""
 
     @property
     def epochs_completed(self) -> float:

@@ -314,6 +314,9 @@ class Objective:
         for key, value in (final or reporter.metrics).items():
             trial.set_user_attr(record.val(key), round(float(value), 6))
         trial.set_user_attr(record.PRECISION, self.prepared.precision.name)
+        trial.set_user_attr(record.PRECISION_REASON, self.prepared.precision.reason)
+        if reporter.state is not None and reporter.state.cuda_graphs:
+            trial.set_user_attr(record.CUDA_GRAPHS, reporter.state.cuda_graphs)
         if self.prepared.data is not None:
             trial.set_user_attr(record.VALIDATION_ROWS, self.prepared.data.validation.example_count)
         self._constrain(trial, made, trained=reporter.state is not None)

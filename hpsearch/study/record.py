@@ -55,6 +55,10 @@ EPOCHS_COMPLETED = measurements.EPOCHS_COMPLETED.name
 PEAK_MEMORY_MB = measurements.PEAK_MEMORY.name
 PRECISION = "precision"
 """What ``model.precision`` resolved to for the trial (fp32, bf16-mixed ...)."""
+CUDA_GRAPHS = "cuda_graphs"
+"""With ``model.cuda_graphs``: on and how many step shapes were captured, or why it was off."""
+PRECISION_REASON = "precision_reason"
+"""Why: asked for by the space, or what ``auto`` weighed on the trial's device."""
 VAL_PREFIX = "val_"
 FAILED = "failed"
 """How a status starts for a trial that did not finish: ``failed: out of memory``, ``failed: interrupted`` ..."""

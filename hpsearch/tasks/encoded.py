@@ -46,6 +46,10 @@ class Encoded:
     """[N]: the index in ``examples`` of the example each row was cut from (None: a row is an example)."""
     examples: list[Any] | None = None
     """The raw examples rows were cut from (JSON-able: the on-disk cache stores them), as the task wants them."""
+    mask: torch.Tensor | None = None
+    """[N, L] bool: every row's attention mask, precomputed where the rows are resident (:meth:`resident`), so that
+    a batch of consecutive rows is views of them; None: each batch computes its own. Every other operation on rows
+    drops it (it is derived)."""
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -55,32 +59,54 @@ class Encoded:
         """How many examples the rows hold: what a metric counts (several windows are one question)."""
         return len(self) if self.example is None else len(torch.unique(self.example))
 
-    def batch(self, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-        """The rows ``index`` (a CPU tensor) trimmed to their longest sequence (dynamic padding), on ``device``."""
+    def batch(self, index: torch.Tensor | slice, device: torch.device,
+              width: int | None = None) -> dict[str, torch.Tensor]:
+        """The rows ``index`` (a CPU tensor, or a slice of resident rows) trimmed to ``width`` tokens (default: their
+        longest sequence: dynamic padding), on ``device``. A slice of rows made :meth:`resident` is views: no gather,
+        no copy, no mask computed."""
         lengths = self.lengths[index]
-        width = int(lengths.max())
-        rows = _moved(index, self.input_ids.device)
+        width = width or int(lengths.max())
+        if isinstance(index, slice) and self.mask is not None and self.mask.shape[1] >= width:
+            out = {"input_ids": self.input_ids[index, :width], "attention_mask": self.mask[index, :width]}
+            if self.token_type_ids is not None:
+                out["token_type_ids"] = self.token_type_ids[index, :width]
+            return out
+        rows = index if isinstance(index, slice) else _moved(index, self.input_ids.device)
         lengths = lengths.to(device, non_blocking=True)
-        out = {"input_ids": self.input_ids[rows, :width].to(device, non_blocking=True),
+        out = {"input_ids": _widen(self.input_ids[rows, :width], width, 0).to(device, non_blocking=True),
                "attention_mask": torch.arange(width, device=device) < lengths[:, None]}
         if self.token_type_ids is not None:
-            out["token_type_ids"] = self.token_type_ids[rows, :width].to(device, non_blocking=True)
+            out["token_type_ids"] = _widen(self.token_type_ids[rows, :width], width, 0).to(device, non_blocking=True)
         return out
 
-    def labels_of(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def labels_of(self, index: torch.Tensor | slice, device: torch.device) -> torch.Tensor:
         """The labels of rows ``index`` on ``device`` (per-token labels trimmed like :meth:`batch`'s ids, target
         sequences to their longest, fixed-width labels whole)."""
-        labels = self.labels[_moved(index, self.labels.device)]
+        rows = index if isinstance(index, slice) else _moved(index, self.labels.device)
+        labels = self.labels[rows]
         if labels.ndim == 2 and not self.fixed_width_labels:
             lengths = self.lengths if self.label_lengths is None else self.label_lengths
             labels = labels[:, : int(lengths[index].max())]
         return labels.to(device, non_blocking=True)
 
+    def resident(self, index: torch.Tensor, device: torch.device, width: int | None = None) -> Encoded:
+        """The rows ``index`` gathered onto ``device`` at once, with their attention masks precomputed (``width``:
+        at least that many columns, for widths rounded up past the longest row), so that each batch of consecutive
+        rows of it (:meth:`batch` with a slice) costs no gather, copy or mask kernel."""
+        rows = self.take(index)
+        columns = max(rows.input_ids.shape[1], width or 0)
+        ids = _widen(rows.input_ids, columns, 0).to(device, non_blocking=True)
+        types = None if rows.token_type_ids is None else _widen(rows.token_type_ids, columns, 0).to(device)
+        lengths = rows.lengths.to(device, non_blocking=True)
+        return replace(rows, input_ids=ids, token_type_ids=types, labels=rows.labels.to(device, non_blocking=True),
+                       mask=torch.arange(columns, device=device) < lengths[:, None])
+
     def head(self, n: int) -> Encoded:
         """The first ``n`` examples (a fixed subset, identical in every trial): the first ``n`` rows, or every row
         cut from the first ``n`` examples."""
         if self.example is None:  # views, no copy
-            return replace(self, input_ids=self.input_ids[:n], lengths=self.lengths[:n], labels=self.labels[:n],
+            return replace(self, mask=None, input_ids=self.input_ids[:n], lengths=self.lengths[:n],
+                           labels=self.labels[:n],
                            token_type_ids=None if self.token_type_ids is None else self.token_type_ids[:n],
                            label_lengths=None if self.label_lengths is None else self.label_lengths[:n],
                            extras={k: v[:n] for k, v in self.extras.items()})
@@ -91,12 +117,14 @@ class Encoded:
         """A copy whose ids and labels live on ``device`` (the whole set resident on a GPU); lengths stay on the
         CPU, where batches are planned, and so do the extras, read where rows are scored."""
         tt = None if self.token_type_ids is None else self.token_type_ids.to(device)
-        return replace(self, input_ids=self.input_ids.to(device), labels=self.labels.to(device), token_type_ids=tt)
+        return replace(self, mask=None, input_ids=self.input_ids.to(device), labels=self.labels.to(device),
+                       token_type_ids=tt)
 
     def take(self, index: torch.Tensor) -> Encoded:
         """The rows ``index`` (a CPU tensor), in that order (``examples`` whole: the rows keep their indices)."""
         rows = index.to(self.input_ids.device)
-        return replace(self, input_ids=self.input_ids[rows], lengths=self.lengths[index], labels=self.labels[rows],
+        return replace(self, mask=None, input_ids=self.input_ids[rows], lengths=self.lengths[index],
+                       labels=self.labels[rows],
                        token_type_ids=None if self.token_type_ids is None else self.token_type_ids[rows],
                        label_lengths=None if self.label_lengths is None else self.label_lengths[index],
                        extras={k: v[index] for k, v in self.extras.items()},

@@ -6,6 +6,7 @@ import torch
 
 from hpsearch.errors import HpsearchError
 from hpsearch.finetune import device as D
+from hpsearch.finetune import precision as P
 
 
 def test_a_cuda_device_without_a_gpu_is_an_error_naming_the_flag() -> None:
@@ -28,30 +29,65 @@ def test_a_gpu_number_beyond_the_machine_s_gpus_is_an_error(monkeypatch: pytest.
 def test_precision_is_said_per_key_and_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     bf16 = torch.bfloat16
-    assert D.precision_plan("fp32", "auto", bf16, cpu) == D.FP32  # fp32 means fp32 weights, whatever was saved
-    mixed = D.precision_plan("bf16", "auto", bf16, cpu)  # asked for by name: on, native or not
+    assert P.precision_plan("fp32", "auto", bf16, cpu) == P.FP32  # fp32 means fp32 weights, whatever was saved
+    mixed = P.precision_plan("bf16", "auto", bf16, cpu)  # asked for by name: on, native or not
     assert (mixed.weights, mixed.master, mixed.autocast, mixed.scaler) == (bf16, torch.float32, bf16, False)
-    assert D.precision_plan("bf16", "float32", bf16, cpu).weights == torch.float32  # model.dtype chooses the load
-    assert D.precision_plan("bf16", "auto", None, cpu).weights == torch.float32  # a config without a dtype: fp32
-    half = D.precision_plan("fp16", "auto", None, cpu)
+    assert P.precision_plan("bf16", "float32", bf16, cpu).weights == torch.float32  # model.dtype chooses the load
+    assert P.precision_plan("bf16", "auto", None, cpu).weights == torch.float32  # a config without a dtype: fp32
+    half = P.precision_plan("fp16", "auto", None, cpu)
     assert (half.master, half.autocast, half.scaler) == (torch.float32, torch.float16, True)
-    pure = D.precision_plan("bf16-true", "auto", torch.float32, cpu)
+    pure = P.precision_plan("bf16-true", "auto", torch.float32, cpu)
     assert (pure.weights, pure.master, pure.autocast) == (bf16, bf16, None)
-    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: False)
-    assert D.precision_plan("auto", "auto", bf16, cpu) == D.FP32  # emulated bf16 is slower: auto leaves it off
-    monkeypatch.setattr(D, "cpu_has_native_bf16", lambda: True)
-    assert D.precision_plan("auto", "auto", None, cpu).name == "bf16-mixed"
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    emulated = P.precision_plan("auto", "auto", bf16, cpu)
+    assert emulated.name == "fp32" and "without native bf16" in emulated.reason  # emulated bf16 is slower: off
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    assert P.precision_plan("auto", "auto", None, cpu).name == "bf16-mixed"
+
+
+MINILM = P.Workload(matmul_parameters=10_600_000, layers=6, tokens_per_step=32 * 14)
+"""all-MiniLM-L6-v2 on SST-2 at batch 32: 6 layers of 1.77M matrix parameters, 14 tokens a row."""
+LLAMA_7B = P.Workload(matmul_parameters=6_500_000_000, layers=32, tokens_per_step=4 * 1024)
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], name: str, bf16: bool) -> torch.device:
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(P, "native_bf16", lambda device: bf16)
+    return torch.device("cuda", 0)
+
+
+def test_auto_on_a_gpu_weighs_kernel_launches_against_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpu = _fake_gpu(monkeypatch, (9, 0), "NVIDIA H200", bf16=True)
+    small = P.precision_plan("auto", "auto", None, gpu, MINILM)
+    assert small.name == "fp32" and small.autocast is None  # launch-bound: no casts, TF32 products
+    assert "launch-bound" in small.reason and "TF32" in small.reason and "NVIDIA H200 (sm90)" in small.reason
+    large = P.precision_plan("auto", "auto", torch.bfloat16, gpu, LLAMA_7B)
+    assert large.name == "bf16-mixed" and large.weights == torch.bfloat16 and "compute-bound" in large.reason
+    assert P.precision_plan("auto", "auto", None, gpu, None).name == "bf16-mixed"  # unknown (quantized): large
+    assert P.precision_plan("bf16", "auto", None, gpu, MINILM).reason == "asked for by model.precision"
+    # where the arithmetic is slower the crossover comes sooner: an A10 (sm86) computes BERT-base at 4k tokens
+    bert = P.Workload(matmul_parameters=85_000_000, layers=12, tokens_per_step=32 * 128)
+    assert P.precision_plan("auto", "auto", None, gpu, bert).name == "fp32"  # an H200 launches longer than it computes
+    a10 = _fake_gpu(monkeypatch, (8, 6), "NVIDIA A10", bf16=True)
+    assert P.precision_plan("auto", "auto", None, a10, bert).name == "bf16-mixed"
 
 
 def test_auto_precision_on_a_gpu_without_native_bf16_is_fp16_with_a_loss_scaler(monkeypatch) -> None:
-    gpu = torch.device("cuda", 0)
-    monkeypatch.setattr(D, "native_bf16", lambda device: False)  # a V100 or T4: bf16 would be emulated
-    assert D.precision_plan("auto", "auto", torch.bfloat16, gpu).name == "fp16-mixed"
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    gpu = _fake_gpu(monkeypatch, (7, 5), "Tesla T4", bf16=False)  # bf16 would be emulated
+    plan = P.precision_plan("auto", "auto", torch.bfloat16, gpu, LLAMA_7B)
+    assert plan.name == "fp16-mixed" and plan.scaler
+    small = P.precision_plan("auto", "auto", None, gpu, MINILM)
+    assert small.name == "fp32" and "fp32 matrix products" in small.reason  # no TF32 on Turing
     with pytest.raises(HpsearchError, match="Tesla T4 has no native bf16"):
-        D.precision_plan("bf16", "auto", None, gpu)
-    monkeypatch.setattr(D, "native_bf16", lambda device: True)
-    assert D.precision_plan("auto", "auto", None, gpu).name == "bf16-mixed"
+        P.precision_plan("bf16", "auto", None, gpu)
+
+
+def test_a_space_s_typical_pass() -> None:
+    assert P.typical_pass({}, {"batch_size": 32, "micro_batch_size": 0}) == 32
+    assert P.typical_pass({}, {"batch_size": 32, "micro_batch_size": 8}) == 8
+    assert P.typical_pass({"batch_size": {"type": "categorical", "choices": [64, 16, 32]}}, {}) == 32
+    assert P.typical_pass({"batch_size": {"type": "int", "low": 8, "high": 128, "log": True}}, {}) == 32
 
 
 def test_a_packed_worker_caps_its_share_of_the_gpu_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +111,13 @@ def test_a_packed_worker_caps_its_share_of_the_gpu_memory(monkeypatch: pytest.Mo
             D.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert D.resolve_device("auto") == torch.device("cpu")  # no GPU: nothing to cap, no error
+
+
+def test_a_space_s_workload_is_counted_from_its_model_and_data(setup) -> None:
+    from hpsearch.finetune.recipe import workload
+
+    space, data = setup
+    work = workload(space, data)
+    # the tiny BERT: 2 layers of q, k, v, output (32 x 32) and the MLP (32 x 64, 64 x 32), the pooler, the head
+    assert work.layers == 2 and work.matmul_parameters == 2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32 + 2 * 32
+    assert work.tokens_per_step == pytest.approx(16 * float(data.train.lengths.float().mean()))

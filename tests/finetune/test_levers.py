@@ -18,7 +18,7 @@ from hpsearch.finetune import model as M
 from hpsearch.finetune import optim as O
 from hpsearch.finetune import state as S
 from hpsearch.finetune.data import prepare
-from hpsearch.finetune.device import FP32, precision_plan
+from hpsearch.finetune.precision import FP32, precision_plan
 from tests.helpers import CPU, trial_hp
 
 CONSTANT = {"scheduler": "constant", "dropout": 0.0, "warmup_ratio": 0.0}
@@ -180,9 +180,16 @@ def test_deterministic_turns_on_torch_s_deterministic_algorithms(setup, tiny_mod
 def test_on_a_gpu_a_non_finite_loss_is_caught_at_the_next_report_without_a_sync_per_step() -> None:
     from types import SimpleNamespace
 
-    run = SimpleNamespace(bad_step=torch.zeros((), dtype=torch.int64), state=SimpleNamespace(step=0))
-    for step, loss in enumerate((0.5, 0.4, float("nan"), 0.3, float("inf")), 1):
+    run = SimpleNamespace(loss_total=torch.zeros(()), checked_step=0, state=SimpleNamespace(step=0))
+    for step, loss in enumerate((0.5, 0.4), 1):
         run.state.step = step
         T._check_finite(run, torch.tensor(loss))  # a device tensor kept, no comparison on the host
-    with pytest.raises(S.NonFiniteLoss, match="non-finite at step 3"):
+    T._raise_nonfinite(run)  # a report: steps 1-2 were finite
+    for step, loss in enumerate((0.3, float("nan"), 0.3, float("inf")), 3):
+        run.state.step = step
+        T._check_finite(run, torch.tensor(loss))
+    with pytest.raises(S.NonFiniteLoss, match="non-finite between steps 3 and 6"):
+        T._raise_nonfinite(run)
+    run.loss_total, run.checked_step = torch.tensor(float("-inf")) + float("inf"), 0  # inf - inf is nan: caught
+    with pytest.raises(S.NonFiniteLoss):
         T._raise_nonfinite(run)

@@ -136,3 +136,55 @@ def test_non_finite_loss_stops_training(setup, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(SequenceClassification, "loss", lambda self, logits, labels: logits.sum() * float("nan"))
     with pytest.raises(S.NonFiniteLoss, match="step 1"):
         _run(space, data, epochs=1)
+
+
+class _Replay:
+    """A CUDA graph stand-in on the CPU: a replay runs the captured step again and writes its loss where the graph
+    would (what the step is, its static inputs and its bookkeeping are StepGraphs' own)."""
+
+    def __init__(self, step) -> None:
+        self.step, self.loss, self.replays = step, torch.zeros(()), 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.loss.copy_(self.step())
+
+
+def test_the_graphed_step_trains_exactly_as_the_eager_one(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.cuda_graphs on the CPU runs the same step uncaptured; with capture (a stand-in that replays on the
+    CPU) each shape is run once eagerly, then captured and replayed from static copies of the batch: the losses
+    and the final weights equal the eager step's."""
+    from hpsearch.finetune import graphs as G
+
+    space, data = setup
+    hp = _hp(space, epochs=2, batch_size=8, dropout=0.0)
+
+    def train(cuda_graphs: bool) -> tuple[S.TrainResult, torch.nn.Module]:
+        model = M.build_model(space.model, hp, data, CPU)
+        settings = S.TrainSettings(reports_per_epoch=2, cuda_graphs=cuda_graphs)
+        return T.train(model, data, hp, settings, device=CPU), model
+
+    eager, eager_model = train(False)
+    uncaptured, _ = train(True)
+    assert uncaptured.metrics == eager.metrics
+    recorded: list[_Replay] = []
+
+    def record(self, step):
+        recorded.append(_Replay(step))
+        return recorded[-1], recorded[-1].loss
+
+    monkeypatch.setattr(G.StepGraphs, "record", record)
+    real_start = T._start
+
+    def start(*args, **kwargs):  # capture on, as on a CUDA device
+        run = real_start(*args, **kwargs)
+        run.graphs.capture = True
+        return run
+
+    monkeypatch.setattr(T, "_start", start)
+    replayed, replayed_model = train(True)
+    assert recorded and sum(r.replays for r in recorded) > len(recorded)  # shapes captured once, replayed after
+    assert [h["eval_loss"] for h in replayed.history] == pytest.approx([h["eval_loss"] for h in eager.history],
+                                                                       abs=1e-6)
+    for (name, a), (_, b) in zip(eager_model.named_parameters(), replayed_model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name

@@ -46,7 +46,7 @@ def _fake_fine_tune(trainable_per_row: int):
 
 
 def test_the_sampler_learns_to_avoid_an_infeasible_region(setup, monkeypatch) -> None:
-    from hpsearch.finetune.device import FP32
+    from hpsearch.finetune.precision import FP32
     from hpsearch.finetune.recipe import Prepared
     from hpsearch.study.objective import Objective
     from hpsearch.study.samplers import build_sampler

@@ -10,7 +10,7 @@ import torch
 
 from hpsearch.finetune import loop, recipe
 from hpsearch.finetune import optim as O
-from hpsearch.finetune.device import FP32
+from hpsearch.finetune.precision import FP32
 from hpsearch.finetune.recipe import Prepared
 from hpsearch.study.objective import Objective
 from hpsearch.tasks.classification import SequenceClassification

@@ -98,7 +98,7 @@ def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest
     from types import SimpleNamespace
 
     from hpsearch.config.validation import validate
-    from hpsearch.finetune.device import FP32
+    from hpsearch.finetune.precision import FP32
     from hpsearch.finetune.recipe import Prepared
     from hpsearch.study.objective import Objective
     from hpsearch.study.samplers import build_sampler
