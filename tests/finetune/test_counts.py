@@ -63,3 +63,56 @@ def test_a_step_launches_no_more_kernels_than_trainer_s_and_never_waits_for_the_
     # hpsearch's own kernels between the model's and the optimizer's: the task's loss and the running loss sum
     glue = ours["glue_kernels"]
     assert sum(glue.values()) <= 3 and all(k.endswith((" loss", " _check_finite")) for k in glue), glue
+
+
+def test_with_cuda_graphs_a_step_launches_a_handful_of_kernels_besides_its_replay(setup, monkeypatch) -> None:
+    """model.cuda_graphs: once a shape is captured, what a step runs outside the graph is the batch copied into the
+    graph's inputs and the learning rate filled in: counted here on the CPU with a stand-in graph (a replay is one
+    launch on a GPU), for every step after the first epoch's warm-up."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hpsearch.finetune import graphs as G
+    from hpsearch.finetune import loop as T
+    from hpsearch.finetune import model as M
+    from hpsearch.finetune import state as S
+    from tests.helpers import CPU, trial_hp
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view and func.overloadpacket.__name__ not in ("detach", "empty", "empty_strided",
+                                                                        "_local_scalar_dense", "lift_fresh", "alias"):
+                self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    class Replay:
+        def replay(self) -> None:  # the graph itself: one launch on a GPU, nothing here
+            pass
+
+    space, data = setup
+    hp = trial_hp(space, epochs=3, batch_size=16, dropout=0.0)
+    monkeypatch.setattr(G.StepGraphs, "record", lambda self, step: (Replay(), torch.zeros(())))
+    real_start, real_step, counted = T._start, T._step, []
+
+    def start(*args, **kwargs):
+        run = real_start(*args, **kwargs)
+        run.graphs.capture = True
+        return run
+
+    def step(run, batch):
+        key_seen = bool(run.graphs.graphs)
+        with Count() as count:
+            real_step(run, batch)
+        if key_seen and len(run.graphs.graphs) and run.state.step > 2 * run.state.total_steps // 3:
+            counted.append(count.ops)
+
+    monkeypatch.setattr(T, "_start", start)
+    monkeypatch.setattr(T, "_step", step)
+    model = M.build_model(space.model, hp, data, CPU)
+    T.train(model, data, hp, S.TrainSettings(reports_per_epoch=1, cuda_graphs=True), device=CPU)
+    replayed = [n for n in counted if n <= 10]
+    assert replayed and len(replayed) >= len(counted) // 2, counted  # eager steps remain for shapes not yet seen
+    assert max(replayed) + 1 <= 10  # the copies, the learning rate, and the replay itself
