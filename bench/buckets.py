@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from pathlib import Path
 
-from bench.common import MODEL, REPO, RESULTS, machine, now, shared, write_result
+from bench.common import MODEL, RESULTS, machine, now, shared, write_result
 
 RULES = ("exact", "every 8", "every 16", "bucket_widths, align 4 (fp32)", "bucket_widths, align 8 (bf16)")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from .version import __version__ as __version__
 
-__all__ = ["RunOptions", "Space", "export", "load_space", "run", "train"]
+__all__ = ["RunOptions", "Space", "export", "load_space", "repair", "run", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["RunOptions", "Space", "export", "load_space", "run", "train"]
+__all__ = ["RunOptions", "Space", "export", "load_space", "repair", "run", "train"]
 
 
 def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides = None,
@@ -68,6 +68,14 @@ def export(study: str, output: str | Path, *, storage: str | None = None, top: i
 
     return export_study(resolve_url(storage), study, output, top=top, model=model, artifacts=artifacts,
                         pareto=pareto)
+
+
+def repair(storage: str | None = None) -> str:
+    """Set aside the unreadable lines of a journal file's study storage (``hpsearch repair``); return what was done.
+    A torn last line needs no repair: the next append sets it aside itself."""
+    from .study.storage import repair_storage, resolve_url
+
+    return repair_storage(resolve_url(storage))
 
 
 def train(config: str | Path | Mapping[str, Any] | Space, output_dir: str | Path, *, overrides: Overrides = None,

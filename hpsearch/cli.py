@@ -267,6 +267,16 @@ def dashboard(storage: str | None, host: str, port: int) -> None:
     run_server(storage_obj, host=host, port=port)
 
 
+@cli.command()
+@click.option("--storage", default=None, help=STORAGE_HELP)
+def repair(storage: str | None) -> None:
+    """Mend a journal file a crash or a full disk tore in the middle: its unreadable lines are moved aside (into
+    FILE.torn), whole records appended onto them kept; the studies open again."""
+    from .api import repair as repair_api
+
+    click.echo(repair_api(storage))
+
+
 @cli.command("storage-proxy")
 @click.option("--storage", default=None, help=STORAGE_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True,

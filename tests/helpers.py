@@ -150,10 +150,19 @@ def wordpiece(vocab: list[str], **special: str):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", **special)
 
 
+def default_signals() -> None:
+    """In a child about to start: SIGINT and SIGTERM at their defaults, whatever the suite was started with (a
+    suite started in the background, ``cmd &`` or nohup, runs with SIGINT ignored, which children inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    """``hpsearch ARGS`` as a process of its own (one thread), for tests where processes are the point."""
+    """``hpsearch ARGS`` as a process of its own (one thread), for tests where processes are the point; it takes
+    signals as a process started from a terminal does."""
     return subprocess.Popen([sys.executable, "-m", "hpsearch", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=default_signals)
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:

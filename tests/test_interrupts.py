@@ -13,6 +13,18 @@ import pytest
 from hpsearch import interrupts
 
 
+@pytest.fixture(autouse=True)
+def _terminal_signals():
+    """The handlers a program started from a terminal has, whatever this suite was started with (SIGINT ignored
+    in the background): these tests are about what hpsearch does with them."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for s, handler in before.items():
+        signal.signal(s, handler)
+
+
 def _signal_self(sig: int = signal.SIGINT) -> None:
     os.kill(os.getpid(), sig)
     time.sleep(0.01)  # the handler runs at the next bytecode of the main thread

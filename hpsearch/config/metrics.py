@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from typing import Any, Callable
+
+from ..errors import HpsearchError
 
 OPTIONAL = ("scores", "label_names")
 """Keyword arguments a user metric gets when its signature names them."""
@@ -60,9 +63,15 @@ def declared_direction(fn: Callable[..., Any]) -> str | None:
     return None
 
 
+class MetricFailed(HpsearchError):
+    """A metric could not score an evaluation (a metric function raised or returned no finite number, a built-in
+    metric is undefined on it): the trial fails with this as its ``fail_reason``, and the study goes on."""
+
+
 def compute(path: str, fn: Callable[..., Any], given: dict[str, Any]) -> float:
     """``fn`` on the task's ``given`` predictions (``predictions``, ``references`` and the optional ones its
-    signature names), as a float; a failure names the function."""
+    signature names), as a finite float; a failure is a MetricFailed naming the function and what went wrong (the
+    exception's last line)."""
     try:
         names = set(inspect.signature(fn).parameters)
     except ValueError:
@@ -70,8 +79,13 @@ def compute(path: str, fn: Callable[..., Any], given: dict[str, Any]) -> float:
     kwargs = {k: given[k] for k in OPTIONAL if k in names and k in given}
     try:
         value = fn(given["predictions"], given["references"], **kwargs)
-        return float(value)
-    except Exception as exc:
-        from ..errors import HpsearchError
-
-        raise HpsearchError(f"study.metric {path}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # the user's function: its error, in one line, is the trial's fail reason
+        last = (str(exc).strip().splitlines() or [""])[-1]
+        raise MetricFailed(f"study.metric {path} raised {type(exc).__name__}{': ' + last if last else ''}") from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MetricFailed(f"study.metric {path} returned {str(value)[:80]!r}, not a number") from None
+    if not math.isfinite(number):
+        raise MetricFailed(f"study.metric {path} returned {number}")
+    return number

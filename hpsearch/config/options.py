@@ -144,6 +144,11 @@ class RunOptions:
     max_retry: int | None = option(
         flag="--max-retry", kind=int, low=0, to_workers=True,
         help="Times a dead worker's trial is retried with the same params (default 2).")
+    storage_retry_s: float | None = option(
+        flag="--storage-retry-s", kind=float, low=0, to_workers=True, metavar="SECONDS",
+        help="How long a worker rides out a storage that does not answer (a database restarting or failing over, "
+             "Redis unreachable) before it stops; its trial waits at its next write meanwhile (default 120, 0: "
+             "stop at the first error).")
     keep_best: int | None = option(
         flag="--keep-best", kind=int, low=1, flag_value=1, metavar="[K]", to_workers=True,
         help="Keep the weights of the study's K best trials (default 1) in the artifact store, removing those that "

@@ -12,8 +12,11 @@ Locations: a directory (Optuna's FileSystemArtifactStore; on a cluster, one all 
 """
 from __future__ import annotations
 
+import json
+import sys
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,8 +103,7 @@ class ModelKeeper:
             with tarfile.open(archive, "w") as tar:
                 for f in sorted(model_dir.iterdir()):
                     tar.add(f, arcname=f.name)
-            optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(archive),
-                                             study_or_trial=trial, mimetype="application/x-tar")
+            upload_whole(self.store, archive, trial)
         return True
 
     def prune(self, study: optuna.Study) -> list[int]:
@@ -117,7 +119,30 @@ class ModelKeeper:
                     removed.append(t.number)
                 except optuna.artifacts.exceptions.ArtifactNotFound:
                     pass  # removed before, by this worker or another
+                except OSError as exc:  # a read-only or failing store: the model stays, the study goes on
+                    print(f"[hpsearch] note: trial {t.number}'s kept model could not be removed from "
+                          f"{self.location} ({exc.strerror or exc}); it stays", file=sys.stderr, flush=True)
         return removed
+
+
+def upload_whole(store: Any, archive: Path, trial: optuna.Trial) -> str:
+    """Put ``archive`` in ``store`` as an artifact of ``trial``, all or nothing: written first, registered on the
+    trial only once whole (Optuna's ``upload_artifact`` registers first, so a write the disk cut short stays
+    attached to its trial, and ``export --model`` then fails on it); a failed write removes what it wrote.
+    Returns the artifact's id."""
+    artifact_id = str(uuid.uuid4())
+    try:
+        with open(archive, "rb") as f:
+            store.write(artifact_id, f)
+    except BaseException:
+        try:
+            store.remove(artifact_id)
+        except Exception:  # nothing was written, or the store cannot even remove: the write's error says why
+            pass
+        raise
+    meta = {"artifact_id": artifact_id, "filename": MODEL_FILE, "mimetype": "application/x-tar", "encoding": None}
+    trial.storage.set_trial_system_attr(trial._trial_id, PREFIX + artifact_id, json.dumps(meta))
+    return artifact_id
 
 
 def download_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, location: str | None, dest: Path) -> None:

@@ -46,13 +46,16 @@ def start(space: Space, options: RunOptions) -> Any:
 def _run_workers(space: Space, plan: Plan, cluster: Any) -> Any:
     """Prepare once here (data cache, study, warm start), then start the plan's workers with one shared budget."""
     from ..finetune.recipe import tokenize
-    from .runner import FINISHED, open_study
+    from .resilient import resilient, ride_out
+    from .runner import FINISHED, open_study, storage_window
     from .storage import open_storage, redact
 
     opts = plan.options
     url, name = opts.storage, opts.study_name
     tokenize(space)  # fills the data cache before the workers start
-    study = open_study(open_storage(url, heartbeat_interval=None), name, space, warm_start=opts.warm_start)
+    shown, window = redact(url), storage_window(opts)
+    storage = resilient(ride_out(lambda: open_storage(url, heartbeat_interval=None), shown, window), shown, window)
+    study = open_study(storage, name, space, warm_start=opts.warm_start)
     total = opts.total
     if total is None:
         total = len(study.get_trials(deepcopy=False, states=FINISHED)) + (opts.trials or 0)
@@ -65,12 +68,39 @@ def _run_workers(space: Space, plan: Plan, cluster: Any) -> Any:
         codes = launch_on_ray(cluster, plan.slots, worker_spec)
     else:
         codes = launch(worker_spec, plan.slots)
-    code = max(codes, key=abs) if any(codes) else 0
-    if code:
-        error = HpsearchError(f"{len(plan.slots)} workers on study {name}: a worker exited with status {code}")
-        error.exit_code = code  # the CLI exits with the worker's status (130 when interrupted)
-        raise error
-    return study
+    failed = [(i, c) for i, c in enumerate(codes) if c]
+    if not failed:
+        return study
+    said = "; ".join(f"worker w{i} {_exit_said(c)}" for i, c in failed)
+    interrupted = next((_exit_code(c) for _, c in failed if _exit_code(c) in (130, 143)), None)
+    if interrupted is None and _finished(study) >= total:  # the others finished the budget: the study is whole
+        print(f"[hpsearch] {said}; the study reached its {total} finished trials all the same", file=sys.stderr,
+              flush=True)
+        return study
+    error = HpsearchError(f"{len(plan.slots)} workers on study {name}: {said}")
+    error.exit_code = interrupted or 1  # 130 / 143 when interrupted; never a raw negative status
+    raise error
+
+
+def _exit_code(code: int) -> int:
+    """A worker's exit status as a shell gives it: 128 + N for a worker killed by signal N."""
+    return 128 - code if code < 0 else code
+
+
+def _exit_said(code: int) -> str:
+    """How the launcher names a worker's end: its exit status, or the signal that killed it."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _finished(study: Any) -> int:
+    from .runner import FINISHED
+
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def free_port() -> int:

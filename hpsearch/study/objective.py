@@ -12,6 +12,7 @@ pruned or why it failed, and peak memory.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import socket
 import sys
@@ -24,6 +25,7 @@ import torch
 
 from ..config.conditions import parse
 from ..config.measurements import LATENCY, MEASUREMENTS, OBJECTIVES, PEAK_MEMORY
+from ..config.metrics import MetricFailed
 from ..config.placement import MEMORY_FRACTION_ENV
 from ..config.space import Space
 from ..config.vocabulary import Hyperparameters
@@ -72,6 +74,22 @@ ALLOCATION_ERRORS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATU
                      "CUBLAS_STATUS_NOT_INITIALIZED")
 """Messages of the RuntimeErrors a GPU raises when memory runs out outside the caching allocator (cuBLAS and cuDNN
 workspaces): the trial failed for memory, as with ``torch.cuda.OutOfMemoryError``."""
+
+
+def finite(name: str, value: float, study: Any = None) -> float:
+    """``value`` of metric ``name``, which must be a finite number for Optuna to rank it; else MetricFailed, saying
+    when a built-in metric is undefined (:attr:`hpsearch.tasks.base.Metric.undefined`)."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return value
+    from ..tasks import all_metrics
+
+    known = all_metrics().get(name)
+    why = f": undefined here ({known.undefined})" if known is not None and known.undefined else ""
+    raise MetricFailed(f"{name} is {value}{why}")
+
+
+METRIC_FAILURES_TO_STOP = 3
+"""Trials whose metric failed, with none completed, after which a worker stops (one line, exit 1)."""
 
 
 class OverTime(RuntimeError):
@@ -126,7 +144,7 @@ class _Reporter(Callback):
         self.progress.trial_evaluated(state, metrics)
         if self.multi:  # Optuna takes intermediate values (and prunes) for single-objective studies only
             return
-        self.trial.report(metrics[self.metric], state.report)
+        self.trial.report(finite(self.metric, metrics[self.metric], self.trial.study), state.report)
         final = state.step == state.total_steps
         if not final and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
@@ -203,6 +221,8 @@ class Objective:
         self.group = group
         """The trial's process group (``--gpus-per-trial``): this process is its rank 0 and sends each trial's
         hyperparameters to the other ranks (:func:`follow`)."""
+        self.completed, self.metric_failures = 0, 0
+        """Trials this objective completed, and those whose metric failed (:meth:`_metric_failed`)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.liveness is None:
@@ -226,11 +246,17 @@ class Objective:
             if self.group is not None:
                 self.group.broadcast(hp)
             model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group)
-            value = result.metrics[self.metric] if not self.objectives else self._values(trial, model, result,
-                                                                                         reporter)
+            value = (finite(self.metric, result.metrics[self.metric]) if not self.objectives else
+                     self._values(trial, model, result, reporter))
             self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
             if self.keeper is not None and self.feasible:
                 self._keep(trial, model, hp, result, value)
+        except MetricFailed as exc:  # the trial is FAIL with the reason; the study goes on unless every trial fails
+            self._record(trial, reporter, status="failed: metric")
+            trial.set_user_attr(record.FAIL_REASON, str(exc)[:300])
+            self._metric_failed(str(exc))
+            _let_go(exc)
+            raise
         except optuna.TrialPruned as exc:
             self._record(trial, reporter, status="pruned")
             s = reporter.state
@@ -263,7 +289,17 @@ class Objective:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+        self.completed += 1
         return value
+
+    def _metric_failed(self, reason: str) -> None:
+        """Count a trial whose metric failed; when every trial so far failed so (:data:`METRIC_FAILURES_TO_STOP` of
+        them, none completed), the study stops with that reason in one line: a metric that fails on every
+        config is a bug to fix, not a region to learn."""
+        self.metric_failures += 1
+        if not self.completed and self.metric_failures >= METRIC_FAILURES_TO_STOP:
+            raise HpsearchError(f"every trial so far ({self.metric_failures}) failed the same way: {reason}; "
+                                f"fix the metric and run the same command again")
 
     def _values(self, trial: optuna.Trial, model: torch.nn.Module, result: Any, reporter: _Reporter) -> list[float]:
         """Each of ``study.metrics``: an evaluated metric, or a measurement of the trained model or its training
@@ -272,7 +308,7 @@ class Objective:
         for name in self.objectives:
             m = OBJECTIVES.get(name)
             if m is None:
-                out.append(float(result.metrics[name]))
+                out.append(float(finite(name, result.metrics[name])))
             elif m is LATENCY:
                 latency = inference_latency_ms(model, self.prepared)
                 trial.set_user_attr(LATENCY.name, LATENCY.stored(latency))

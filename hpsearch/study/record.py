@@ -235,9 +235,10 @@ def feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 def rank_of_new(study: optuna.Study, value: float) -> int:
     """Where a trial completing now with ``value`` (not confirmed yet) would stand in :func:`ranked_trials`: the
-    number of completed trials ranked ahead of it."""
+    number of completed trials ranked ahead of it. Ties go to the earlier trial, as the ranking's stable sort puts
+    them (a tie that counted as ahead of nothing would save a model that the pruning then removes at once)."""
     confirmed = confirmations(study)
-    return sum(t.number in confirmed or better(study, t.value, value)
+    return sum(t.number in confirmed or t.value == value or better(study, t.value, value)
                for t in study.get_trials(deepcopy=False, states=(COMPLETE,)) if feasible(t))
 
 

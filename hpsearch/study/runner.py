@@ -6,6 +6,7 @@ metric is refused before any attribute is written.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -20,6 +21,7 @@ from ..config.space import Space
 from ..errors import UsageError
 from ..finetune.recipe import Prepared, prepare
 from . import record
+from .resilient import RETRY_S, resilient, ride_out, unavailable
 from .samplers import build_pruner, build_sampler
 from .storage import retry_transient
 
@@ -127,10 +129,27 @@ def _describe_for_dashboard(study: optuna.Study, space: Space) -> None:
     optuna_dashboard.save_note(study, body)
 
 
+class _NoTraceback(logging.Filter):
+    """Optuna's warning for a failed trial in one line: its message names the error, and the traceback it attaches
+    (an interrupt, a storage outage, a metric function's exception) is the worker's business, which says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_optuna() -> None:
+    """Optuna's log at warnings, each a line without a traceback (on every handler of its logger)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoTraceback) for f in handler.filters):
+            handler.addFilter(_NoTraceback())
+
+
 def prepare_run(space: Space, device: str, weights: bool = True) -> Prepared:
     """Everything checked and loaded before the storage is touched: the recipe's preparation (device, model checks,
     tokenized data, pretrained weights) and what the study section asks of the data."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     prepared = prepare(space, device, weights=weights)
     confirm = space.study.confirm
     n = len(prepared.data.train)
@@ -201,6 +220,7 @@ def _release(group: Any) -> None:
 
 def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, progress: Any) -> optuna.Study:
     """The study side of :func:`run_study`: this process alone, or rank 0 of a trial's process group."""
+    from ..config.metrics import MetricFailed
     from . import storage as st
     from .objective import BudgetReached, Objective
     from .progress import make_progress
@@ -209,7 +229,10 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     url = options.storage
     interval = options.heartbeat_interval or st.HEARTBEAT_INTERVAL
     retries = st.MAX_RETRY if options.max_retry is None else options.max_retry
-    storage = open_storage(url, heartbeat_interval=interval, grace_period=options.grace_period, max_retry=retries)
+    shown, window = st.redact(url), storage_window(options)
+    opened = ride_out(lambda: open_storage(url, heartbeat_interval=interval, grace_period=options.grace_period,
+                                           max_retry=retries), shown, window)
+    storage = resilient(opened, shown, window)
     liveness = liveness_for(storage, url, interval, options.grace_period, retries)
     study = open_study(storage, options.study_name or space.name, space, warm_start=options.warm_start)
     confirm = space.study.confirm
@@ -233,7 +256,7 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
 
         callbacks.append(WandbLogger(options.wandb, space.study.metric))
     callbacks.append(interrupts.stop_study)
-    kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached,)}
+    kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached, MetricFailed)}
     try:
         with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
             if total is None:
@@ -241,6 +264,11 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
             else:
                 _run_to_total(study, objective, total, n_trials, options.timeout, kwargs, poll=interval,
                               liveness=liveness)
+    except Exception as exc:
+        outage = unavailable(exc)  # Optuna's own follow-on errors (its finally after a failed tell) hide it
+        if outage is None:
+            raise
+        raise outage from None
     finally:
         progress.close()
     if confirm:
@@ -252,6 +280,11 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
             keeper.k = keep_best
             keeper.prune(study)
     return study
+
+
+def storage_window(options: RunOptions) -> float:
+    """How long this worker rides out a storage outage (``--storage-retry-s``)."""
+    return RETRY_S if options.storage_retry_s is None else options.storage_retry_s
 
 
 def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, artifacts: str | None) -> Any:

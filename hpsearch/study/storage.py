@@ -113,7 +113,7 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
             return storage
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+            raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from exc
 
 
 def _open_other(url: str) -> Any:
@@ -130,20 +130,7 @@ def _connect(url: str) -> Any:
     kind = storage_kind(url)
     try:
         if kind == "journal":
-            from optuna.storages.journal import (
-                JournalFileBackend,
-                JournalFileOpenLock,
-                JournalFileSymlinkLock,
-                JournalStorage,
-            )
-
-            path = journal_path(url)
-            if os.path.dirname(path):
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            # Symlink creation is atomic on every NFS version (the lock for a shared file system); Windows has
-            # no unprivileged symlinks, so it gets the O_EXCL lock.
-            lock = JournalFileOpenLock(path) if os.name == "nt" else JournalFileSymlinkLock(path)
-            return JournalStorage(JournalFileBackend(path, lock_obj=lock))
+            return _open_journal(url)
         if kind == "redis":
             import redis
             from optuna.storages.journal import JournalRedisBackend, JournalStorage
@@ -164,7 +151,63 @@ def _connect(url: str) -> Any:
         raise HpsearchError(f"storage {redact(url)} needs {exc.name or exc}{hint}") from None
     except Exception as exc:  # connection refused, timeout, unreadable file: the reason, without the password
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from None
+        raise HpsearchError(f"cannot open storage {redact(url)}: {reason.replace(url, redact(url))}") from exc
+
+
+def journal_lock(path: str) -> Any:
+    """The lock of a journal file: a symlink beside it, atomic on every NFS version (the lock for a shared file
+    system); Windows has no unprivileged symlinks, so it gets the O_EXCL lock."""
+    from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
+
+    return JournalFileOpenLock(path) if os.name == "nt" else JournalFileSymlinkLock(path)
+
+
+def _open_journal(url: str) -> Any:
+    """A journal file's storage (its torn last line set aside at each append: :mod:`hpsearch.study.journal`); an
+    unreadable line in its middle is one error naming the line, its byte and the repair."""
+    from pathlib import Path
+
+    from optuna.storages.journal import JournalStorage
+
+    from .journal import TornSafeJournalFile, unreadable_lines
+
+    path = journal_path(url)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        return JournalStorage(TornSafeJournalFile(path, lock_obj=journal_lock(path)))
+    except ValueError as exc:  # json's decode error, Optuna's "Invalid log format"
+        bad = [b for b in unreadable_lines(Path(path)) if b.data.endswith(b"\n")]
+        if not bad:
+            raise
+        first = bad[0]
+        raise HpsearchError(f"storage {url}: line {first.line} (byte {first.offset}) of {path} is not a journal "
+                            f"record (a write cut short, then appended to); set it aside with: hpsearch repair "
+                            f"--storage {url}") from exc
+
+
+def repair_storage(url: str) -> str:
+    """``hpsearch repair``: set aside the unreadable lines of a journal file (:func:`hpsearch.study.journal.repair`)
+    and open it; return what was done, in a line."""
+    from pathlib import Path
+
+    from .journal import repair
+
+    if storage_kind(url) != "journal":
+        raise UsageError(f"--storage {redact(url)}: repair mends journal files (journal:///x.log); a database or "
+                         f"Redis keeps its own consistency")
+    path = journal_path(url)
+    if not os.path.isfile(path):
+        raise UsageError(f"--storage {url}: no such file {path}")
+    done = repair(Path(path), journal_lock(path))
+    if not done["lines_set_aside"]:
+        return f"{url}: every line is a journal record; nothing to repair"
+    import optuna
+
+    studies = optuna.get_all_study_names(open_storage(url, read_only=True))
+    return (f"{url}: set aside {done['lines_set_aside']} unreadable line(s) ({done['bytes_set_aside']} bytes) in "
+            f"{path}.torn, kept {done['records_kept']} whole record(s) found in them; the journal opens again "
+            f"({len(studies)} stud{'y' if len(studies) == 1 else 'ies'}); the operations on those lines are lost")
 
 
 def load_study(storage_url: str, name: str) -> Any:

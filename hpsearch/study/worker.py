@@ -43,6 +43,9 @@ def main() -> int:
     from .runner import run_study
 
     given = json.load(sys.stdin)
+    # The launcher forwards its user's Ctrl-C: listen for it even where SIGINT came in ignored (a launcher started
+    # in the background, `cmd &`, passes that on to its children).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, raise_terminated)
     try:
         run_study(Space(given["config"], given["source"]), RunOptions(**given["options"]))

@@ -28,6 +28,8 @@ class Metric:
     proportion: bool = False
     """A share of the validation rows (accuracy): its standard error is sqrt(p (1 - p) / n), which the report
     shows so that leaders within noise of each other are told apart from real differences."""
+    undefined: str = ""
+    """When it is NaN, why (ROC AUC on a validation split of one class): what a trial that chose by it says."""
 
     @property
     def direction(self) -> str:

@@ -62,7 +62,8 @@ class SequenceClassification:
         Metric("f1_weighted", True, "F1 per class weighted by its rows (imbalanced data)"),
         Metric("f1_micro", True, "F1 over all decisions (equals accuracy for single-label data)", proportion=True),
         Metric("mcc", True, "Matthews correlation coefficient"),
-        Metric("roc_auc", True, "area under the ROC curve: binary, or one-vs-rest macro over the classes"),
+        Metric("roc_auc", True, "area under the ROC curve: binary, or one-vs-rest macro over the classes",
+               undefined="the validation labels hold a single class, or lack one of the classes"),
         Metric("eval_loss", False, "mean cross-entropy"),
     )
     default_metric = "accuracy"

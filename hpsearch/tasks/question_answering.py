@@ -267,6 +267,10 @@ def _column(split: RawSplit, key: str) -> str:
 
 
 def _start(where: str, column: str, value: Any, text: str) -> int:
+    """A character position: an integer >= 0, also as the float a loader made of it (a column with one
+    fractional value is read as floats: its 0 is 0.0, and only the fractional one is wrong)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DataError(f"{where}: {column}: answer_start {value!r} of {text!r} is not a character position "
                         f"(an integer >= 0)")

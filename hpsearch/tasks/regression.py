@@ -23,8 +23,9 @@ class Regression:
     metrics = (
         Metric("mse", False, "mean squared error"),
         Metric("mae", False, "mean absolute error"),
-        Metric("pearson", True, "Pearson correlation of predictions and labels"),
-        Metric("spearman", True, "Spearman rank correlation"),
+        Metric("pearson", True, "Pearson correlation of predictions and labels",
+               undefined="the predictions or the labels are constant"),
+        Metric("spearman", True, "Spearman rank correlation", undefined="the predictions or the labels are constant"),
         Metric("eval_loss", False, "the training loss on validation (= mse)"),
     )
     default_metric = "mse"

@@ -36,6 +36,11 @@ def one_argument(predictions):
 def broken(predictions, references):
     raise KeyError("gold")
 
+def not_a_number(predictions, references):
+    return float("nan")
+
+not_a_number.direction = "maximize"
+
 NOT_A_FUNCTION = 3
 '''
 
@@ -97,10 +102,38 @@ def test_a_study_optimizes_the_metric_function(metric_module, tiny_model: Path, 
     import yaml
 
     file.write_text(yaml.safe_dump(broken))
-    res = hpsearch("run", "--space", str(file), "--trials", "1", "--device", "cpu",
+    res = hpsearch("run", "--space", str(file), "--trials", "5", "--device", "cpu",
                    "--storage", f"sqlite:///{tmp_path}/b.db")
-    assert res.returncode == 1 and f"study.metric {metric_module}:broken: KeyError: 'gold'" in res.stderr
-    assert "Traceback" not in res.stderr
+    reason = f"study.metric {metric_module}:broken raised KeyError: 'gold'"
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (f"error: every trial so far (3) failed the same way: {reason}; fix "
+                                                   f"the metric and run the same command again")
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path}/b.db").trials
+    assert [t.state.name for t in trials] == ["FAIL"] * 3  # each failed alone; the study went on, then stopped
+    assert {t.user_attrs["fail_reason"] for t in trials} == {reason}
+    assert {t.user_attrs["status"] for t in trials} == {"failed: metric"}
+
+
+def test_a_metric_that_is_not_a_number_fails_its_trial_with_the_reason(metric_module, tiny_model: Path,
+                                                                      tiny_data: dict, tmp_path: Path) -> None:
+    nan = space_dict(tiny_model, tiny_data, study__metric=f"{metric_module}:not_a_number", fixed__epochs=1)
+    study = hpsearch.run(nan, trials=1, device="cpu", storage=f"sqlite:///{tmp_path}/n.db")
+    (trial,) = study.trials
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["fail_reason"] == f"study.metric {metric_module}:not_a_number returned nan"
+    one_class = space_dict(tiny_model, tiny_data, study__metric="roc_auc", fixed__epochs=1,
+                           data__validation={"path": str(_one_class(tiny_data, tmp_path)), "text_column": "content"})
+    (trial,) = hpsearch.run(one_class, trials=1, device="cpu", storage=f"sqlite:///{tmp_path}/r.db").trials
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == (
+        "roc_auc is nan: undefined here (the validation labels hold a single class, or lack one of the classes)")
+
+
+def _one_class(tiny_data: dict, tmp_path: Path) -> Path:
+    """The tiny validation file's rows of label 1 only."""
+    lines = tiny_data["dev"].read_text().splitlines()
+    path = tmp_path / "one_class.tsv"
+    path.write_text("\n".join([lines[0]] + [line for line in lines[1:] if line.startswith("1\t")]) + "\n")
+    return path
 
 
 def hpsearch_run(raw: dict, tmp_path: Path) -> optuna.Study:

@@ -72,7 +72,7 @@ def test_bad_space_writes_nothing(make_space, hpsearch, tmp_path: Path) -> None:
 
 
 def test_unreachable_storage_is_one_clear_line_without_password(make_space, hpsearch) -> None:
-    res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--quiet",
+    res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--quiet", "--storage-retry-s", "1",
                    "--storage", "postgresql://bob:s3cret@127.0.0.1:9/nowhere")
     assert res.returncode == 1
     assert "cannot open storage postgresql://bob:***@127.0.0.1:9/nowhere" in res.stderr

@@ -19,7 +19,7 @@ from hpsearch.finetune import model
 from hpsearch.study import runner
 from hpsearch.study.progress import Progress
 from hpsearch.tasks.classification import SequenceClassification
-from tests.helpers import CPU, batch_size_search, fake_accuracy
+from tests.helpers import CPU, batch_size_search, default_signals, fake_accuracy
 
 
 def test_out_of_memory_fails_the_trial_frees_the_model_and_goes_on(storage_url: str, make_space, study_name: str,
@@ -75,7 +75,7 @@ def test_interrupt_marks_the_trial_failed_and_resume_works(storage: str, make_sp
     # A suite started in the background (`cmd &`) inherits SIGINT ignored, and so would the worker: restore it,
     # as a worker started from a terminal has it.
     proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "trial 0 started" not in proc.stderr.readline():
         pass

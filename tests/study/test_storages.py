@@ -16,7 +16,7 @@ import pytest
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.study import storage as S
 from hpsearch.study.liveness import HEARTBEAT_ATTR, Liveness
-from tests.helpers import finish, kill_a_worker_mid_trial, start_cli
+from tests.helpers import default_signals, finish, kill_a_worker_mid_trial, start_cli
 
 REDIS_DB = 15
 """A Redis database of its own: the fixture clears the journal's keys there before and after each test."""
@@ -60,7 +60,8 @@ def grpc_url(tmp_path: Path):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "hpsearch", "storage-proxy", "--storage",
                              f"sqlite:///{tmp_path}/behind-proxy.db", "--port", str(port)],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_signals)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         with socket.socket() as s:

@@ -280,6 +280,10 @@ def _bad_rows(tmp_path: Path, change) -> dict[str, Path]:
     (lambda r: r["answers"]["answer_start"].__setitem__(0, -4), "answer_start -4"),
     (lambda r: r.__setitem__("answers", {"text": ["rome"]}), "must hold {text: [...], answer_start: [...]}"),
     (lambda r: r.__setitem__("story", None), "context_column 'story' is null"),
+    # one fractional start makes the loader read the column as floats (every 0 a 0.0): the row and the value named
+    # are the fractional one's, as written
+    (lambda r: r["answers"]["answer_start"].__setitem__(0, r["answers"]["answer_start"][0] + 0.5),
+     ".5 of "),
 ])
 def test_a_bad_answer_is_one_line_naming_file_row_and_column(change, expected: str, tmp_path: Path, hpsearch,
                                                              tiny_tagger: Path) -> None:
