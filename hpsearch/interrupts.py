@@ -94,11 +94,31 @@ def requested() -> bool:
 
 
 def check() -> None:
-    """Raise the held signal's KeyboardInterrupt (or :class:`Terminated`), if any: call where stopping is safe."""
+    """Raise the held signal's KeyboardInterrupt (or :class:`Terminated`), if any: call where stopping is safe.
+
+    In a thread other than the main one (a member of a fused group) the signal stays held, so that every member
+    stops; the main thread's check takes it."""
     global _pending
     if _pending is not None:
-        exc, _pending = _pending, None
-        raise exc
+        exc = _pending
+        if threading.current_thread() is threading.main_thread():
+            _pending = None
+            raise exc
+        raise type(exc)()
+
+
+def clear() -> None:
+    """Drop a held signal (the main thread, after the members of a fused group stopped for another error)."""
+    global _pending
+    _pending = None
+
+
+def stop_all() -> None:
+    """Hold a KeyboardInterrupt as if Ctrl-C had been pressed (when nothing is held): every trial of this process
+    stops at its next step (a fused group whose member hit an error that stops the worker)."""
+    global _pending, _pending_at
+    if _pending is None:
+        _pending, _pending_at = KeyboardInterrupt(), time.monotonic()
 
 
 def stop_study(study: Any, trial: Any) -> None:

@@ -124,6 +124,11 @@ class RunOptions:
         flag="--gpus-per-trial", kind=int, low=1, metavar="K",
         help="Train each trial data-parallel on K GPUs (DDP; rank 0 talks to the study); with --device cpu, K "
              "processes (gloo).")
+    fuse: int | None = option(
+        flag="--fuse", kind=int, low=1, metavar="K", to_workers=True,
+        help="Train K trials at once in each worker as one model: one forward and one backward a step for all of "
+             "them, LoRA trials on one shared copy of the base weights (each trial still its own: reports, "
+             "pruning, result). Pays where a trial leaves the device idle: small models, LoRA.")
     ray: str | None = option(
         flag="--ray", flag_value="", metavar="[ADDRESS]",
         help="Run the workers (--workers N, default 1) as Ray tasks on the Ray cluster at ADDRESS (without one: "

@@ -197,9 +197,33 @@ def space_problems(space: Space, options: RunOptions) -> list[Problem]:
     if space.model.cuda_graphs and options.gpus_per_trial:
         out.append(Problem(f"model.cuda_graphs with {shown('gpus_per_trial')}: a process group's collectives are not "
                            f"captured; drop one of them"))
+    out += fuse_problems(space, options)
     if options.warm_start and study.multi:
         out.append(Problem(f"{shown('warm_start')} {options.warm_start}: warm starts take the best configs of "
                            f"single-objective studies, and this one has several objectives (study.metrics)"))
+    return out
+
+
+def fuse_problems(space: Space, options: RunOptions) -> list[Problem]:
+    """What a fused group (``--fuse K``: K trials trained as one model in one process) cannot be combined with."""
+    if not options.fuse:
+        return []
+    out, fuse = [], f"{shown('fuse')} {options.fuse}"
+    if options.gpus_per_trial:
+        out.append(Problem(f"{fuse} with {shown('gpus_per_trial')}: a fused group trains in one process on one "
+                           f"device; give one of them"))
+    if space.model.cuda_graphs:
+        out.append(Problem(f"{fuse} with model.cuda_graphs: a fused pass changes its members, and so its shapes, "
+                           f"from step to step; drop one of them"))
+    if space.model.quantized:
+        out.append(Problem(f"{fuse} with model.quantization {space.model.quantization}: quantized bases are not "
+                           f"fused yet (each member would load its own); drop one of them"))
+    if space.study.deterministic:
+        out.append(Problem(f"{fuse} with study.deterministic: a member's dropout masks depend on which members "
+                           f"share its passes; drop one of them"))
+    if "latency_ms" in space.study.metrics:
+        out.append(Problem(f"{fuse} with latency_ms in study.metrics: a member's latency would be timed while the "
+                           f"group's other members train; measure it without {shown('fuse')}"))
     return out
 
 

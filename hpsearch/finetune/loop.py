@@ -29,6 +29,7 @@ from .checkpoints import Tracker, restore
 from .device import autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
 from .evaluation import evaluate
+from .fused import Fuser, Member
 from .graphs import StepGraphs
 from .optim import make_optimizer, make_scheduler
 from .state import Callback, NonFiniteLoss, TrainingState, TrainResult, TrainSettings
@@ -37,7 +38,7 @@ from .vocab import SmallVocabulary, shrink_vocabulary
 
 def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings = TrainSettings(), *,
           device: torch.device, callback: Callback | None = None, setup_time: float = 0.0,
-          group: Group | None = None) -> TrainResult:
+          group: Group | None = None, fuser: Fuser | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with the hyperparameters ``hp``, evaluating as ``settings`` say.
 
     Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been seen.
@@ -50,6 +51,9 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
     trains on its share of every batch (the gradients averaged: the same update as one process on the whole
     batch), rank 0 alone evaluates and tells the callback, and the others stop when it does; they return a result
     without metrics.
+
+    With a ``fuser`` (:mod:`hpsearch.finetune.fused`) the model is a member of a fused group: its training passes
+    run with the other members' as one, everything else as here.
     """
     entered = time.perf_counter()
     counts = (sum(p.numel() for p in model.parameters()),
@@ -58,8 +62,10 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
     run = None
     try:
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
-                     setup_time + time.perf_counter() - entered, group)
+                     setup_time + time.perf_counter() - entered, group, fused=fuser is not None)
         run.state.parameters, run.state.trainable_parameters = counts
+        if fuser is not None:
+            run.member = fuser.join(model, hp.dropout)
         for epoch in range(hp.epochs):
             if _epoch(run, epoch):
                 break
@@ -70,6 +76,8 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
                 from exc
         raise
     finally:
+        if run is not None and run.member is not None:
+            run.member.leave()
         if vocab is not None:
             vocab.restore(model)
         if run is not None and run.mask_hook is not None:
@@ -130,6 +138,8 @@ class _Run:
     """The trial's process group when it trains across devices (None: this process alone)."""
     trainer: torch.nn.Module | None = None
     """What the training passes run: the model, or the model in DistributedDataParallel within a group."""
+    member: Member | None = None
+    """This model's place in a fused group (its passes run with the other members'); None: trained alone."""
 
     @property
     def autocast(self) -> torch.dtype | None:
@@ -154,7 +164,7 @@ class _Run:
 
 def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings,
            device: torch.device, vocab: SmallVocabulary | None, callback: Callback, setup_time: float,
-           group: Group | None = None) -> _Run:
+           group: Group | None = None, fused: bool = False) -> _Run:
     """Optimizer, schedule, seeded batch order and dropout, the evaluation subset and the checkpoint tracker."""
     entered = time.perf_counter()
     n = len(data.train)
@@ -167,7 +177,8 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, sett
     if vocab is not None:
         vocab.track(optimizer)
     generator = torch.Generator().manual_seed(hp.seed)
-    torch.manual_seed(hp.seed)  # dropout masks
+    if not fused:  # a fused group's dropout masks are its passes' (and the process's seed is its members' heads')
+        torch.manual_seed(hp.seed)  # dropout masks
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     limit = settings.intermediate_eval_samples
@@ -306,6 +317,8 @@ def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
     gradients are those of one pass over the whole batch."""
     if run.group is not None:
         return _accumulate_share(run, batch, run.group)
+    if run.member is not None:
+        return _accumulate_fused(run, batch, run.member)
     chunk, task = batch.chunk, run.task
     parts = batch.parts(run.micro)
     if len(parts) == 1:
@@ -321,6 +334,21 @@ def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
         _backward(run, loss)
         loss_sum = loss_sum + loss.detach()
     return loss_sum
+
+
+def _accumulate_fused(run: _Run, batch: Batch, member: Member) -> torch.Tensor:
+    """:func:`_accumulate` for a member of a fused group: each micro-batch's pass runs with the other members'."""
+    chunk, device = batch.chunk, run.device
+    parts = batch.parts(run.micro)
+    labels = [chunk.labels_of(part, device) for part in parts]
+    units = [_units(run.task, part_labels) for part_labels in labels] if len(parts) > 1 else [1]
+    total = sum(units)
+    scale = run.scaler.scale if run.scaler is not None else None
+    losses = [member.forward_backward(chunk.batch(part, device, width=_width(run, chunk, part)), part_labels,
+                                      n / total if len(parts) > 1 else 1.0, scale,
+                                      per_token=not chunk.fixed_width_labels)
+              for part, part_labels, n in zip(parts, labels, units)]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
 
 def _accumulate_share(run: _Run, batch: Batch, group: Group) -> torch.Tensor:
@@ -403,6 +431,9 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
     """Evaluate for report ``crossed`` of this epoch, tell the callback, and record a checkpoint; True to stop.
     Within a group, rank 0 does this and tells the other ranks whether to stop (also when it raises)."""
     group = run.group
+    if run.member is not None:
+        with run.member.away():  # the other members' passes do not wait for this evaluation
+            return _evaluate_and_tell(run, epoch, crossed)
     if group is None:
         return _evaluate_and_tell(run, epoch, crossed)
     if not group.main:

@@ -6,6 +6,7 @@ model is merged (it loads without peft); ``hpsearch train --adapter-only`` saves
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -46,7 +47,9 @@ def apply(model: torch.nn.Module, hp: Hyperparameters, peft_task_type: str,
                             f"it has {', '.join(linear_module_names(model))}")
     config = LoraConfig(task_type=TaskType[peft_task_type], r=hp.lora_r, lora_alpha=hp.lora_alpha,
                         lora_dropout=hp.lora_dropout, target_modules=targets(hp.lora_target_modules))
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = get_peft_model(model, config)
     k = hp.num_frozen_layers
     if k and blocks is not None:
         for block in list(blocks)[:k]:

@@ -193,7 +193,7 @@ def _model_class(auto: str, config: Any) -> Any:
 
 
 def _load(model: ModelSection, config: Any, auto: str, device: torch.device, precision: Precision,
-          attn: str | None, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+          attn: str | None, weights: dict[str, torch.Tensor] | None, adopt: bool = False) -> torch.nn.Module:
     """The task model with pretrained weights, built straight on ``device`` in the plan's weight dtype: the body
     from the in-memory copy of the checkpoint (or, for quantized weights, the checkpoint through bitsandbytes), the
     head initialised by transformers under the trial's seed; no random initialisation of the body first."""
@@ -215,22 +215,26 @@ def _load(model: ModelSection, config: Any, auto: str, device: torch.device, pre
         return built.to(device)
     # from_pretrained adopts a tensor that already has the wanted dtype and device: copy those, so that training
     # never writes into the copy every trial starts from.
-    own = {k: v.clone() if v.dtype == precision.weights and v.device == device else v for k, v in weights.items()}
+    own = weights if adopt else {k: v.clone() if v.dtype == precision.weights and v.device == device else v
+                                 for k, v in weights.items()}
     return cls.from_pretrained(None, config=config, state_dict=own, **placement, **extra)
 
 
 def build_model(spec: ModelSection, hp: Hyperparameters, data: PreparedData, device: torch.device,
-                precision: Precision | None = None) -> torch.nn.Module:
+                precision: Precision | None = None, base: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """A fresh model for the data's task, on ``device``: pretrained body, seeded new head, the trial's dropout,
     frozen layers, gradient checkpointing, LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`), and
-    its parameters in the dtypes ``precision`` says (default: fp32)."""
+    its parameters in the dtypes ``precision`` says (default: fp32). With ``base`` (:func:`shared_base`) the body's
+    weights are those tensors themselves, not copies: models that never train them (LoRA members of a fused group,
+    and its executor) hold one base between them."""
     precision = precision or FP32
     auto = data.task.auto_class
     config = head_config(spec, data)
-    weights = None if spec.quantized else _pretrained_weights(spec, config, auto)
+    weights = base if base is not None else None if spec.quantized else _pretrained_weights(spec, config, auto)
     set_dropout(config, hp.dropout)
     torch.manual_seed(hp.seed)  # the head's initialization depends on the trial's seed only
-    model = _load(spec, config, auto, device, precision, attn_implementation(spec, device, precision), weights)
+    model = _load(spec, config, auto, device, precision, attn_implementation(spec, device, precision), weights,
+                  adopt=base is not None)
     count = model_layer_count(config.to_dict())
     freeze_layers(model, hp.num_frozen_layers, count)
     if device.type == "cpu":  # on a GPU native dropout is fused and cheap already
@@ -246,6 +250,15 @@ def build_model(spec: ModelSection, hp: Hyperparameters, data: PreparedData, dev
         model = lora.apply(model, hp, data.task.peft_task_type, blocks)
     model = cast_parameters(model, precision)
     return model if spec.quantized else model.to(device)  # bitsandbytes' weights are placed at load and refuse .to
+
+
+def shared_base(spec: ModelSection, data: PreparedData, device: torch.device,
+                precision: Precision | None = None) -> dict[str, torch.Tensor]:
+    """The pretrained body's weights on ``device`` in the plan's weight dtype, once, for models to adopt
+    (:func:`build_model`'s ``base``)."""
+    dtype = (precision or FP32).weights
+    weights = _pretrained_weights(spec, head_config(spec, data), data.task.auto_class)
+    return {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in weights.items()}
 
 
 def cast_parameters(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:

@@ -8,6 +8,7 @@ settings in the space, the hyperparameters in ``hp``.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import deterministic, resolve_device, set_numerics
 from .distributed import Group, rank_device
+from .fused import SENTINEL_DROPOUT, Fuser
 from .loop import train
 from .model import (
     build_model,
@@ -28,6 +30,7 @@ from .model import (
     load_tokenizer,
     matmul_parameters,
     preload,
+    shared_base,
 )
 from .precision import Precision, Workload, precision_plan, typical_pass
 from .state import Callback, TrainResult, TrainSettings
@@ -144,12 +147,28 @@ def score_test(space: Space, model: torch.nn.Module, prepared: Prepared,
 
 
 def fine_tune(space: Space, hp: Hyperparameters, prepared: Prepared, callback: Callback | None = None,
-              group: Group | None = None) -> tuple[torch.nn.Module, TrainResult]:
+              group: Group | None = None, fuser: Fuser | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says
-    (data-parallel across ``group``'s ranks when given); return the trained model and what training produced (the
-    time to build the model counts as setup)."""
+    (data-parallel across ``group``'s ranks when given; as a member of ``fuser``'s fused group when given, a LoRA
+    model on its shared base); return the trained model and what training produced (the time to build the model
+    counts as setup)."""
     t0 = time.perf_counter()
-    model = build_model(space.model, hp, prepared.data, prepared.device, prepared.precision)
+    with fuser.setup_lock if fuser is not None else nullcontext():  # the head's seed is the process's
+        model = build_model(space.model, hp, prepared.data, prepared.device, prepared.precision,
+                            base=fuser.base if fuser is not None and hp.lora_r > 0 else None)
     result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),
-                   device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0, group=group)
+                   device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0, group=group,
+                   fuser=fuser)
     return model, result
+
+
+def fuser_for(space: Space, prepared: Prepared, size: int) -> Fuser:
+    """A fused group of up to ``size`` trials of ``space`` (:mod:`hpsearch.finetune.fused`), whose LoRA members
+    and executor share one copy of the pretrained body."""
+    base = shared_base(space.model, prepared.data, prepared.device, prepared.precision)
+
+    def executor() -> torch.nn.Module:
+        hp = Hyperparameters().replace(lora_r=0, dropout=SENTINEL_DROPOUT)
+        return build_model(space.model, hp, prepared.data, prepared.device, prepared.precision, base=base)
+
+    return Fuser(size, prepared.data.task, prepared.device, prepared.precision.autocast, executor, base=base)

@@ -16,6 +16,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from ..config.vocabulary import Hyperparameters
 from ..errors import HpsearchError
 from ..finetune.device import peak_memory_mb
 from ..finetune.distributed import Group, GroupLost
+from ..finetune.fused import Fuser, private
 from ..finetune.recipe import Prepared, fine_tune, inference_latency_ms
 from ..finetune.state import Callback, NonFiniteLoss, TrainingState
 from ..interrupts import check as check_interrupt
@@ -199,7 +201,7 @@ class Objective:
 
     def __init__(self, space: Space, prepared: Prepared, progress: Progress | None = None,
                  config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
-                 liveness: Liveness | None = None, group: Group | None = None) -> None:
+                 liveness: Liveness | None = None, group: Group | None = None, fuser: Fuser | None = None) -> None:
         self.space = space
         self.prepared = prepared
         self.device = prepared.device
@@ -210,8 +212,6 @@ class Objective:
         """A multi-objective study's objectives (``study.metrics``); empty with one."""
         self.constraints = [parse(text)[0] for text in space.study.constraints]
         """``study.constraints``: each trial's measurements against them go to Optuna as constraint values."""
-        self.feasible = True
-        """Whether the trial that just ended met every constraint."""
         self.time_limit = min((c.value for c in self.constraints if c.name == "train_time_s" and c.op in ("<=", "<")),
                               default=None)
         self.total = total
@@ -221,8 +221,12 @@ class Objective:
         self.group = group
         """The trial's process group (``--gpus-per-trial``): this process is its rank 0 and sends each trial's
         hyperparameters to the other ranks (:func:`follow`)."""
+        self.fuser = fuser
+        """The fused group whose members this objective's trials are (``--fuse``: a thread per member, each
+        calling this objective); None: one trial at a time."""
         self.completed, self.metric_failures = 0, 0
         """Trials this objective completed, and those whose metric failed (:meth:`_metric_failed`)."""
+        self._counting = threading.Lock()
 
     def __call__(self, trial: optuna.Trial) -> float:
         if self.liveness is None:
@@ -237,6 +241,8 @@ class Objective:
         values = hp.as_dict()
         off = self.space.inactive(values)
         trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in values.items() if k not in off})
+        if self.fuser is not None:
+            trial.set_user_attr(record.FUSED_GROUP, f"{socket.gethostname()}:{os.getpid()}/{self.fuser.id}")
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
                              multi=bool(self.objectives))
@@ -245,11 +251,13 @@ class Objective:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
             if self.group is not None:
                 self.group.broadcast(hp)
-            model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group)
+            model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group,
+                                      fuser=self.fuser)
             value = (finite(self.metric, result.metrics[self.metric]) if not self.objectives else
                      self._values(trial, model, result, reporter))
-            self._record(trial, reporter, status="completed", final=result.metrics, selection=result.selection)
-            if self.keeper is not None and self.feasible:
+            feasible = self._record(trial, reporter, status="completed", final=result.metrics,
+                                    selection=result.selection)
+            if self.keeper is not None and feasible:
                 self._keep(trial, model, hp, result, value)
         except MetricFailed as exc:  # the trial is FAIL with the reason; the study goes on unless every trial fails
             self._record(trial, reporter, status="failed: metric")
@@ -289,14 +297,16 @@ class Objective:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        self.completed += 1
+        with self._counting:
+            self.completed += 1
         return value
 
     def _metric_failed(self, reason: str) -> None:
         """Count a trial whose metric failed; when every trial so far failed so (:data:`METRIC_FAILURES_TO_STOP` of
         them, none completed), the study stops with that reason in one line: a metric that fails on every
         config is a bug to fix, not a region to learn."""
-        self.metric_failures += 1
+        with self._counting:
+            self.metric_failures += 1
         if not self.completed and self.metric_failures >= METRIC_FAILURES_TO_STOP:
             raise HpsearchError(f"every trial so far ({self.metric_failures}) failed the same way: {reason}; "
                                 f"fix the metric and run the same command again")
@@ -328,6 +338,8 @@ class Objective:
         metrics = {"metrics": result.metrics, "hyperparameters": hp.as_dict(), "origin": origin,
                    **{k: v for k, v in result.as_dict().items() if k not in ("metrics", "history")}}
         tokenizer = load_tokenizer(self.space.model)
+        if self.fuser is not None:  # merging adapters writes into the base, which the group's members share
+            model = private(model)
         try:
             kept = self.keeper.offer(trial, value, lambda out: write_model_dir(out, model, tokenizer, metrics, config))
         except (OSError, HpsearchError) as exc:
@@ -336,7 +348,8 @@ class Objective:
         trial.set_user_attr(record.MODEL_KEPT, kept)
 
     def _record(self, trial: optuna.Trial, reporter: _Reporter, status: str,
-                final: dict[str, float] | None = None, selection: dict[str, Any] | None = None) -> None:
+                final: dict[str, float] | None = None, selection: dict[str, Any] | None = None) -> bool:
+        """Store what the trial measured and how it ended; return whether it met every constraint."""
         if selection and selection.get("stopped_early"):
             status += f" (stopped early at epoch {reporter.state.epochs_completed:.2f})"
         trial.set_user_attr(record.STATUS, status)
@@ -355,14 +368,14 @@ class Objective:
             trial.set_user_attr(record.CUDA_GRAPHS, reporter.state.cuda_graphs)
         if self.prepared.data is not None:
             trial.set_user_attr(record.VALIDATION_ROWS, self.prepared.data.validation.example_count)
-        self._constrain(trial, made, trained=reporter.state is not None)
+        return self._constrain(trial, made, trained=reporter.state is not None)
 
-    def _constrain(self, trial: optuna.Trial, made: dict[str, Any], trained: bool) -> None:
+    def _constrain(self, trial: optuna.Trial, made: dict[str, Any], trained: bool) -> bool:
         """Each ``study.constraints`` bound as an Optuna constraint value (> 0: violated by that much), from what
         the trial measured. Every constraint names a measurement the objective makes (validation takes the names
         from the table); only a trial that never got to its first step lacks the training ones, and then the
-        bound is left unset."""
-        self.feasible = True
+        bound is left unset. Returns whether every bound is met."""
+        feasible = True
         for clause in self.constraints:
             if clause.name not in made:
                 if trained:
@@ -373,4 +386,5 @@ class Objective:
             if clause.op in ("<", ">") and excess == 0:
                 excess = 1e-9  # the bound itself breaks a strict inequality
             trial.set_constraint(f"{clause.name} {clause.op} {clause.value}", excess)
-            self.feasible = self.feasible and excess <= 0
+            feasible = feasible and excess <= 0
+        return feasible

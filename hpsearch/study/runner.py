@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from .. import interrupts
 from ..config.options import RunOptions
 from ..config.space import Space
 from ..errors import UsageError
-from ..finetune.recipe import Prepared, prepare
+from ..finetune.recipe import Prepared, fuser_for, prepare
 from . import record
 from .resilient import RETRY_S, resilient, ride_out, unavailable
 from .samplers import build_pruner, build_sampler
@@ -241,8 +242,9 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     keeper = make_keeper(study, url, max(keep_best, confirm.top_k) if keep_best and confirm else keep_best,
                          options.artifacts)
     progress = progress or make_progress(options.quiet)
+    fuser = fuser_for(space, prepared, options.fuse) if options.fuse else None
     objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
-                          total=options.total, keeper=keeper, liveness=liveness, group=group)
+                          total=options.total, keeper=keeper, liveness=liveness, group=group, fuser=fuser)
     n_trials, total = options.trials, options.total
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
     progress.study_started(study, planned, space.study.metric)
@@ -257,12 +259,16 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
         callbacks.append(WandbLogger(options.wandb, space.study.metric))
     callbacks.append(interrupts.stop_study)
     kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached, MetricFailed)}
+    settle_memory()
     try:
         with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
-            if total is None:
+            if fuser is not None:
+                _run_fused(options.fuse, study, objective, total, n_trials, options.timeout, kwargs, poll=interval,
+                           liveness=liveness)
+            elif total is None:
                 study.optimize(objective, n_trials=n_trials, **kwargs)
             else:
-                _run_to_total(study, objective, total, n_trials, options.timeout, kwargs, poll=interval,
+                _run_to_total(study, objective, total, Tickets(n_trials), options.timeout, kwargs, poll=interval,
                               liveness=liveness)
     except Exception as exc:
         outage = unavailable(exc)  # Optuna's own follow-on errors (its finally after a failed tell) hide it
@@ -280,6 +286,16 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
             keeper.k = keep_best
             keeper.prune(study)
     return study
+
+
+def settle_memory() -> None:
+    """Collect once, then exempt everything alive (modules, the pretrained weights, the tokenized data) from later
+    collections: each trial ends with a collection that frees its model at once, which otherwise walks every
+    object of torch and transformers again (0.3 s a trial on a 2-core CPU, bench/results/FUSED.md)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def storage_window(options: RunOptions) -> float:
@@ -302,18 +318,81 @@ def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, ar
     return keeper
 
 
-def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int | None, timeout: float | None,
+class Tickets:
+    """How many more trials this worker may start (``--trials``; None: no limit), taken one at a time by however
+    many threads run its trials."""
+
+    def __init__(self, n: int | None) -> None:
+        self.left, self._lock = n, threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left is None:
+                return True
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+
+def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n_trials: int | None,
+               timeout: float | None, kwargs: dict, poll: float, liveness: Any = None) -> None:
+    """Run the trials of a fused group (``--fuse K``): K threads, each one member at a time, asking for the next
+    trial as soon as its member leaves, until ``total``, ``n_trials`` or ``timeout``. An error that stops one
+    member's thread (not a trial's failure) stops the others at their next step, and is raised here."""
+    tickets, errors = Tickets(n_trials), []
+    deadline = None if timeout is None else time.monotonic() + timeout
+    _one_ask_at_a_time(study)
+
+    def member() -> None:
+        try:
+            if total is not None:
+                _run_to_total(study, objective, total, tickets, timeout, kwargs, poll, liveness)
+                return
+            while (deadline is None or time.monotonic() < deadline) and tickets.take():
+                interrupts.check()
+                study.optimize(objective, n_trials=1, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the main thread
+            errors.append(exc)
+            interrupts.stop_all()
+
+    threads = [threading.Thread(target=member, name=f"hpsearch-member-{i}", daemon=True) for i in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # short waits, so that a signal's handler runs in the main thread
+    if errors:
+        first = next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
+        if not isinstance(first, KeyboardInterrupt):
+            interrupts.clear()
+        raise first
+
+
+def _one_ask_at_a_time(study: optuna.Study) -> None:
+    """Make ``study.ask`` (what ``study.optimize`` calls) take turns between this process's threads: two threads
+    asking at once on SQLite (no row locks) can both take the same enqueued trial."""
+    ask, lock = study.ask, threading.Lock()
+
+    def one_at_a_time(*args: Any, **kwargs: Any) -> optuna.Trial:
+        with lock:
+            return ask(*args, **kwargs)
+
+    study.ask = one_at_a_time  # type: ignore[method-assign]
+
+
+def _run_to_total(study: optuna.Study, objective: Any, total: int, tickets: Tickets, timeout: float | None,
                   kwargs: dict, poll: float, liveness: Any = None) -> None:
-    """Run trials until the study has ``total`` finished ones (or this worker's ``n_trials`` or ``timeout``).
+    """Run trials until the study has ``total`` finished ones (or this worker's ``tickets`` or ``timeout``).
 
     When the running trials of other workers would complete the budget, wait for them instead of exiting:
     if one of those workers dies, its trial goes stale, is failed and retried, and this worker runs it.
     """
-    ran, failures = 0, 0
+    failures = 0
     mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials: with others on the study, not the study's last
     kwargs = {**kwargs, "callbacks": [*kwargs["callbacks"], lambda study, trial: mine.append(trial)]}
     deadline = None if timeout is None else time.monotonic() + timeout
-    while n_trials is None or ran < n_trials:
+    while True:
         interrupts.check()  # held while waiting for other workers' trials, or stopped after the last trial
         if deadline is not None and time.monotonic() > deadline:
             return
@@ -323,8 +402,9 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, n_trials: int
         if finished + running >= total:
             time.sleep(min(poll, 5.0))
             continue
+        if not tickets.take():
+            return
         study.optimize(objective, n_trials=1, **kwargs)
-        ran += 1
         last = mine[-1]
         failures = failures + 1 if record.failed(last) else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:

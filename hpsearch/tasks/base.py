@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
     from .encoded import Encoded, RawSplit, Rows
 
+IGNORE = -100
+"""The label of a position no loss learns (padding, a prompt): PyTorch's ``ignore_index``, as transformers uses it."""
 
 @dataclass(frozen=True)
 class Metric:

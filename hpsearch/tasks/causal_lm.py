@@ -10,14 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import HpsearchError
-from .base import Column, Metric
+from .base import IGNORE, Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
     from .encoded import Encoded, RawSplit, Rows
 
-IGNORE = -100
 """The label of positions the loss skips (prompt tokens and padding)."""
 CHUNK_ELEMENTS = 2**26
 """fp32 logits computed at once in evaluation (256 MB): 512 tokens of a 128k vocabulary."""

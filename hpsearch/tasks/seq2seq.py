@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, HpsearchError
-from .base import Column, Metric
+from .base import IGNORE, Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
     from .encoded import Encoded, PreparedData, RawSplit, Rows
 
-IGNORE = -100
 """The label of padded target positions (the loss skips them)."""
 
 ROUGE = ("rouge1", "rouge2", "rougeL")

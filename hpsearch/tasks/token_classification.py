@@ -12,14 +12,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, HpsearchError
-from .base import Column, Metric
+from .base import IGNORE, Column, Metric
 
 if TYPE_CHECKING:
     import torch
 
     from .encoded import Encoded, RawSplit, Rows
 
-IGNORE = -100
 """The label of positions the loss and the metrics skip (special tokens, padding, later sub-tokens)."""
 SCHEMES = ("auto", "IOB2", "IOBES", "IOB1")
 """``auto``: seqeval's default (conlleval) matching; the others: its strict mode with that scheme."""

@@ -1,0 +1,302 @@
+"""Fused trials: several trials trained as one model, one forward and one backward a step for all of them.
+
+Each member is an ordinary trial in a thread of its own that runs the ordinary loop (:func:`hpsearch.finetune.loop
+.train`: its own model object, optimizer, schedule, warm-up, batch order, clipping, micro-batches, evaluations,
+checkpoints); only the training passes meet here. A member's pass (:meth:`Member.forward_backward`) waits until
+every member that is training has sent one; then the :class:`Fuser` runs them as one: the batches stacked (rows
+padded to the largest batch with copies of a member's first row, columns to the widest), one forward of the
+executor (:mod:`hpsearch.finetune.members`: the model once more, reading each member's parameters), each member's
+loss from its own rows, one backward that leaves each member's gradients on its own parameters. A member that
+evaluates, reports or is set up is away: the others do not wait for it.
+
+What must agree inside a pass, or the pass is split (each part still fused): the hidden dropout (a scalar inside
+attention kernels), and whether members are LoRA or fully fine-tuned. Dropout masks are drawn for the pass, so a
+member with dropout draws other masks than it would alone; with dropout 0 a member's losses and weights equal its
+training alone to rounding (``tests/finetune/test_fused.py``).
+
+LoRA members share one base: their models adopt the same weight tensors (:func:`hpsearch.finetune.model
+.build_model`'s ``base``), as does the executor. A kept model is merged from a private copy (:func:`private`).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import HpsearchError
+from ..tasks import Task
+from ..tasks.base import IGNORE
+from .attention import additive_mask, compute_dtype
+from .device import autocast
+from .members import MemberView, PassState, member_aware, view_of
+
+SENTINEL_DROPOUT = 0.012345678
+"""The dropout the executor is built with, so that every attribute it lands in can be found and set per pass."""
+_ids = itertools.count(1)
+
+
+@dataclass
+class _Request:
+    """One member's pass: its batch and what its loss is weighted by."""
+
+    member: Member
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    weight: float
+    scale: Callable[[torch.Tensor], torch.Tensor] | None
+    per_token: bool
+    """Whether 2-D labels label positions (padded with the ignored index: the logits are cut to their width)."""
+    loss: torch.Tensor | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass(eq=False)
+class Member:
+    """A trial training in a fused group (:meth:`Fuser.join`)."""
+
+    fuser: Fuser
+    view: MemberView
+    dropout: float
+    number: int
+    away_depth: int = 0
+    left: bool = False
+    requests: list[_Request] = field(default_factory=list)
+
+    def forward_backward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, weight: float = 1.0,
+                         scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         per_token: bool = True) -> torch.Tensor:
+        """This member's mean loss on ``inputs`` times ``weight``, its gradients accumulated on its parameters,
+        computed in one pass with the other members training now (``scale``: fp16's loss scaler; ``per_token``:
+        2-D labels label positions, not a fixed-width target such as a span's start and end)."""
+        return self.fuser._submit(_Request(self, inputs, labels, weight, scale, per_token))
+
+    @contextmanager
+    def away(self) -> Iterator[None]:
+        """While this member evaluates or reports, the others' passes do not wait for it."""
+        self.fuser._set_away(self, +1)
+        try:
+            yield
+        finally:
+            self.fuser._set_away(self, -1)
+
+    def leave(self) -> None:
+        self.fuser._leave(self)
+
+
+class Fuser:
+    """The passes of a fused group of trials, in one process: up to ``size`` members training at once.
+
+    ``build_executor`` makes the executor (the model for the space with the shared ``base``, dropout
+    :data:`SENTINEL_DROPOUT`, no adapters), when the first member joins; ``task`` computes the members' losses;
+    ``device`` and ``dtype`` (the autocast dtype, or None) are the group's. :func:`hpsearch.finetune.recipe.fuser_for`
+    makes one for a space.
+    """
+
+    def __init__(self, size: int, task: Task, device: torch.device, dtype: torch.dtype | None,
+                 build_executor: Callable[[], torch.nn.Module], base: dict[str, torch.Tensor] | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"a fused group holds at least 1 member, not {size!r}")
+        self.size, self.task, self.device, self.dtype = size, task, device, dtype
+        self.base = base
+        self._shared = {t.untyped_storage().data_ptr() for t in (base or {}).values()}
+        """The pretrained body's weights that LoRA members' models and the executor adopt (one copy)."""
+        self.id = next(_ids)
+        self.setup_lock = threading.RLock()
+        """Held while a member's model is built (the global seed its head's initialization reads)."""
+        self._build_executor = build_executor
+        self._executor: torch.nn.Module | None = None
+        self._unknown: dict[str, str] = {}
+        self._state = PassState()
+        self._dropout_slots: list[tuple[Any, str]] = []
+        self._cond = threading.Condition()
+        self._members: list[Member] = []
+        self._pending: list[_Request] = []
+        self._running = False
+        self._numbers = itertools.count()
+        self.passes = 0
+        """Passes run (each one forward and one backward over its members' batches)."""
+        self.member_passes = 0
+        """Member passes they ran (``member_passes / passes``: how many members a pass fused, on average)."""
+
+    # -- members -----------------------------------------------------------------------------------------------
+    def join(self, model: torch.nn.Module, dropout: float) -> Member:
+        """Add a member training ``model`` (its parameters as the loop will train them: after any vocabulary
+        shrink), whose hidden dropout is ``dropout``."""
+        with self.setup_lock:
+            if self._executor is None:
+                self._executor = self._make_executor()
+        view = view_of(model, self._shared)
+        blocked = sorted({kind for name, kind in self._unknown.items() if name in view.own})
+        if blocked:
+            raise HpsearchError(f"--fuse: a member trains the parameters of {', '.join(blocked)}, which a fused "
+                                f"pass cannot read per member; fine-tune with LoRA (lora_r > 0) or run without --fuse")
+        member = Member(self, view, dropout, next(self._numbers))
+        with self._cond:
+            self._members.append(member)
+        return member
+
+    def _make_executor(self) -> torch.nn.Module:
+        executor = self._build_executor()
+        for p in executor.parameters():
+            p.requires_grad_(False)
+        self._unknown = member_aware(executor, self._state)
+        executor.train()
+        self._dropout_slots = _dropout_slots(executor)
+        self._mask_hook = additive_mask(executor, compute_dtype(executor, self.dtype))
+        return executor
+
+    def _set_away(self, member: Member, delta: int) -> None:
+        with self._cond:
+            member.away_depth += delta
+            self._cond.notify_all()
+
+    def _leave(self, member: Member) -> None:
+        with self._cond:
+            member.left = True
+            if member in self._members:
+                self._members.remove(member)
+            self._cond.notify_all()
+
+    @property
+    def members(self) -> int:
+        """Members in the group now."""
+        with self._cond:
+            return len(self._members)
+
+    # -- passes ------------------------------------------------------------------------------------------------
+    def _submit(self, request: _Request) -> torch.Tensor:
+        with self._cond:
+            self._pending.append(request)
+            self._cond.notify_all()
+            while not request.done:
+                if not self._running and self._ready():
+                    batch, self._pending, self._running = self._pending, [], True
+                    self._cond.release()
+                    try:
+                        with self.setup_lock:  # a head initialized meanwhile would read the masks' random numbers
+                            self._run(batch)
+                    finally:
+                        self._cond.acquire()
+                        self._running = False
+                        self._cond.notify_all()
+                else:
+                    self._cond.wait(timeout=1.0)
+        if request.error is not None:
+            raise request.error
+        return request.loss
+
+    def _ready(self) -> bool:
+        """Whether every member that is training has sent its pass."""
+        if not self._pending:
+            return False
+        waiting = {id(r.member) for r in self._pending}
+        return all(id(m) in waiting for m in self._members if m.away_depth == 0 and not m.left)
+
+    def _run(self, batch: list[_Request]) -> None:
+        """Run ``batch``'s passes: fused in parts whose members agree on what cannot differ inside a pass."""
+        parts: dict[tuple, list[_Request]] = {}
+        for r in batch:
+            parts.setdefault((r.member.dropout, r.member.view.lora), []).append(r)
+        for part in parts.values():
+            try:
+                self._pass(part)
+            except BaseException as exc:  # out of memory, a bug: each member's loop decides
+                for r in part:
+                    r.error = copy.copy(exc) if isinstance(exc, Exception) else exc
+            finally:
+                for r in part:
+                    r.done = True
+                self._state.end()
+
+    def _pass(self, part: list[_Request]) -> None:
+        """One forward and one backward over ``part``'s batches."""
+        rows = max(len(r.labels) for r in part)
+        inputs = _stack_inputs([r.inputs for r in part], rows)
+        labels = _stack_labels([r.labels for r in part], rows)
+        for slot, attr in self._dropout_slots:
+            setattr(slot, attr, part[0].member.dropout)
+        self._state.begin([r.member.view for r in part], rows)
+        with autocast(self.device, self.dtype):
+            logits = self.task.forward(_Executor(self._executor), inputs, labels)
+        total = None
+        for k, r in enumerate(part):
+            n = len(r.labels)
+            mine = logits[k * rows: k * rows + n]
+            loss = self.task.loss(_trim(mine, r.labels) if r.per_token else mine, r.labels) * r.weight
+            r.loss = loss.detach()
+            term = r.scale(loss) if r.scale is not None else loss
+            total = term if total is None else total + term
+        total.backward()
+        self.passes += 1
+        self.member_passes += len(part)
+
+
+class _Executor(torch.nn.Module):
+    """The executor as a task calls it: every position's logits (a causal LM's ``logits_to_keep`` is left out:
+    the positions a member learns differ from its pass's)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **kwargs: Any) -> Any:
+        return self.model(**kwargs)
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.model.prepare_decoder_input_ids_from_labels(labels=labels)
+
+
+def _dropout_slots(model: torch.nn.Module) -> list[tuple[Any, str]]:
+    """Every (object, attribute) of ``model`` and its config that holds :data:`SENTINEL_DROPOUT`: where a pass's
+    hidden dropout goes."""
+    slots = []
+    for module in model.modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, float) and value == SENTINEL_DROPOUT:
+                slots.append((module, attr))
+    return slots
+
+
+def _pad(t: torch.Tensor, rows: int, width: int | None, value: float) -> torch.Tensor:
+    """``t`` with ``rows`` rows (copies of its first added) and, for 2-D ``t``, ``width`` columns (``value``
+    added on the right)."""
+    if width is not None and t.ndim >= 2 and t.shape[1] < width:
+        t = F.pad(t, (0, 0) * (t.ndim - 2) + (0, width - t.shape[1]), value=value)
+    if t.shape[0] < rows:
+        t = torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
+    return t
+
+
+def _stack_inputs(batches: list[dict[str, torch.Tensor]], rows: int) -> dict[str, torch.Tensor]:
+    """The members' inputs as one batch, member-major, each padded to ``rows`` rows and the widest columns (ids
+    and token types with 0, the attention mask with False: padding attends nowhere)."""
+    keys = list(batches[0])
+    if any(list(b) != keys for b in batches):
+        raise RuntimeError(f"fused members' batches differ in their inputs: {[list(b) for b in batches]}")
+    width = max(b["input_ids"].shape[1] for b in batches)
+    return {key: torch.cat([_pad(b[key], rows, width, 0) for b in batches]) for key in keys}
+
+
+def _stack_labels(labels: list[torch.Tensor], rows: int) -> torch.Tensor:
+    """The members' labels as one batch (per-token labels padded with the ignored index)."""
+    width = max(t.shape[1] for t in labels) if labels[0].ndim >= 2 else None
+    return torch.cat([_pad(t, rows, width, IGNORE if not t.is_floating_point() else 0.0) for t in labels])
+
+
+def _trim(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """A member's per-position logits cut to its labels' width (the pass was padded to the widest)."""
+    if labels.ndim >= 2 and logits.ndim >= 3 and logits.shape[1] > labels.shape[1]:
+        return logits[:, : labels.shape[1]]
+    return logits
+
+
+def private(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a member's model that shares no tensor with the group (to merge its adapters into, or to keep)."""
+    return copy.deepcopy(model)

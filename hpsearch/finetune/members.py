@@ -1,0 +1,302 @@
+"""The executor of fused trials: the model once more, whose trained parameters are read from the members at each pass.
+
+A pass runs K members' batches as one batch of ``K * rows`` rows, member-major (member k's rows are ``k * rows``
+to ``(k + 1) * rows``; a member with fewer rows is padded with copies of its first). Every module of the executor
+that holds parameters is swapped for a member-aware one, which does what the plain module would, on each member's
+rows with that member's parameters:
+
+- a linear layer (``nn.Linear``, GPT-2's ``Conv1D``) whose weight members own: one batched product over their
+  stacked weights; whose weight is the shared base: one product over every row, plus, for the members that put a
+  LoRA adapter on it, one batched product of their adapters (ranks padded with zeros to the largest, each member's
+  ``alpha / r`` and adapter dropout its own);
+- an embedding members own: each member's rows looked up in its own table (tables may differ in size, as each
+  member's shrunk vocabulary does);
+- a layer norm: normalized once, each member's scale and shift applied to its rows;
+- any other module with parameters that members own (RMS norms): each row sees its member's parameter broadcast.
+
+Member-owned parameters are the ones a member trains or may train: every parameter of a fully fine-tuned member,
+the adapters and the task head (peft's ``modules_to_save``) of a LoRA member, whose base it shares with the
+executor. What the plain module would compute is computed per member exactly, so that a member trains as it would
+alone (to floating-point rounding: products batched differently).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PEFT_PREFIX = "base_model.model."
+"""Where peft puts the wrapped model among a LoRA model's parameter names."""
+SAVED = ".modules_to_save.default"
+"""peft's path to the trained copy of a module it trains in full (the task head)."""
+
+
+@dataclass
+class Adapter:
+    """One member's LoRA adapter on one linear layer."""
+
+    A: torch.Tensor
+    """``lora_A``'s weight, [r, in]."""
+    B: torch.Tensor
+    """``lora_B``'s weight, [out, r]."""
+    scaling: float
+    """``alpha / r``."""
+    dropout: float
+    """Dropout on the adapter's input."""
+
+
+@dataclass
+class MemberView:
+    """What the executor reads of one member: its own parameters by the executor's names, and its adapters by the
+    executor's module paths."""
+
+    own: dict[str, torch.Tensor]
+    adapters: dict[str, Adapter] = field(default_factory=dict)
+    padding: dict[str, int | None] = field(default_factory=dict)
+    """Each embedding's padding index, by module path (a shrunk vocabulary's differs from the full table's)."""
+    lora: bool = False
+    """Whether the member is a LoRA model (its base is the shared one); else it owns every parameter."""
+
+
+def view_of(model: torch.nn.Module, shared: set[int] = frozenset()) -> MemberView:
+    """The member's parameters and adapters, named as the executor names them (peft's wrapping taken off). A LoRA
+    member owns its adapters, its trained head and any other parameter that is not the shared base's (``shared``:
+    the base's storages), such as a frozen head the checkpoint lacked, initialized under the member's seed."""
+    from .lora import is_peft
+
+    padding = {name.removeprefix(PEFT_PREFIX): m.padding_idx for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Embedding)}
+    if not is_peft(model):  # tied weights under each name (an output layer tied to the input embedding)
+        return MemberView(own=dict(model.named_parameters(remove_duplicate=False)), padding=padding)
+    from peft.tuners.lora import LoraLayer
+
+    adapters: dict[str, Adapter] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            dropout = module.lora_dropout["default"]
+            adapters[name.removeprefix(PEFT_PREFIX)] = Adapter(
+                module.lora_A["default"].weight, module.lora_B["default"].weight, float(module.scaling["default"]),
+                float(getattr(dropout, "p", 0.0)))
+        elif isinstance(module, LoraLayer) and getattr(module, "lora_embedding_A", None):
+            raise ValueError(f"{name}: LoRA on an embedding is not fused")
+    own = {name.removeprefix(PEFT_PREFIX).replace(SAVED, "").replace(".base_layer", ""): p
+           for name, p in model.named_parameters()
+           if SAVED in name or not ("lora_" in name or ".original_module." in name
+                                    or p.untyped_storage().data_ptr() in shared)}
+    return MemberView(own=own, adapters=adapters, padding=padding, lora=True)
+
+
+class PassState:
+    """The pass being run: its members (in row order), rows per member, and the stacks made for it."""
+
+    def __init__(self) -> None:
+        self.members: list[MemberView] = []
+        self.rows = 0
+        self._stacks: dict[Any, torch.Tensor] = {}
+
+    def begin(self, members: list[MemberView], rows: int) -> None:
+        self.members, self.rows, self._stacks = members, rows, {}
+
+    def end(self) -> None:
+        self.members, self._stacks = [], {}
+
+    @property
+    def k(self) -> int:
+        return len(self.members)
+
+    def owned(self, name: str) -> list[torch.Tensor] | None:
+        """Each member's own ``name`` (by the executor's parameter name), or None when members do not own it."""
+        if not self.members or name not in self.members[0].own:
+            return None
+        return [m.own[name] for m in self.members]
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """The members' own ``name`` stacked, [K, ...]: made once per pass (a tied weight is one stack)."""
+        tensors = self.owned(name)
+        key = tuple(id(t) for t in tensors)
+        if key not in self._stacks:
+            self._stacks[key] = torch.stack(tensors)
+        return self._stacks[key]
+
+    def adapters(self, path: str) -> list[Adapter | None] | None:
+        """Each member's adapter on the linear layer ``path`` (None for a member without one), or None when no
+        member has one."""
+        found = [m.adapters.get(path) for m in self.members]
+        return found if any(a is not None for a in found) else None
+
+
+def _per_member(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x``'s rows as [K, rows * ..., features]."""
+    return x.reshape(k, -1, x.shape[-1])
+
+
+class MemberLinear(torch.nn.Module):
+    """A linear layer (``nn.Linear`` or GPT-2's ``Conv1D``, whose weight is [in, out]) of the executor."""
+
+    def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
+        self.transposed = not isinstance(base, torch.nn.Linear)  # Conv1D
+        self._zeros: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        weights = state.owned(f"{self.name}.weight")
+        if weights is None:
+            out = self.base(x)
+        else:
+            out = self._owned(x)
+        adapters = state.adapters(self.name)
+        if adapters is not None:
+            out = out + self._lora(x, adapters).to(out.dtype).view(out.shape)
+        return out
+
+    def _owned(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        w = state.stacked(f"{self.name}.weight")
+        xs = _per_member(x, state.k)
+        w = w if self.transposed else w.transpose(1, 2)  # [K, in, out]
+        bias = state.owned(f"{self.name}.bias")
+        if bias is None:
+            out = torch.bmm(xs, w)
+        else:
+            out = torch.baddbmm(state.stacked(f"{self.name}.bias").unsqueeze(1), xs, w)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def _lora(self, x: torch.Tensor, adapters: list[Adapter | None]) -> torch.Tensor:
+        """Each member's ``B(A(dropout(x))) * alpha / r`` on its rows (zero for a member without an adapter)."""
+        real = [a for a in adapters if a is not None]
+        dtype, device = real[0].A.dtype, real[0].A.device
+        r = max(a.A.shape[0] for a in real)
+        n_in, n_out = real[0].A.shape[1], real[0].B.shape[0]
+        zero_a, zero_b = self._zero((r, n_in), dtype, device), self._zero((n_out, r), dtype, device)
+        a_stack = torch.stack([zero_a if a is None else _pad_rows(a.A, r) for a in adapters])  # [K, r, in]
+        b_stack = torch.stack([zero_b if a is None else _pad_cols(a.B, r) for a in adapters])  # [K, out, r]
+        xs = _per_member(x.to(dtype), len(adapters))
+        xs = _member_dropout(xs, [0.0 if a is None else a.dropout for a in adapters], self.training)
+        scaling = [0.0 if a is None else a.scaling for a in adapters]
+        h = torch.bmm(torch.bmm(xs, a_stack.transpose(1, 2)), b_stack.transpose(1, 2))
+        if len(set(scaling)) == 1:
+            return h * scaling[0]
+        return h * torch.tensor(scaling, dtype=h.dtype, device=h.device).view(-1, 1, 1)
+
+    def _zero(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (shape, dtype, device)
+        if key not in self._zeros:
+            self._zeros[key] = torch.zeros(shape, dtype=dtype, device=device)
+        return self._zeros[key]
+
+
+def _pad_rows(t: torch.Tensor, r: int) -> torch.Tensor:
+    return t if t.shape[0] == r else F.pad(t, (0, 0, 0, r - t.shape[0]))
+
+
+def _pad_cols(t: torch.Tensor, r: int) -> torch.Tensor:
+    return t if t.shape[1] == r else F.pad(t, (0, r - t.shape[1]))
+
+
+def _member_dropout(xs: torch.Tensor, p: list[float], training: bool) -> torch.Tensor:
+    """Dropout on [K, ..., in] with member k's probability ``p[k]``."""
+    if not training or not any(p):
+        return xs
+    if len(set(p)) == 1:
+        return F.dropout(xs, p[0], True)
+    keep = torch.tensor([1.0 - v for v in p], dtype=xs.dtype, device=xs.device).view(-1, 1, 1)
+    return xs * (torch.rand_like(xs) < keep) / keep
+
+
+class MemberEmbedding(torch.nn.Module):
+    """An embedding of the executor: each member's rows looked up in its own table when members own it."""
+
+    def __init__(self, base: torch.nn.Embedding, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        tables = state.owned(f"{self.name}.weight")
+        if tables is None:
+            return self.base(ids)
+        b = self.base
+        pads = [m.padding.get(self.name, b.padding_idx) for m in state.members]
+        look = lambda part, table, pad: F.embedding(part, table, pad, b.max_norm, b.norm_type,  # noqa: E731
+                                                    b.scale_grad_by_freq, b.sparse)
+        if ids.shape[0] == state.k * state.rows:  # batch-major: each member's rows
+            return torch.cat([look(part, table, pad) for part, table, pad in zip(ids.split(state.rows), tables, pads)])
+        if ids.shape[0] == 1:  # one row for the whole batch (a position table): each member's, over its rows
+            return torch.cat([look(ids, table, pad).expand(state.rows, *ids.shape[1:], -1)
+                              for table, pad in zip(tables, pads)])
+        raise RuntimeError(f"{self.name}: an embedding whose input is not one row per example is not fused")
+
+
+class MemberLayerNorm(torch.nn.Module):
+    """A layer norm of the executor: normalized once, each member's scale and shift on its rows."""
+
+    def __init__(self, base: torch.nn.LayerNorm, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        if state.owned(f"{self.name}.weight") is None and state.owned(f"{self.name}.bias") is None:
+            return self.base(x)
+        b = self.base
+        y = F.layer_norm(x, b.normalized_shape, None, None, b.eps)
+        ys = _per_member(y, state.k)
+        if b.weight is not None:
+            ys = ys * state.stacked(f"{self.name}.weight").unsqueeze(1)
+        if b.bias is not None:
+            ys = ys + state.stacked(f"{self.name}.bias").unsqueeze(1)
+        return ys.view(x.shape)
+
+
+class MemberBroadcast(torch.nn.Module):
+    """Any other module with parameters of its own (an RMS norm): run once, each row seeing its member's parameters
+    broadcast over it (its forward must combine them elementwise with a [rows, ..., features] input)."""
+
+    def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        names = [n for n, _ in self.base.named_parameters(recurse=False)]
+        if not names or state.owned(f"{self.name}.{names[0]}") is None:
+            return self.base(x, *args, **kwargs)
+        saved = {n: self.base._parameters[n] for n in names}
+        try:
+            for n in names:
+                stack = state.stacked(f"{self.name}.{n}")  # [K, *shape]
+                rows = stack.repeat_interleave(state.rows, 0)
+                self.base._parameters[n] = rows.view(rows.shape[0], *([1] * (x.ndim - 1 - (stack.ndim - 1))),
+                                                     *stack.shape[1:])
+            return self.base(x, *args, **kwargs)
+        finally:
+            self.base._parameters.update(saved)
+
+
+def member_aware(executor: torch.nn.Module, state: PassState) -> dict[str, str]:
+    """Swap every module of ``executor`` that holds parameters for its member-aware form; return the parameters
+    of the modules that cannot be (no member may own them), each with its module's kind."""
+    from transformers.pytorch_utils import Conv1D
+
+    unknown: dict[str, str] = {}
+    for path, module in list(executor.named_modules()):
+        if not path or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            swapped: torch.nn.Module = MemberLinear(module, path, state)
+        elif isinstance(module, torch.nn.Embedding):
+            swapped = MemberEmbedding(module, path, state)
+        elif isinstance(module, torch.nn.LayerNorm):
+            swapped = MemberLayerNorm(module, path, state)
+        elif all(p.ndim == 1 for p in module.parameters(recurse=False)) and "norm" in type(module).__name__.lower():
+            swapped = MemberBroadcast(module, path, state)
+        else:
+            unknown.update({f"{path}.{n}": type(module).__name__ for n, _ in module.named_parameters(recurse=False)})
+            continue
+        parent, _, child = path.rpartition(".")
+        setattr(executor.get_submodule(parent) if parent else executor, child, swapped)
+    return unknown
