@@ -9,10 +9,11 @@ executor (:mod:`hpsearch.finetune.members`: the model once more, reading each me
 loss from its own rows, one backward that leaves each member's gradients on its own parameters. A member that
 evaluates, reports or is set up is away: the others do not wait for it.
 
-What must agree inside a pass, or the pass is split (each part still fused): the hidden dropout (a scalar inside
-attention kernels), and whether members are LoRA or fully fine-tuned. Dropout masks are drawn for the pass, so a
-member with dropout draws other masks than it would alone; with dropout 0 a member's losses and weights equal its
-training alone to rounding (``tests/finetune/test_fused.py``).
+What must agree inside a pass, or the pass is split (each part still fused): whether members are LoRA or fully
+fine-tuned, and, for a model whose attention cannot be split by member (:mod:`hpsearch.finetune.fused_dropout`),
+the hidden dropout. Otherwise each member drops with its own probability. Dropout masks are drawn for the pass, so
+a member with dropout draws other masks than it would alone; with dropout 0 a member's losses and weights equal its
+training alone to rounding, whatever dropout the members beside it have (``tests/finetune/test_fused.py``).
 
 LoRA members share one base: their models adopt the same weight tensors (:func:`hpsearch.finetune.model
 .build_model`'s ``base``), as does the executor. A kept model is merged from a private copy (:func:`private`).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,10 +36,11 @@ from ..tasks import Task
 from ..tasks.base import IGNORE
 from .attention import additive_mask, compute_dtype
 from .device import autocast
+from .fused_dropout import SENTINEL_DROPOUT
+from .fused_dropout import install as per_member_dropout
 from .members import MemberView, PassState, member_aware, view_of
 
-SENTINEL_DROPOUT = 0.012345678
-"""The dropout the executor is built with, so that every attribute it lands in can be found and set per pass."""
+__all__ = ["SENTINEL_DROPOUT", "Fuser", "Member", "PassCost", "plan_passes", "private"]
 _ids = itertools.count(1)
 
 
@@ -100,10 +103,13 @@ class Fuser:
     """
 
     def __init__(self, size: int, task: Task, device: torch.device, dtype: torch.dtype | None,
-                 build_executor: Callable[[], torch.nn.Module], base: dict[str, torch.Tensor] | None = None) -> None:
+                 build_executor: Callable[[], torch.nn.Module], base: dict[str, torch.Tensor] | None = None,
+                 cost: PassCost | None = None) -> None:
         if size < 1:
             raise ValueError(f"a fused group holds at least 1 member, not {size!r}")
         self.size, self.task, self.device, self.dtype = size, task, device, dtype
+        self.cost = cost or PassCost()
+        """What a pass costs, to decide which members share one (default: launches only, so every step is one)."""
         self.base = base
         self._shared = {t.untyped_storage().data_ptr() for t in (base or {}).values()}
         """The pretrained body's weights that LoRA members' models and the executor adopt (one copy)."""
@@ -112,9 +118,10 @@ class Fuser:
         """Held while a member's model is built (the global seed its head's initialization reads)."""
         self._build_executor = build_executor
         self._executor: torch.nn.Module | None = None
-        self._unknown: dict[str, str] = {}
         self._state = PassState()
         self._dropout_slots: list[tuple[Any, str]] = []
+        self.per_member_dropout = False
+        """Whether a pass applies each member's own hidden dropout (else passes group members by dropout)."""
         self._cond = threading.Condition()
         self._members: list[Member] = []
         self._pending: list[_Request] = []
@@ -124,6 +131,8 @@ class Fuser:
         """Passes run (each one forward and one backward over its members' batches)."""
         self.member_passes = 0
         """Member passes they ran (``member_passes / passes``: how many members a pass fused, on average)."""
+        self.split_passes = 0
+        """Passes run apart from the others of their step because padding them together cost more (:func:`plan_passes`)."""
 
     # -- members -----------------------------------------------------------------------------------------------
     def join(self, model: torch.nn.Module, dropout: float) -> Member:
@@ -133,10 +142,6 @@ class Fuser:
             if self._executor is None:
                 self._executor = self._make_executor()
         view = view_of(model, self._shared)
-        blocked = sorted({kind for name, kind in self._unknown.items() if name in view.own})
-        if blocked:
-            raise HpsearchError(f"--fuse: a member trains the parameters of {', '.join(blocked)}, which a fused "
-                                f"pass cannot read per member; fine-tune with LoRA (lora_r > 0) or run without --fuse")
         member = Member(self, view, dropout, next(self._numbers))
         with self._cond:
             self._members.append(member)
@@ -146,10 +151,12 @@ class Fuser:
         executor = self._build_executor()
         for p in executor.parameters():
             p.requires_grad_(False)
-        self._unknown = member_aware(executor, self._state)
+        self._mask_hook = additive_mask(executor, compute_dtype(executor, self.dtype))  # before the attention swap
+        member_aware(executor, self._state)
         executor.train()
-        self._dropout_slots = _dropout_slots(executor)
-        self._mask_hook = additive_mask(executor, compute_dtype(executor, self.dtype))
+        self.per_member_dropout = per_member_dropout(executor, self._state)
+        if not self.per_member_dropout:
+            self._dropout_slots = _dropout_slots(executor)
         return executor
 
     def _set_away(self, member: Member, delta: int) -> None:
@@ -200,11 +207,16 @@ class Fuser:
         return all(id(m) in waiting for m in self._members if m.away_depth == 0 and not m.left)
 
     def _run(self, batch: list[_Request]) -> None:
-        """Run ``batch``'s passes: fused in parts whose members agree on what cannot differ inside a pass."""
-        parts: dict[tuple, list[_Request]] = {}
+        """Run ``batch``'s passes: fused in parts whose members agree on what cannot differ inside a pass, each
+        split further where padding members to one shape would cost more than the launches it saves."""
+        kinds: dict[tuple, list[_Request]] = {}
         for r in batch:
-            parts.setdefault((r.member.dropout, r.member.view.lora), []).append(r)
-        for part in parts.values():
+            key = (r.member.view.lora,) if self.per_member_dropout else (r.member.view.lora, r.member.dropout)
+            kinds.setdefault(key, []).append(r)
+        parts = [sorted(part, key=lambda r: r.member.dropout)  # equal dropouts side by side: one attention call
+                 for kind in kinds.values() for part in plan_passes(kind, self.cost)]
+        self.split_passes += len(parts) - len(kinds)
+        for part in parts:
             try:
                 self._pass(part)
             except BaseException as exc:  # out of memory, a bug: each member's loop decides
@@ -222,7 +234,7 @@ class Fuser:
         labels = _stack_labels([r.labels for r in part], rows)
         for slot, attr in self._dropout_slots:
             setattr(slot, attr, part[0].member.dropout)
-        self._state.begin([r.member.view for r in part], rows)
+        self._state.begin([r.member.view for r in part], rows, [r.member.dropout for r in part])
         with autocast(self.device, self.dtype):
             logits = self.task.forward(_Executor(self._executor), inputs, labels)
         total = None
@@ -236,6 +248,57 @@ class Fuser:
         total.backward()
         self.passes += 1
         self.member_passes += len(part)
+
+
+@dataclass(frozen=True)
+class PassCost:
+    """What one fused pass costs, to decide which members share it: a part that does not grow with the pass (its
+    kernels' launches and the Python around them) and a part per padded token (its arithmetic). Members of one
+    pass are padded to its most rows and its widest batch, so a pass of unlike batches computes tokens nobody
+    learns from; :func:`plan_passes` weighs that against the launches a pass saves.
+
+    >>> PassCost(fixed_s=1e-3, token_s=1e-6).of([(16, 64), (16, 32)])   # 2 x 16 rows x 64 columns, plus launches
+    0.003048
+    """
+
+    fixed_s: float = 1.0
+    """Seconds a pass costs whatever its size (:attr:`hpsearch.finetune.precision.Workload.launch_s`)."""
+    token_s: float = 0.0
+    """Seconds a pass costs per padded token (:attr:`hpsearch.finetune.precision.Workload.token_s`)."""
+
+    def of(self, shapes: list[tuple[int, int]]) -> float:
+        """A pass over batches of ``shapes`` (rows, width), each padded to the largest of both."""
+        rows, width = max(r for r, _ in shapes), max(w for _, w in shapes)
+        return round(self.fixed_s + len(shapes) * rows * width * self.token_s, 9)
+
+
+def plan_passes(requests: list[_Request], cost: PassCost) -> list[list[_Request]]:
+    """``requests`` in passes of the least estimated cost: ordered by shape, cut where padding a batch up to the
+    next ones costs more than the pass it saves (optimal over cuts of that order; at most a few members).
+
+    A group of small models (a launch-bound pass) runs as one pass whatever the shapes; a group whose arithmetic
+    dominates (MiniLM on a CPU) pads only batches of nearly the same shape together."""
+    if len(requests) <= 1 or cost.token_s <= 0:
+        return [requests] if requests else []
+    ordered = sorted(requests, key=lambda r: _shape(r))
+    shapes = [_shape(r) for r in ordered]
+    best, cut = [0.0] + [math.inf] * len(ordered), [0] * (len(ordered) + 1)
+    for end in range(1, len(ordered) + 1):
+        for start in range(end):
+            total = best[start] + cost.of(shapes[start:end])
+            if total < best[end]:
+                best[end], cut[end] = total, start
+    parts, end = [], len(ordered)
+    while end:
+        parts.append(ordered[cut[end]:end])
+        end = cut[end]
+    return parts[::-1]
+
+
+def _shape(request: _Request) -> tuple[int, int]:
+    """A member's batch as (rows, width)."""
+    ids = request.inputs["input_ids"]
+    return ids.shape[0], ids.shape[1] if ids.ndim > 1 else 1
 
 
 class _Executor(torch.nn.Module):

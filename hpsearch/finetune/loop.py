@@ -338,14 +338,11 @@ def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
 
 def _accumulate_fused(run: _Run, batch: Batch, member: Member) -> torch.Tensor:
     """:func:`_accumulate` for a member of a fused group: each micro-batch's pass runs with the other members'."""
-    chunk, device = batch.chunk, run.device
-    parts = batch.parts(run.micro)
+    chunk, device, parts = batch.chunk, run.device, batch.parts(run.micro)
     labels = [chunk.labels_of(part, device) for part in parts]
     units = [_units(run.task, part_labels) for part_labels in labels] if len(parts) > 1 else [1]
-    total = sum(units)
-    scale = run.scaler.scale if run.scaler is not None else None
     losses = [member.forward_backward(chunk.batch(part, device, width=_width(run, chunk, part)), part_labels,
-                                      n / total if len(parts) > 1 else 1.0, scale,
+                                      n / sum(units), run.scaler.scale if run.scaler is not None else None,
                                       per_token=not chunk.fixed_width_labels)
               for part, part_labels, n in zip(parts, labels, units)]
     return losses[0] if len(losses) == 1 else torch.stack(losses).sum()

@@ -46,10 +46,12 @@ def apply(model: torch.nn.Module, hp: Hyperparameters, peft_task_type: str,
         raise HpsearchError(f"lora_target_modules {', '.join(missing)}: no such linear layer in the model; "
                             f"it has {', '.join(linear_module_names(model))}")
     config = LoraConfig(task_type=TaskType[peft_task_type], r=hp.lora_r, lora_alpha=hp.lora_alpha,
-                        lora_dropout=hp.lora_dropout, target_modules=targets(hp.lora_target_modules))
+                        lora_dropout=hp.lora_dropout, target_modules=_targets(model, hp, peft_task_type))
     with warnings.catch_warnings():  # peft asks transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         peft_model = get_peft_model(model, config)
+    if peft_task_type == "QUESTION_ANS":  # peft 0.21's QA forward drops token_type_ids and position_ids: pass all
+        peft_model.forward = peft_model.base_model.forward
     k = hp.num_frozen_layers
     if k and blocks is not None:
         for block in list(blocks)[:k]:
@@ -57,6 +59,25 @@ def apply(model: torch.nn.Module, hp: Hyperparameters, peft_task_type: str,
                 if "lora_" in name:
                     p.requires_grad_(False)
     return peft_model
+
+
+HEADS = {"TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+"""The new heads peft trains in full for these tasks, which its ``all-linear`` would also give an adapter (it leaves
+out only a sequence classifier's, and an output embedding): the two clash (peft 0.21: "modules_to_save cannot be
+applied to modules of type lora.Linear")."""
+
+
+def _targets(model: torch.nn.Module, hp: Hyperparameters, peft_task_type: str) -> Any:
+    """peft's ``target_modules`` for ``hp.lora_target_modules``: ``all-linear`` spelled out as every linear layer
+    but the task's head where peft would otherwise put an adapter on it as well."""
+    wanted = targets(hp.lora_target_modules)
+    heads = HEADS.get(peft_task_type)
+    if wanted != ALL_LINEAR or not heads:
+        return wanted
+    from transformers.pytorch_utils import Conv1D
+
+    return [name for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D)) and name
+            and name.rsplit(".", 1)[-1] not in heads]
 
 
 def is_peft(model: Any) -> bool:

@@ -89,18 +89,34 @@ def view_of(model: torch.nn.Module, shared: set[int] = frozenset()) -> MemberVie
 
 
 class PassState:
-    """The pass being run: its members (in row order), rows per member, and the stacks made for it."""
+    """The pass being run: its members (in row order), rows per member, their hidden dropouts, and the stacks made
+    for it."""
 
     def __init__(self) -> None:
         self.members: list[MemberView] = []
         self.rows = 0
+        self.dropouts: list[float] = []
+        """Each member's hidden dropout, in row order (:mod:`hpsearch.finetune.fused_dropout` applies them)."""
+        self.only: int | None = None
+        """The member whose parameters a computation not made per row reads now (T5's position bias)."""
         self._stacks: dict[Any, torch.Tensor] = {}
 
-    def begin(self, members: list[MemberView], rows: int) -> None:
+    def begin(self, members: list[MemberView], rows: int, dropouts: list[float] | None = None) -> None:
         self.members, self.rows, self._stacks = members, rows, {}
+        self.dropouts = list(dropouts) if dropouts is not None else [0.0] * len(members)
 
     def end(self) -> None:
-        self.members, self._stacks = [], {}
+        self.members, self.dropouts, self._stacks = [], [], {}
+
+    def runs(self) -> list[tuple[int, int, float]]:
+        """The pass's rows as runs of members with one dropout: (first row, row after the last, dropout)."""
+        out: list[tuple[int, int, float]] = []
+        for k, p in enumerate(self.dropouts):
+            if out and out[-1][2] == p:
+                out[-1] = (out[-1][0], (k + 1) * self.rows, p)
+            else:
+                out.append((k * self.rows, (k + 1) * self.rows, p))
+        return out
 
     @property
     def k(self) -> int:
@@ -127,12 +143,25 @@ class PassState:
         return found if any(a is not None for a in found) else None
 
 
+class _Stands(torch.nn.Module):
+    """A member-aware stand-in for the executor's module ``base``: what else the model's code reads of it
+    (``weight``, ``padding_idx`` ...: T5 reads ``wo.weight.dtype``) is read from ``base``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base":
+                raise
+            return getattr(super().__getattr__("base"), name)
+
+
 def _per_member(x: torch.Tensor, k: int) -> torch.Tensor:
     """``x``'s rows as [K, rows * ..., features]."""
     return x.reshape(k, -1, x.shape[-1])
 
 
-class MemberLinear(torch.nn.Module):
+class MemberLinear(_Stands):
     """A linear layer (``nn.Linear`` or GPT-2's ``Conv1D``, whose weight is [in, out]) of the executor."""
 
     def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
@@ -207,7 +236,7 @@ def _member_dropout(xs: torch.Tensor, p: list[float], training: bool) -> torch.T
     return xs * (torch.rand_like(xs) < keep) / keep
 
 
-class MemberEmbedding(torch.nn.Module):
+class MemberEmbedding(_Stands):
     """An embedding of the executor: each member's rows looked up in its own table when members own it."""
 
     def __init__(self, base: torch.nn.Embedding, name: str, state: PassState) -> None:
@@ -228,10 +257,12 @@ class MemberEmbedding(torch.nn.Module):
         if ids.shape[0] == 1:  # one row for the whole batch (a position table): each member's, over its rows
             return torch.cat([look(ids, table, pad).expand(state.rows, *ids.shape[1:], -1)
                               for table, pad in zip(tables, pads)])
+        if state.only is not None:  # a computation made for one member at a time (:func:`_per_member_bias`)
+            return look(ids, tables[state.only], pads[state.only])
         raise RuntimeError(f"{self.name}: an embedding whose input is not one row per example is not fused")
 
 
-class MemberLayerNorm(torch.nn.Module):
+class MemberLayerNorm(_Stands):
     """A layer norm of the executor: normalized once, each member's scale and shift on its rows."""
 
     def __init__(self, base: torch.nn.LayerNorm, name: str, state: PassState) -> None:
@@ -252,7 +283,7 @@ class MemberLayerNorm(torch.nn.Module):
         return ys.view(x.shape)
 
 
-class MemberBroadcast(torch.nn.Module):
+class MemberBroadcast(_Stands):
     """Any other module with parameters of its own (an RMS norm): run once, each row seeing its member's parameters
     broadcast over it (its forward must combine them elementwise with a [rows, ..., features] input)."""
 
@@ -277,26 +308,77 @@ class MemberBroadcast(torch.nn.Module):
             self.base._parameters.update(saved)
 
 
-def member_aware(executor: torch.nn.Module, state: PassState) -> dict[str, str]:
-    """Swap every module of ``executor`` that holds parameters for its member-aware form; return the parameters
-    of the modules that cannot be (no member may own them), each with its module's kind."""
+class MemberCall(_Stands):
+    """Any other module with parameters members own (an embedding that adds to the lookup, as BART's learned
+    positions and scaled word embeddings do): called once per member, on that member's rows (every argument whose
+    first dimension is the pass's rows is cut) with that member's parameters; an output of one row (positions
+    shared by the batch) stands for each of the member's rows."""
+
+    def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
+        self.names = [n for n, _ in base.named_parameters()]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        state = self.state
+        owned = {n: state.owned(f"{self.name}.{n}") for n in self.names}
+        owned = {n: v for n, v in owned.items() if v is not None}
+        if not owned:
+            return self.base(*args, **kwargs)
+        total, rows = state.k * state.rows, state.rows
+        batched = [t for t in (*args, *kwargs.values()) if torch.is_tensor(t) and t.ndim and t.shape[0] == total]
+        if not batched:
+            raise RuntimeError(f"{self.name} ({type(self.base).__name__}): a module whose input is not one row per "
+                               f"example is not fused")
+        outs = []
+        for k in range(state.k):
+            cut = lambda t: t[k * rows:(k + 1) * rows] if torch.is_tensor(t) and t.ndim and t.shape[0] == total \
+                else t  # noqa: E731
+            out = torch.func.functional_call(self.base, {n: v[k] for n, v in owned.items()},
+                                             tuple(cut(a) for a in args), {n: cut(v) for n, v in kwargs.items()})
+            outs.append(out.expand(rows, *out.shape[1:]) if out.shape[0] == 1 else out)  # one row for all: each
+        return torch.cat(outs)
+
+
+def _per_member_bias(module: torch.nn.Module, state: PassState) -> None:
+    """T5's relative position bias (``compute_bias``: one [1, heads, q, k] bias for the batch, from a table the
+    members own): computed for each member with its table, each over its rows."""
+    original = module.compute_bias
+
+    def compute_bias(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if state.owned(f"{module.hpsearch_path}.relative_attention_bias.weight") is None:
+            return original(*args, **kwargs)
+        biases = []
+        for k in range(state.k):
+            state.only = k
+            try:
+                biases.append(original(*args, **kwargs))
+            finally:
+                state.only = None
+        return torch.cat(biases).repeat_interleave(state.rows, 0)
+
+    module.compute_bias = compute_bias
+
+
+def member_aware(executor: torch.nn.Module, state: PassState) -> None:
+    """Swap every module of ``executor`` that holds parameters for its member-aware form."""
     from transformers.pytorch_utils import Conv1D
 
-    unknown: dict[str, str] = {}
     for path, module in list(executor.named_modules()):
+        if callable(getattr(module, "compute_bias", None)) and hasattr(module, "relative_attention_bias"):
+            module.hpsearch_path = path
+            _per_member_bias(module, state)
         if not path or not any(True for _ in module.parameters(recurse=False)):
             continue
         if isinstance(module, (torch.nn.Linear, Conv1D)):
             swapped: torch.nn.Module = MemberLinear(module, path, state)
-        elif isinstance(module, torch.nn.Embedding):
+        elif type(module) is torch.nn.Embedding:
             swapped = MemberEmbedding(module, path, state)
         elif isinstance(module, torch.nn.LayerNorm):
             swapped = MemberLayerNorm(module, path, state)
         elif all(p.ndim == 1 for p in module.parameters(recurse=False)) and "norm" in type(module).__name__.lower():
             swapped = MemberBroadcast(module, path, state)
         else:
-            unknown.update({f"{path}.{n}": type(module).__name__ for n, _ in module.named_parameters(recurse=False)})
-            continue
+            swapped = MemberCall(module, path, state)
         parent, _, child = path.rpartition(".")
         setattr(executor.get_submodule(parent) if parent else executor, child, swapped)
-    return unknown

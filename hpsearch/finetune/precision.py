@@ -15,7 +15,9 @@ stays bf16 mixed where bf16 is native (AMX, AVX512-BF16) and fp32 elsewhere, as 
 """
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +78,11 @@ class Workload:
         return (KERNELS_PER_LAYER * max(1, self.layers) + 20) * LAUNCH_S
 
     def arithmetic_s(self, flops: float) -> float:
-        return 6.0 * self.matmul_parameters * self.tokens_per_step / flops
+        return self.token_s(flops) * self.tokens_per_step
+
+    def token_s(self, flops: float) -> float:
+        """Seconds of arithmetic per token of a training pass (forward and backward: 6 FLOPs a parameter)."""
+        return 6.0 * self.matmul_parameters / flops
 
 
 def cpu_has_native_bf16() -> bool:
@@ -106,8 +112,7 @@ def auto_precision(device: torch.device, workload: Workload | None) -> tuple[str
     where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
     if workload is None:
         return half, f"auto on {where}: {half} mixed (the model's workload is unknown: quantized weights)"
-    flops = TF32_FLOPS_MINOR.get((major, minor)) or TF32_FLOPS.get(major) or TF32_FLOPS[
-        max([k for k in TF32_FLOPS if k <= major] or [min(TF32_FLOPS)])]
+    flops = gpu_tf32_flops(device)
     launch, arithmetic = workload.launch_s(), workload.arithmetic_s(flops)
     weighed = (f"~{launch * 1e3:.1f} ms of kernel launches a step against ~{arithmetic * 1e3:.2f} ms of fp32-path "
                f"arithmetic ({workload.matmul_parameters / 1e6:.0f}M matrix parameters, "
@@ -117,6 +122,35 @@ def auto_precision(device: torch.device, workload: Workload | None) -> tuple[str
         return "fp32", f"auto on {where}: {weighed}: launch-bound, so fp32 with {products} ({half} mixed would " \
                        f"add a cast kernel per weight per pass)"
     return half, f"auto on {where}: {weighed}: compute-bound, so {half} mixed"
+
+
+def gpu_tf32_flops(device: torch.device) -> float:
+    """Achievable fp32-path (TF32) matrix FLOP/s of a GPU, from :data:`TF32_FLOPS` by its compute capability."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return TF32_FLOPS_MINOR.get((major, minor)) or TF32_FLOPS.get(major) or TF32_FLOPS[
+        max([k for k in TF32_FLOPS if k <= major] or [min(TF32_FLOPS)])]
+
+
+def matmul_flops(device: torch.device, autocast: torch.dtype | None = None) -> float:
+    """Matrix FLOP/s a training pass gets on ``device`` computing in ``autocast`` (None: fp32): a GPU's from the
+    table (half precision twice TF32's), a CPU's measured once per process (CPUs differ too much to tabulate: AMX,
+    AVX512-BF16, none)."""
+    if device.type == "cuda":
+        return gpu_tf32_flops(device) * (2.0 if autocast in (torch.bfloat16, torch.float16) else 1.0)
+    return _cpu_flops(autocast or torch.float32)
+
+
+@functools.cache
+def _cpu_flops(dtype: torch.dtype) -> float:
+    """The best of three 512 x 1024 x 1024 products in ``dtype`` on this CPU's threads (~1 GFLOP each)."""
+    a, b = torch.randn(512, 1024).to(dtype), torch.randn(1024, 1024).to(dtype)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 512 * 1024 * 1024 / max(best, 1e-6)
 
 
 def precision_plan(precision: str, dtype: str, checkpoint: torch.dtype | None, device: torch.device,

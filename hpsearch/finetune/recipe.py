@@ -20,7 +20,7 @@ from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import deterministic, resolve_device, set_numerics
 from .distributed import Group, rank_device
-from .fused import SENTINEL_DROPOUT, Fuser
+from .fused import SENTINEL_DROPOUT, Fuser, PassCost
 from .loop import train
 from .model import (
     build_model,
@@ -32,7 +32,7 @@ from .model import (
     preload,
     shared_base,
 )
-from .precision import Precision, Workload, precision_plan, typical_pass
+from .precision import Precision, Workload, matmul_flops, precision_plan, typical_pass
 from .state import Callback, TrainResult, TrainSettings
 
 if TYPE_CHECKING:
@@ -171,4 +171,15 @@ def fuser_for(space: Space, prepared: Prepared, size: int) -> Fuser:
         hp = Hyperparameters().replace(lora_r=0, dropout=SENTINEL_DROPOUT)
         return build_model(space.model, hp, prepared.data, prepared.device, prepared.precision, base=base)
 
-    return Fuser(size, prepared.data.task, prepared.device, prepared.precision.autocast, executor, base=base)
+    return Fuser(size, prepared.data.task, prepared.device, prepared.precision.autocast, executor, base=base,
+                 cost=pass_cost(space, prepared))
+
+
+def pass_cost(space: Space, prepared: Prepared) -> PassCost:
+    """What a fused pass of the space's model costs on the prepared device: launches a pass (the same estimate
+    ``auto`` precision weighs) and arithmetic a padded token at the device's matrix rate."""
+    load = workload(space, prepared.data)
+    if load is None:  # quantized weights: unknown, fuse every step into one pass
+        return PassCost()
+    flops = matmul_flops(prepared.device, prepared.precision.autocast)
+    return PassCost(fixed_s=load.launch_s(), token_s=load.token_s(flops))

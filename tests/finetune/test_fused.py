@@ -18,6 +18,9 @@ from hpsearch.finetune.state import Callback
 from tests.helpers import CPU, write_jsonl_splits
 from tests.helpers import trial_hp as _hp
 
+KEY_BIASES = (".key.bias", ".k_proj.bias")
+"""Attention's key bias shifts every score of a query alike (a softmax over keys ignores it): its gradient is zero
+but for rounding, which AdamW scales up to steps of the learning rate in either direction; it is not compared."""
 TOL = dict(rtol=1e-4, atol=1e-5)
 """What rounding leaves between a member and the same trial alone in fp32 (products batched differently); with
 dropout 0, as a member's dropout masks are its passes'."""
@@ -45,15 +48,21 @@ def _fused(space, prepared, hps, callbacks=None, start=None, size=None):
     return out, fuser
 
 
-def _same(alone, fused) -> None:
-    """The same reports, the same evaluations and the same final weights, to :data:`TOL`."""
+def _same(alone, fused, weights: bool = True) -> None:
+    """The same reports, the same evaluations and (``weights``) the same final weights, to :data:`TOL`."""
     (model_a, result_a), (model_f, result_f) = alone, fused
     assert [h["report"] for h in result_a.history] == [h["report"] for h in result_f.history]
     for ha, hf in zip(result_a.history, result_f.history):
         assert ha["eval_loss"] == pytest.approx(hf["eval_loss"], rel=1e-4, abs=1e-5), (ha, hf)
+        # A rank correlation (regression's spearman) jumps when rounding swaps two predictions' order.
+        assert ha == pytest.approx(hf, rel=1e-2, abs=1e-5), (ha, hf)
+    if not weights:
+        return
     a = dict(model_a.named_parameters())
     for name, p in model_f.named_parameters():
-        torch.testing.assert_close(p, a[name], **TOL, msg=name)
+        if name.endswith(KEY_BIASES):
+            continue
+        torch.testing.assert_close(p, a[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def _members(space, lora: int) -> list:
@@ -98,6 +107,57 @@ def test_fused_causal_lms_train_as_they_would_alone(sft, lora: int) -> None:
     fused, _ = _fused(space, prepared, hps)
     for a, f in zip(alone, fused):
         _same(a, f)
+
+
+def test_members_with_other_dropouts_share_passes_and_a_dropout_free_one_trains_as_alone(setup) -> None:
+    """Hidden dropout is per member inside a pass: members with dropout 0, 0.1 and 0.3 run in the same passes (a
+    searched dropout does not split them), and the member without dropout trains exactly as it would alone."""
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    hps = [_hp(space, batch_size=16, epochs=1, dropout=0.0),
+           _hp(space, batch_size=16, epochs=1, dropout=0.1, seed=2),
+           _hp(space, batch_size=16, epochs=1, dropout=0.3, seed=3)]
+    alone = fine_tune(space, hps[0], prepared)
+    fused, fuser = _fused(space, prepared, hps)
+    assert fuser.per_member_dropout
+    # Split by dropout, every pass would hold one member; members join as their threads start, so the first passes
+    # may hold fewer than three.
+    assert fuser.member_passes == 36 and fuser.passes <= 12 + 2
+    _same(alone, fused[0])
+    for (model, _), hp in zip(fused[1:], hps[1:]):  # the others did train, and differently from the first
+        assert not torch.allclose(next(model.parameters()), next(fused[0][0].parameters()))
+
+
+def test_member_keep_mask_drops_each_member_s_rows_with_its_own_probability() -> None:
+    from hpsearch.finetune.fused_dropout import member_keep_mask
+
+    torch.manual_seed(0)
+    mask = member_keep_mask(torch.Size([3 * 64, 32, 16]), [0.0, 0.25, 1.0], torch.float32, torch.device("cpu"))
+    first, second, third = mask.split(64)
+    assert torch.equal(first, torch.ones_like(first)) and torch.equal(third, torch.zeros_like(third))
+    assert second.unique().tolist() == [0.0, pytest.approx(1 / 0.75)]
+    assert (second == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+
+
+def test_split_attention_runs_each_member_s_rows_with_its_dropout(setup) -> None:
+    """The attention of a pass with two dropouts: the dropout-free member's rows are attention without dropout,
+    the other's are not."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from hpsearch.finetune import fused_dropout as FD
+    from hpsearch.finetune.members import PassState
+
+    state = PassState()
+    state.begin([None, None], rows=2, dropouts=[0.0, 0.5])
+    module = torch.nn.Module()
+    module.__dict__[FD.PASS_ATTR] = state
+    module.is_causal = False
+    split = ALL_ATTENTION_FUNCTIONS[FD._register("sdpa")]
+    q, k, v = (torch.randn(4, 2, 5, 8) for _ in range(3))
+    out, _ = split(module, q, k, v, None, dropout=FD.SENTINEL_DROPOUT)
+    plain, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, None, dropout=0.0)
+    torch.testing.assert_close(out[:2], plain[:2])
+    assert not torch.allclose(out[2:], plain[2:])
 
 
 class _AtStep(Callback):
@@ -209,3 +269,79 @@ def test_a_member_s_kept_copy_shares_nothing_with_the_group(setup) -> None:
     base = {t.untyped_storage().data_ptr() for t in fuser.base.values()}
     assert not base & {p.untyped_storage().data_ptr() for p in copy.parameters()}
     assert base & {p.untyped_storage().data_ptr() for p in model.parameters()}  # the member itself shares it
+
+
+def _request(rows: int, width: int) -> FU._Request:
+    return FU._Request(member=None, inputs={"input_ids": torch.zeros(rows, width, dtype=torch.long)},
+                       labels=torch.zeros(rows, dtype=torch.long), weight=1.0, scale=None, per_token=False)
+
+
+def test_passes_are_planned_by_launches_against_padded_arithmetic() -> None:
+    """Launch-bound members share one pass whatever their shapes; arithmetic-bound ones share a pass only with
+    batches of about their shape (padding a 16 x 20 batch to 32 x 64 would cost more than a pass)."""
+    shapes = [(32, 64), (16, 20), (32, 60), (16, 24)]
+    requests = [_request(*s) for s in shapes]
+    launch_bound = FU.plan_passes(requests, FU.PassCost(fixed_s=5e-3, token_s=1e-9))
+    assert [len(p) for p in launch_bound] == [4]
+    compute_bound = FU.plan_passes(requests, FU.PassCost(fixed_s=5e-3, token_s=1e-5))
+    assert sorted(sorted(FU._shape(r) for r in p) for p in compute_bound) == [[(16, 20), (16, 24)],
+                                                                              [(32, 60), (32, 64)]]
+    assert FU.plan_passes(requests, FU.PassCost(fixed_s=1e-6, token_s=1e-5)) == [[r] for r in sorted(
+        requests, key=FU._shape)]  # launches cost nothing: no padding pays
+    assert FU.plan_passes([], FU.PassCost()) == []
+
+
+def _task_setup(task: str, tmp_path: Path, request: pytest.FixtureRequest):
+    """A space of ``task`` on its tiny model, and its data tokenized."""
+    from tests.helpers import space_dict
+
+    if task == "regression":
+        raw = space_dict(request.getfixturevalue("tiny_model"), request.getfixturevalue("tiny_data"),
+                         data__task="regression", study__metric="mse")
+    elif task == "token_classification":
+        from tests.helpers import tagged_sentences, write_conll
+        from tests.tasks.test_tasks import ner_space
+
+        train = write_conll(tmp_path / "train.conll", tagged_sentences(48, 1))
+        dev = write_conll(tmp_path / "dev.conll", tagged_sentences(16, 2))
+        raw = ner_space(request.getfixturevalue("tiny_tagger"), train, dev)
+    elif task == "question_answering":
+        from tests.tasks.test_question_answering import qa_rows, qa_space
+
+        raw = qa_space(request.getfixturevalue("tiny_model"),
+                       write_jsonl_splits(tmp_path, "qa", qa_rows, {"train": 48, "dev": 16}))
+    else:  # seq2seq:t5, seq2seq:bart, causal_lm:gpt2
+        task, kind = task.split(":")
+        if task == "seq2seq":
+            from tests.tasks.test_seq2seq import s2s_rows, s2s_space
+
+            raw = s2s_space(request.getfixturevalue("tiny_seq2seq")[kind],
+                            write_jsonl_splits(tmp_path, "s2s", s2s_rows, {"train": 48, "dev": 12}))
+        else:
+            from tests.tasks.test_tasks import sft_rows, sft_space
+
+            files = write_jsonl_splits(tmp_path, "sft", sft_rows, {"train": 48, "dev": 16})
+            raw = sft_space(request.getfixturevalue("tiny_decoders")[kind], files["train"], files["dev"],
+                            prompt_column="instruction", response_column="answer")
+    space = validate(raw)
+    return space, prepare(space.data, load_tokenizer(space.model), space.model.max_length)
+
+
+@pytest.mark.parametrize("task", ["regression", "token_classification", "question_answering", "seq2seq:t5",
+                                  "seq2seq:bart", "causal_lm:gpt2"])
+@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+def test_every_task_s_members_train_as_they_would_alone(task: str, lora: int, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    space, data = _task_setup(task, tmp_path, request)
+    prepared = Prepared(CPU, data, FP32)
+    hps = [_hp(space, lora_r=lora, batch_size=8, epochs=1, learning_rate=3e-3),
+           _hp(space, lora_r=lora * 2, batch_size=16, epochs=2, learning_rate=1e-3, seed=7, scheduler="constant")]
+    alone = [fine_tune(space, hp, prepared) for hp in hps]
+    fused, fuser = _fused(space, prepared, hps)
+    for a, f in zip(alone, fused):
+        assert not isinstance(f, BaseException), f
+        # A span head's scores are shift-invariant (a softmax over positions): its bias, and what feeds it only a
+        # shift, get a gradient that is zero but for rounding, which AdamW scales up to steps of the learning rate
+        # in either direction. So question answering compares every evaluation, not those weights.
+        _same(a, f, weights=task != "question_answering")
+    assert fuser.member_passes > fuser.passes
