@@ -40,6 +40,9 @@ class Measurement:
     """Whether ``study.constraints`` may bound it."""
     objective: bool = False
     """Whether ``study.metrics`` may list it (minimized)."""
+    own_alone: bool = False
+    """Whether it is a trial's own only when the trial trains alone (times, throughput, memory: a fused member's
+    are its group's), so that ``--fuse`` refuses it in ``study.metrics`` and ``study.constraints``."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -59,14 +62,15 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("micro_batch_size", "count", "rows per forward and backward pass (the batch when nothing is "
                 "accumulated)", "training", "micro_batch_size"),
     Measurement("train_time_s", "s", "seconds of training (a trial past a bound on it is stopped there and counts "
-                "as a violation)", "training", "train_time", digits=3, constraint=True, objective=True),
-    Measurement("eval_time_s", "s", "seconds of evaluation", "training", "eval_time", digits=3, constraint=True),
+                "as a violation)", "training", "train_time", digits=3, constraint=True, objective=True,
+                own_alone=True),
+    Measurement("eval_time_s", "s", "seconds of evaluation", "training", "eval_time", digits=3, constraint=True, own_alone=True),
     Measurement("setup_time_s", "s", "seconds from the trial's start to its first training step (building the "
-                "model, the optimizer)", "training", "setup_time", digits=3),
+                "model, the optimizer)", "training", "setup_time", digits=3, own_alone=True),
     Measurement("examples_per_s", "examples/s", "training throughput in rows per second", "training",
-                "examples_per_s", digits=2, constraint=True),
+                "examples_per_s", digits=2, constraint=True, own_alone=True),
     Measurement("tokens_per_s", "tokens/s", "training throughput in real (unpadded) tokens per second", "training",
-                "tokens_per_s", digits=1, constraint=True),
+                "tokens_per_s", digits=1, constraint=True, own_alone=True),
     Measurement("padding_ratio", "count", "padded tokens the training passes computed per real token (1.0: no "
                 "padding)", "training", "padding_ratio", digits=4, constraint=True),
     Measurement("parameters", "count", "the model's parameters", "training", "parameters", constraint=True,
@@ -75,9 +79,10 @@ MEASUREMENTS: tuple[Measurement, ...] = (
                 "frozen layers left out)", "training", "trainable_parameters", constraint=True, objective=True),
     Measurement("peak_memory_mb", "MB", "the trial's peak memory: allocated GPU memory, or the process's peak RSS "
                 "on a CPU (which never goes down within a process: use it on GPUs)", "device", digits=1,
-                constraint=True),
+                constraint=True, own_alone=True),
     Measurement("latency_ms", "ms", "milliseconds per example of the trained model's inference, one row at a time "
-                "(16 validation rows after 2 to warm up)", "model", digits=4, objective=True),
+                "(16 validation rows after 2 to warm up)", "model", digits=4, objective=True,
+                own_alone=True),
 )
 """Every measurement a trial records, in the order the report shows them."""
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from .conditions import parse
+from .measurements import BY_NAME
 from .options import RunOptions, shown
 from .placement import Slot, place, place_groups, place_on_ray
 
@@ -221,10 +223,17 @@ def fuse_problems(space: Space, options: RunOptions) -> list[Problem]:
     if space.study.deterministic:
         out.append(Problem(f"{fuse} with study.deterministic: a member's dropout masks depend on which members "
                            f"share its passes; drop one of them"))
-    if "latency_ms" in space.study.metrics:
-        out.append(Problem(f"{fuse} with latency_ms in study.metrics: a member's latency would be timed while the "
-                           f"group's other members train; measure it without {shown('fuse')}"))
+    for name, where in _measured(space):
+        if name in BY_NAME and BY_NAME[name].own_alone:
+            out.append(Problem(f"{fuse} with {name} in {where}: a fused member's {name} is its group's, not its "
+                               f"own (the members share every pass); search it without {shown('fuse')}"))
     return out
+
+
+def _measured(space: Space) -> list[tuple[str, str]]:
+    """The names ``study.metrics`` and ``study.constraints`` use, each with its key."""
+    named = [(name, "study.metrics") for name in space.study.metrics]
+    return named + [(parse(text)[0].name, "study.constraints") for text in space.study.constraints]
 
 
 def package_problems(space: Space, options: RunOptions | None, machine: Machine) -> list[Problem]:

@@ -101,3 +101,52 @@ def test_unknown_target_module_is_refused_before_anything_is_written(make_space,
     assert proc.returncode == 2, proc.stderr
     assert "fixed.lora_target_modules" in proc.stderr and "(q_proj)" in proc.stderr and "query" in proc.stderr
     assert not (tmp_path / "studies.db").exists()
+
+
+@pytest.mark.parametrize("peft_task, auto, head", [("TOKEN_CLS", "AutoModelForTokenClassification", "classifier"),
+                                                   ("QUESTION_ANS", "AutoModelForQuestionAnswering", "qa_outputs"),
+                                                   ("SEQ_CLS", "AutoModelForSequenceClassification", "classifier")])
+def test_all_linear_adapts_every_linear_layer_but_the_head_trained_in_full(tiny_model: Path, peft_task: str,
+                                                                         auto: str, head: str) -> None:
+    """peft's all-linear leaves out only a sequence classifier's head; on a token-classification or span head it
+    also put an adapter, which then clashed with training the head in full (a TypeError at every trial)."""
+    import transformers
+
+    from hpsearch.config.vocabulary import Hyperparameters
+    from hpsearch.finetune.lora import apply
+
+    torch.manual_seed(0)
+    model = getattr(transformers, auto).from_pretrained(tiny_model, num_labels=3)
+    wrapped = apply(model, Hyperparameters(lora_r=4), peft_task, None)
+    adapted = {n.rsplit(".lora_A", 1)[0].removeprefix("base_model.model.") for n, _ in wrapped.named_parameters()
+               if ".lora_A." in n}
+    linear = {n for n, m in wrapped.get_base_model().named_modules() if type(m).__name__ == "Linear"
+              and ".lora_" not in n and not n.endswith((".base_layer", "original_module"))
+              and "modules_to_save" not in n and not n.startswith(head)}
+    assert adapted == {n.removesuffix(".base_layer") for n in linear} and adapted  # every body linear layer
+    trained = {n for n, p in wrapped.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert trained and all(f"{head}.modules_to_save" in n for n in trained)  # the head in full, nothing else
+
+
+def test_a_lora_span_model_reads_the_token_types(tiny_model: Path) -> None:
+    """peft's question-answering wrapper drops token_type_ids (and position_ids) before calling the model: a LoRA
+    span model then trained as if every token were the question's, and the merged model, given the types, answered
+    differently than it was evaluated. The wrapper now passes every input on."""
+    from transformers import AutoModelForQuestionAnswering
+
+    from hpsearch.config.vocabulary import Hyperparameters
+    from hpsearch.finetune.lora import apply
+
+    torch.manual_seed(0)
+    plain = AutoModelForQuestionAnswering.from_pretrained(tiny_model).eval()
+    wrapped = apply(AutoModelForQuestionAnswering.from_pretrained(tiny_model), Hyperparameters(lora_r=4),
+                    "QUESTION_ANS", None).eval()
+    wrapped.base_model.model.qa_outputs.modules_to_save["default"].load_state_dict(plain.qa_outputs.state_dict())
+    ids = torch.tensor([[2, 7, 8, 3, 9, 10, 11, 3]])
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        want = plain(input_ids=ids, token_type_ids=types).start_logits
+        got = wrapped(input_ids=ids, token_type_ids=types).start_logits
+        without = plain(input_ids=ids).start_logits
+    torch.testing.assert_close(got, want)  # adapters start at zero: the same model
+    assert not torch.allclose(want, without)  # and the types do matter to it

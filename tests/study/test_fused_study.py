@@ -126,3 +126,51 @@ def test_what_fusing_refuses_in_a_space(make_space, hpsearch, tmp_path: Path, ov
     res = hpsearch("run", "--space", str(_space(make_space, **override)), "--trials", "2", "--fuse", "2")
     assert res.returncode == 2 and says in res.stderr, res.stderr
     assert not (tmp_path / "studies.db").exists()
+
+
+@pytest.mark.parametrize("override, says", [
+    ({"study__metrics": ["accuracy", "train_time_s"], "study__pruner": "none"}, "train_time_s in study.metrics"),
+    ({"study__constraints": ["peak_memory_mb <= 4000"]}, "peak_memory_mb in study.constraints"),
+])
+def test_a_group_s_shared_measurements_are_refused(make_space, hpsearch, tmp_path: Path, override: dict,
+                                                   says: str) -> None:
+    """Times, throughput and memory of a fused member are its group's (the measurement table says which)."""
+    res = hpsearch("run", "--space", str(_space(make_space, **override)), "--trials", "2", "--fuse", "2")
+    assert res.returncode == 2 and f"--fuse 2 with {says}" in res.stderr, res.stderr
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_a_grid_fused_three_at_a_time_runs_each_point_once(make_space, hpsearch, tmp_path: Path) -> None:
+    """Members ask one at a time, and a grid sampler skips the points running members hold."""
+    space = make_space(params={"learning_rate": {"type": "categorical", "choices": [1e-3, 2e-3, 3e-3]},
+                               "batch_size": {"type": "categorical", "choices": [8, 16]}},
+                       fixed={"seed": 0, "dropout": 0.0, "epochs": 1}, study__sampler={"name": "grid"},
+                       study__pruner="none")
+    hpsearch("run", "--space", str(space), "--trials", "6", "--quiet", "--fuse", "3", check=True)
+    trials = _study(tmp_path).trials
+    assert sorted((t.params["learning_rate"], t.params["batch_size"]) for t in trials) == sorted(
+        (lr, bs) for lr in (1e-3, 2e-3, 3e-3) for bs in (8, 16))
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+
+
+def test_fused_members_with_two_objectives_and_confirmed_bests(make_space, hpsearch, tmp_path: Path) -> None:
+    """Several objectives, and study.confirm's folds (run after the study, each trial alone), with --fuse."""
+    two = _space(make_space, epochs=1, study__metrics=["accuracy", "trainable_parameters"], study__pruner="none")
+    hpsearch("run", "--space", str(two), "--trials", "3", "--quiet", "--fuse", "3", check=True)
+    assert all(len(t.values) == 2 for t in _study(tmp_path).trials)
+    confirmed = _space(make_space, epochs=1, study__name="confirmed", study__pruner="none",
+                       study__confirm={"top_k": 2, "folds": 2})
+    hpsearch("run", "--space", str(confirmed), "--trials", "3", "--quiet", "--fuse", "3", check=True)
+    from hpsearch.study.record import confirmations
+
+    assert len(confirmations(_study(tmp_path, "confirmed"))) == 2
+
+
+def test_two_workers_fuse_their_own_groups_to_the_total(make_space, hpsearch, tmp_path: Path) -> None:
+    """--workers N with --fuse K: N processes, each a fused group (on GPUs, --trials-per-gpu places them alike)."""
+    hpsearch("run", "--space", str(_space(make_space, epochs=1)), "--total", "6", "--workers", "2", "--fuse", "2",
+             "--quiet", check=True)
+    trials = _study(tmp_path).trials
+    assert len(trials) == 6 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    groups = {t.user_attrs["fused_group"] for t in trials}
+    assert len(groups) == 2 and len({g.split("/")[0] for g in groups}) == 2  # two processes, a group each
