@@ -118,3 +118,19 @@ def test_the_packing_script_runs_packed_studies_reduced_on_the_cpu(tmp_path: Pat
     profile.main(["--reduced"])
     printed = capsys.readouterr().out
     assert "## Python, by own time" in printed and "steps" in printed
+
+
+def test_the_fused_script_runs_fused_studies_and_the_memory_run_reduced(tmp_path: Path) -> None:
+    """bench/fused.py: K = 1 and K = 2 run the same grid through `hpsearch run` (--fuse 2 for K = 2) and find the
+    same best; the LoRA memory run measures K = 1 and K = 2 members in their own processes."""
+    from bench import fused
+
+    out = tmp_path / "FUSED.md"
+    fused.main(["--reduced", "--memory-ks", "1,2", "--out", str(out)])
+    raw = json.loads(out.with_suffix(".json").read_text())
+    (tiny,) = raw["throughput"]
+    assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
+    assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
+    assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
+    assert [r["k"] for r in raw["memory"]["runs"]] == [1, 2] and all("peak_mb" in r for r in raw["memory"]["runs"])
+    assert "## tiny: 4 configs" in out.read_text()

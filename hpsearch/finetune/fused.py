@@ -234,7 +234,9 @@ class Fuser:
         labels = _stack_labels([r.labels for r in part], rows)
         for slot, attr in self._dropout_slots:
             setattr(slot, attr, part[0].member.dropout)
-        self._state.begin([r.member.view for r in part], rows, [r.member.dropout for r in part])
+        width = max(_shape(r)[1] for r in part)
+        self._state.begin([r.member.view for r in part], rows, [r.member.dropout for r in part],
+                          batched=self.cost.launch_bound(len(part) * rows * width))
         with autocast(self.device, self.dtype):
             logits = self.task.forward(_Executor(self._executor), inputs, labels)
         total = None
@@ -265,6 +267,10 @@ class PassCost:
     """Seconds a pass costs whatever its size (:attr:`hpsearch.finetune.precision.Workload.launch_s`)."""
     token_s: float = 0.0
     """Seconds a pass costs per padded token (:attr:`hpsearch.finetune.precision.Workload.token_s`)."""
+
+    def launch_bound(self, tokens: int) -> bool:
+        """Whether a pass of ``tokens`` padded tokens takes longer to launch than to compute."""
+        return self.fixed_s >= self.token_s * tokens
 
     def of(self, shapes: list[tuple[int, int]]) -> float:
         """A pass over batches of ``shapes`` (rows, width), each padded to the largest of both."""

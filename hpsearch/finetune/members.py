@@ -99,10 +99,14 @@ class PassState:
         """Each member's hidden dropout, in row order (:mod:`hpsearch.finetune.fused_dropout` applies them)."""
         self.only: int | None = None
         """The member whose parameters a computation not made per row reads now (T5's position bias)."""
+        self.batched = True
+        """Whether members' own weights are stacked into batched products (one launch for all: a launch-bound
+        pass) or each member's rows go through its own weights (no copy of the weights: an arithmetic-bound one)."""
         self._stacks: dict[Any, torch.Tensor] = {}
 
-    def begin(self, members: list[MemberView], rows: int, dropouts: list[float] | None = None) -> None:
-        self.members, self.rows, self._stacks = members, rows, {}
+    def begin(self, members: list[MemberView], rows: int, dropouts: list[float] | None = None,
+              batched: bool = True) -> None:
+        self.members, self.rows, self._stacks, self.batched = members, rows, {}, batched
         self.dropouts = list(dropouts) if dropouts is not None else [0.0] * len(members)
 
     def end(self) -> None:
@@ -184,6 +188,16 @@ class MemberLinear(_Stands):
 
     def _owned(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
+        if not state.batched:  # each member's rows through its own weights: no stacked copy of them
+            weights, biases = state.owned(f"{self.name}.weight"), state.owned(f"{self.name}.bias")
+            outs = []
+            for k, (part, w) in enumerate(zip(x.split(state.rows), weights)):
+                b = None if biases is None else biases[k]
+                if self.transposed:  # GPT-2's Conv1D keeps its weight as [in, out]
+                    outs.append(part @ w if b is None else part @ w + b)
+                else:
+                    outs.append(F.linear(part, w, b))
+            return torch.cat(outs)
         w = state.stacked(f"{self.name}.weight")
         xs = _per_member(x, state.k)
         w = w if self.transposed else w.transpose(1, 2)  # [K, in, out]

@@ -72,3 +72,24 @@ def test_attention_dropout_is_applied(setup) -> None:
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, model(**batch).logits)
+
+
+def test_attention_without_dropout_computes_half_precision_inputs_in_fp32() -> None:
+    """The CPU's fused kernel is 3-7x slower in bf16 than in fp32 (bench/results/CPU_ATTENTION.md): bf16 inputs are
+    attended in fp32 and the output handed back in bf16, equal to SDPA on fp32 copies."""
+    import torch.nn.functional as F
+
+    from hpsearch.finetune.dropout import attention
+
+    module = torch.nn.Module().eval()
+    module.is_causal = False
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 5)
+    mask[1, ..., 3:] = torch.finfo(torch.bfloat16).min
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training: autocast would cast fp32 inputs back
+        out, _ = attention(module, q.bfloat16(), k.bfloat16(), v.bfloat16(), mask.bfloat16())
+    want = F.scaled_dot_product_attention(q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(),
+                                          attn_mask=mask.bfloat16().float()).transpose(1, 2)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, want.bfloat16(), rtol=0, atol=0)

@@ -74,10 +74,15 @@ def _members(space, lora: int) -> list:
                 num_frozen_layers=1)]
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-member"])
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
-def test_fused_classifiers_train_as_they_would_alone(setup, lora: int) -> None:
+def test_fused_classifiers_train_as_they_would_alone(setup, lora: int, batched: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members' own weights in batched products (a launch-bound pass) or each member's rows through its own
+    weights (an arithmetic-bound one): either way each member trains as alone."""
     space, data = setup
     prepared = Prepared(CPU, data, FP32)
+    monkeypatch.setattr(FU.PassCost, "launch_bound", lambda self, tokens: batched)
     hps = _members(space, lora)
     alone = [fine_tune(space, hp, prepared) for hp in hps]
     fused, fuser = _fused(space, prepared, hps)
