@@ -145,6 +145,82 @@ def lora_memory(work: Path, reduced: bool, ks: list[int]) -> dict:
     return out
 
 
+LAUNCH_CHILD = """
+import json, sys, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from hpsearch.config.validation import validate
+from hpsearch.config.vocabulary import Hyperparameters
+from hpsearch.finetune.fused import PassCost, _Request
+from hpsearch.finetune.model import build_model
+from hpsearch.finetune.optim import make_optimizer
+from hpsearch.finetune.precision import FP32, TF32_FLOPS
+from hpsearch.finetune.recipe import Prepared, fuser_for, prepare, workload
+
+class Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.__name__.split(".")[0] not in (
+                "detach", "alias", "lift_fresh", "_record_function_enter_new", "_record_function_exit"):
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+raw, ks, rows, width = json.loads(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+space = validate(raw)
+prepared = prepare(space, "cpu")
+prepared = Prepared(prepared.device, prepared.data, FP32)  # what auto picks for these models on an H100/H200
+task = prepared.data.task
+torch.manual_seed(0)
+vocab = int(prepared.data.train.input_ids.max()) + 1
+inputs = {"input_ids": torch.randint(5, vocab, (rows, width)), "attention_mask": torch.ones(rows, width, dtype=torch.bool),
+          "token_type_ids": torch.zeros(rows, width, dtype=torch.long)}
+labels = torch.randint(0, 2, (rows,))
+out = {}
+for k in ks:
+    hps = [Hyperparameters.of({**space.fixed, "learning_rate": 1e-4 * (i + 1), "dropout": 0.0, "seed": i}) for i in range(k)]
+    models = [build_model(space.model, hp, prepared.data, prepared.device, prepared.precision) for hp in hps]
+    optimizers = [make_optimizer(m, hp, prepared.device) for m, hp in zip(models, hps)]
+    fuser = fuser_for(space, prepared, k) if k > 1 else None
+    if fuser is not None:  # passes planned as on an H100/H200 (sm90), the GPU these counts stand for
+        load = workload(space, prepared.data)
+        fuser.cost = PassCost(fixed_s=load.launch_s(), token_s=load.token_s(TF32_FLOPS[9]))
+        fuser._calibrate = lambda *timed: None
+    members = [fuser.join(m.train(), 0.0) for m in models] if fuser else []
+
+    def step():
+        if fuser is None:
+            loss = task.loss(task.forward(models[0].train(), inputs, labels), labels)
+            loss.backward()
+        else:
+            fuser._run([_Request(m, inputs, labels, 1.0, None, False) for m in members])
+        for m, o in zip(models, optimizers):
+            torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], 1.0, foreach=True)
+            o.step(); o.zero_grad(set_to_none=True)
+
+    step()
+    with Count() as c:
+        step()
+    out[k] = c.n
+print(json.dumps(out))
+"""
+
+
+def launches(label: str, model: Path, ks: list[int], rows: int = 16, width: int = 64) -> dict:
+    """ATen ops that would launch a kernel on a GPU (views left out) in one optimizer step of K members (one fused
+    pass, then each member's clipping and AdamW), per member, counted on the CPU in fp32: in the launch-bound regime
+    of a small model on a GPU a step's time follows its launches (../shared/bench/ops_per_step.py holds the counts
+    against an H200 profile)."""
+    raw = space(model, False)
+    done = subprocess.run([sys.executable, "-c", LAUNCH_CHILD, json.dumps(raw), json.dumps(ks), str(rows),
+                           str(width)], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        return {"model": label, "failed": done.stderr[-1500:]}
+    counts = {int(k): n for k, n in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    out = {"model": label, "rows": rows, "width": width, "counts": counts}
+    print(f"[fused] launches {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
+
+
 def _load_weights(model: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -178,6 +254,18 @@ def report(results: dict[str, Any], argv: list[str]) -> str:
                          f"{r['per_hour_steady']} | {steady_x} | {r['mean_trial_s']} | {r['best_value']} | "
                          f"{params} | {change:.4f} |")
         lines.append("")
+    for part in results.get("launches", []):
+        if "failed" in part:
+            lines += [f"## Launches per member-step: {part['model']}: failed", "", part["failed"][-500:], ""]
+            continue
+        one = part["counts"][1] if 1 in part["counts"] else part["counts"].get("1")
+        lines += [f"## Launches per member-step: {part['model']} ({part['rows']} rows x {part['width']} tokens, fp32)",
+                  "", "Kernels one optimizer step would launch on a GPU (ATen ops but views), counted on the CPU: "
+                  "K members' fused pass, then each member's clipping and AdamW; per member.", "",
+                  "| K | ops a step | per member | x K=1 |", "|---|---|---|---|"]
+        for k, n in sorted((int(k), n) for k, n in part["counts"].items()):
+            lines.append(f"| {k} | {n} | {n / k:.0f} | {n / k / one:.2f} |")
+        lines.append("")
     memory = results.get("memory")
     if memory:
         base = next((r for r in memory["runs"] if r.get("k") == 1 and "failed" not in r), None)
@@ -204,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ks", default=None, help="the Ks (default 1,2,4,8,16; minilm on a CPU 1,8; reduced 1,2)")
     ap.add_argument("--rows", type=int, default=None, help="training rows (default: bench/packing.py's)")
     ap.add_argument("--memory-ks", default="1,8", help="the Ks of the LoRA memory run ('' to skip it)")
+    ap.add_argument("--launch-ks", default="1,2,4,8,16", help="the Ks of the launch count ('' to skip it)")
     ap.add_argument("--out", default=str(RESULTS / "FUSED.md"))
     a = ap.parse_args(argv)
     import torch
@@ -226,6 +315,11 @@ def main(argv: list[str] | None = None) -> None:
             model = {"tiny": lambda: save_bert(work / "tiny", True), "minilm": lambda: MINILM,
                      "random-minilm": lambda: save_bert(work / "random-minilm", False)}[label]()
             results["throughput"].append(throughput(label, model, ks, a.reduced, work, a.rows))
+        if a.launch_ks:
+            ks = [int(k) for k in a.launch_ks.split(",")]
+            results["launches"] = [launches("tiny", save_bert(work / "tiny-count", True), ks)]
+            if not a.reduced:
+                results["launches"].append(launches("MiniLM-shaped", save_bert(work / "minilm-count", False), ks))
         if a.memory_ks:
             results["memory"] = lora_memory(work, a.reduced, [int(k) for k in a.memory_ks.split(",")])
     raw_file.parent.mkdir(parents=True, exist_ok=True)

@@ -20,10 +20,12 @@ LoRA members share one base: their models adopt the same weight tensors (:func:`
 """
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import math
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -39,6 +41,9 @@ from .device import autocast
 from .fused_dropout import SENTINEL_DROPOUT
 from .fused_dropout import install as per_member_dropout
 from .members import MemberView, PassState, member_aware, view_of
+
+CALIBRATE_EVERY = 16
+"""Passes between refits of a CPU group's pass cost (over the last 64)."""
 
 __all__ = ["SENTINEL_DROPOUT", "Fuser", "Member", "PassCost", "plan_passes", "private"]
 _ids = itertools.count(1)
@@ -109,7 +114,9 @@ class Fuser:
             raise ValueError(f"a fused group holds at least 1 member, not {size!r}")
         self.size, self.task, self.device, self.dtype = size, task, device, dtype
         self.cost = cost or PassCost()
-        """What a pass costs, to decide which members share one (default: launches only, so every step is one)."""
+        """What a pass costs, to decide which members share one (default: launches only, so every step is one);
+        on a CPU refitted to the passes' own times as they run (:meth:`_calibrate`)."""
+        self._timed: collections.deque[tuple[int, float]] = collections.deque(maxlen=4 * CALIBRATE_EVERY)
         self.base = base
         self._shared = {t.untyped_storage().data_ptr() for t in (base or {}).values()}
         """The pretrained body's weights that LoRA members' models and the executor adopt (one copy)."""
@@ -218,7 +225,10 @@ class Fuser:
         self.split_passes += len(parts) - len(kinds)
         for part in parts:
             try:
+                started = time.perf_counter()
                 self._pass(part)
+                if self.device.type == "cpu":  # a CPU's ops are done when they return: the pass is timed as it is
+                    self._calibrate(_tokens(part), time.perf_counter() - started)
             except BaseException as exc:  # out of memory, a bug: each member's loop decides
                 for r in part:
                     r.error = copy.copy(exc) if isinstance(exc, Exception) else exc
@@ -226,6 +236,19 @@ class Fuser:
                 for r in part:
                     r.done = True
                 self._state.end()
+
+    def _calibrate(self, tokens: int, seconds: float) -> None:
+        """Fit :attr:`cost` to the passes timed so far (a CPU's): the estimate from the model counts only matrix
+        products, while a small model's passes also spend per token on attention, norms and element-wise ops (20x
+        the estimate on the tiny BERT, bench/results/FUSED.md)."""
+        self._timed.append((tokens, seconds))
+        if len(self._timed) % CALIBRATE_EVERY or len({t for t, _ in self._timed}) < 2:
+            return
+        n = len(self._timed)
+        mean_t, mean_s = sum(t for t, _ in self._timed) / n, sum(s for _, s in self._timed) / n
+        var = sum((t - mean_t) ** 2 for t, _ in self._timed)
+        slope = max(0.0, sum((t - mean_t) * (s - mean_s) for t, s in self._timed) / var)
+        self.cost = PassCost(fixed_s=max(0.0, mean_s - slope * mean_t), token_s=slope)
 
     def _pass(self, part: list[_Request]) -> None:
         """One forward and one backward over ``part``'s batches."""
@@ -299,6 +322,12 @@ def plan_passes(requests: list[_Request], cost: PassCost) -> list[list[_Request]
         parts.append(ordered[cut[end]:end])
         end = cut[end]
     return parts[::-1]
+
+
+def _tokens(part: list[_Request]) -> int:
+    """The padded tokens of a pass over ``part``."""
+    shapes = [_shape(r) for r in part]
+    return len(shapes) * max(r for r, _ in shapes) * max(w for _, w in shapes)
 
 
 def _shape(request: _Request) -> tuple[int, int]:

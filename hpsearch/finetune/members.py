@@ -198,14 +198,9 @@ class MemberLinear(_Stands):
                 else:
                     outs.append(F.linear(part, w, b))
             return torch.cat(outs)
-        w = state.stacked(f"{self.name}.weight")
-        xs = _per_member(x, state.k)
-        w = w if self.transposed else w.transpose(1, 2)  # [K, in, out]
         bias = state.owned(f"{self.name}.bias")
-        if bias is None:
-            out = torch.bmm(xs, w)
-        else:
-            out = torch.baddbmm(state.stacked(f"{self.name}.bias").unsqueeze(1), xs, w)
+        out = _MemberProduct.apply(_per_member(x, state.k), state.stacked(f"{self.name}.weight"),
+                                   None if bias is None else state.stacked(f"{self.name}.bias"), self.transposed)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def _lora(self, x: torch.Tensor, adapters: list[Adapter | None]) -> torch.Tensor:
@@ -230,6 +225,38 @@ class MemberLinear(_Stands):
         if key not in self._zeros:
             self._zeros[key] = torch.zeros(shape, dtype=dtype, device=device)
         return self._zeros[key]
+
+
+class _MemberProduct(torch.autograd.Function):
+    """Each member's rows times its own weight in one batched product (``xs`` [K, rows, in]; ``w`` [K, out, in],
+    or [K, in, out] for GPT-2's Conv1D), under the autocast dtype as a linear layer would be. The weights' gradient
+    is computed in their own layout: autograd copies any gradient whose strides differ from its parameter's, and
+    ``bmm``'s own backward hands a stacked weight a transposed one (a copy per weight per member per pass: 14 of
+    the tiny BERT's 121 kernels a step, per member)."""
+
+    @staticmethod
+    def forward(ctx: Any, xs: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+                transposed: bool) -> torch.Tensor:
+        kind = xs.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        ctx.dtypes, ctx.transposed = (xs.dtype, w.dtype, None if b is None else b.dtype), transposed
+        with torch.autocast(kind, enabled=False):
+            xc, wc = (xs, w) if dtype is None else (xs.to(dtype), w.to(dtype))
+            ctx.save_for_backward(xc, wc)
+            mat = wc if transposed else wc.transpose(1, 2)
+            return torch.bmm(xc, mat) if b is None else torch.baddbmm(b.to(xc.dtype).unsqueeze(1), xc, mat)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        xc, wc = ctx.saved_tensors
+        g = g.to(xc.dtype)
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        if ctx.transposed:  # out = x @ w, w [in, out]
+            gx, gw = torch.bmm(g, wc.transpose(1, 2)), torch.bmm(xc.transpose(1, 2), g)
+        else:  # out = x @ w.T, w [out, in]
+            gx, gw = torch.bmm(g, wc), torch.bmm(g.transpose(1, 2), xc)
+        gb = None if b_dtype is None else g.sum(1).to(b_dtype)
+        return gx.to(x_dtype), gw.to(w_dtype), gb, None
 
 
 def _pad_rows(t: torch.Tensor, r: int) -> torch.Tensor:
