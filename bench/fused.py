@@ -15,8 +15,9 @@ another seed would move them), and the best config of each K.
 Models: ``tiny`` (BERT, hidden 32, 2 layers, random weights: dispatch-bound, as a small model is on a GPU),
 ``minilm`` (all-MiniLM-L6-v2's real weights, ``make models``: compute-bound on a CPU), ``random-minilm`` (its shape
 with random weights, for GPU machines that cannot download). Memory: a Llama-shaped decoder fine-tuned with LoRA
-(r 8 on q and v), one trial alone against K members fused, each process's peak (RSS on a CPU, allocated memory on a
-GPU) above what a prepared worker holds before its first trial (imports, data, the pretrained weights).
+(r 8 on q and v), one trial alone against K members fused, each process's peak (RSS on a CPU, with glibc's malloc
+arenas capped at 2 so that threads do not each keep their own; allocated memory on a GPU) above what a prepared
+worker holds before its first trial (imports, data, the pretrained weights).
 """
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ from bench.gpu import save_bert, save_llama
 from bench.packing import grid_size, space
 
 MINILM = REPO / "models" / "all-MiniLM-L6-v2"
-LLAMA = {"layers": 8, "hidden": 512, "vocab": 8192, "inter": 1376, "heads": 8, "kv": 4}
-"""The memory run's decoder: 35M parameters (the base a LoRA member does not train dominates, as in a 7B model)."""
+LLAMA = {"layers": 8, "hidden": 1024, "vocab": 8192, "inter": 2752, "heads": 16, "kv": 4}
+"""The memory run's decoder, 100M parameters, trained on 2 x ~30 tokens a step: the base a LoRA member does not
+train outweighs a member's activations, as a 7B model's 14 GB outweigh its members' (the regime the fused base is
+for; with more tokens a step, activations grow with K as they would in K processes)."""
 LLAMA_REDUCED = {"layers": 2, "hidden": 64, "vocab": 4500, "inter": 128, "heads": 4, "kv": 2}
 
 
@@ -122,19 +125,19 @@ def lora_memory(work: Path, reduced: bool, ks: list[int]) -> dict:
 
     shape = LLAMA_REDUCED if reduced else LLAMA
     model = save_llama(work / "llama", **shape)
-    train = text_rows(work / "sft.jsonl", 64 if reduced else 256, 24)
+    train = text_rows(work / "sft.jsonl", 64, 24)
     raw = {"study": {"name": "memory", "pruner": "none", "reports_per_epoch": 1},
            "model": {"name_or_path": str(model), "max_length": 64},
            "data": {"task": "causal_lm", "text_column": "text", "train": {"path": str(train)},
                     "validation": {"path": str(train)}, "max_eval_samples": 16},
-           "params": {}, "fixed": {"epochs": 1, "batch_size": 8, "lora_r": 8, "lora_alpha": 16, "dropout": 0.0,
+           "params": {}, "fixed": {"epochs": 1, "batch_size": 2, "lora_r": 8, "lora_alpha": 16, "dropout": 0.0,
                                    "lora_target_modules": "q_proj,v_proj"}}
     params = sum(v.numel() for v in _load_weights(model).values())
     out: dict[str, Any] = {"model": f"Llama-shaped, {params / 1e6:.0f}M parameters ({json.dumps(shape)})",
                            "runs": []}
     for k in ks:
         done = subprocess.run([sys.executable, "-c", MEMORY_CHILD, json.dumps(raw), str(k)], cwd=REPO,
-                              capture_output=True, text=True, timeout=1800)
+                              capture_output=True, text=True, timeout=1800, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
         if done.returncode:
             out["runs"].append({"k": k, "failed": done.stderr[-1500:]})
             continue

@@ -221,12 +221,14 @@ def _load(model: ModelSection, config: Any, auto: str, device: torch.device, pre
 
 
 def build_model(spec: ModelSection, hp: Hyperparameters, data: PreparedData, device: torch.device,
-                precision: Precision | None = None, base: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+                precision: Precision | None = None, base: dict[str, torch.Tensor] | None = None,
+                frozen: bool = False) -> torch.nn.Module:
     """A fresh model for the data's task, on ``device``: pretrained body, seeded new head, the trial's dropout,
     frozen layers, gradient checkpointing, LoRA adapters when ``lora_r`` > 0 (:mod:`hpsearch.finetune.lora`), and
     its parameters in the dtypes ``precision`` says (default: fp32). With ``base`` (:func:`shared_base`) the body's
     weights are those tensors themselves, not copies: models that never train them (LoRA members of a fused group,
-    and its executor) hold one base between them."""
+    and its executor) hold one base between them. ``frozen``: nothing trains (a fused group's executor), so mixed
+    precision leaves every matrix as loaded rather than making fp32 master copies of them."""
     precision = precision or FP32
     auto = data.task.auto_class
     config = head_config(spec, data)
@@ -248,6 +250,8 @@ def build_model(spec: ModelSection, hp: Hyperparameters, data: PreparedData, dev
     if hp.lora_r > 0:
         blocks = encoder_layers(model, count) if count and hp.num_frozen_layers else None
         model = lora.apply(model, hp, data.task.peft_task_type, blocks)
+    if frozen:
+        model.requires_grad_(False)
     model = cast_parameters(model, precision)
     return model if spec.quantized else model.to(device)  # bitsandbytes' weights are placed at load and refuse .to
 

@@ -169,7 +169,8 @@ def fuser_for(space: Space, prepared: Prepared, size: int) -> Fuser:
 
     def executor() -> torch.nn.Module:
         hp = Hyperparameters().replace(lora_r=0, dropout=SENTINEL_DROPOUT)
-        return build_model(space.model, hp, prepared.data, prepared.device, prepared.precision, base=base)
+        return build_model(space.model, hp, prepared.data, prepared.device, prepared.precision, base=base,
+                           frozen=True)
 
     return Fuser(size, prepared.data.task, prepared.device, prepared.precision.autocast, executor, base=base,
                  cost=pass_cost(space, prepared))

@@ -239,11 +239,15 @@ def test_out_of_memory_in_a_pass_halves_each_member_s_micro_batch(setup, monkeyp
         _same(a, f)
 
 
-def test_lora_members_hold_one_base(setup) -> None:
+@pytest.mark.parametrize("mixed", [False, True], ids=["fp32", "bf16-weights-mixed"])
+def test_lora_members_hold_one_base(setup, mixed: bool) -> None:
     """K LoRA members and the executor: the tensors they hold grow by each member's adapters and head, not by a
-    copy of the base."""
+    copy of the base; also under mixed precision over bf16 weights, where fp32 master copies are made of what
+    trains (the executor trains nothing)."""
+    from hpsearch.finetune.precision import precision_plan
+
     space, data = setup
-    prepared = Prepared(CPU, data, FP32)
+    prepared = Prepared(CPU, data, precision_plan("bf16", "bfloat16", None, CPU) if mixed else FP32)
 
     def held(models, leave_out=frozenset()) -> int:
         seen = {}
@@ -260,9 +264,14 @@ def test_lora_members_hold_one_base(setup) -> None:
     base = {t.untyped_storage().data_ptr() for t in fuser.base.values()}
     own = held([fused[0][0]], leave_out=base)  # a member's adapters, head and buffers
     trained = sum(p.numel() * p.element_size() for p in fused[0][0].parameters() if p.requires_grad)
-    assert trained <= own < trained + 2048  # what a member holds of its own is what it trains, give or take buffers
+    vectors = sum(p.numel() * p.element_size() for p in fused[0][0].parameters()  # mixed: fp32 norms and biases
+                  if not p.requires_grad and p.ndim < 2 and p.untyped_storage().data_ptr() not in base)
+    # What a member holds of its own is what it trains (and, mixed, its frozen vectors), give or take buffers.
+    assert trained + vectors <= own < trained + vectors + 2048
     assert sizes[4] - sizes[1] == pytest.approx(3 * own, rel=0.01), (sizes, own)
-    assert own < 0.25 * held([fused[0][0]]) and sizes[4] < 2 * sizes[1]  # the base is held once
+    assert own < (0.4 if mixed else 0.25) * held([fused[0][0]]) and sizes[4] < 2 * sizes[1]  # the base, once
+    executor = fuser._executor  # it trains nothing: no master copy of the base (its head and vectors only)
+    assert held([executor], leave_out=base) < 0.25 * held([executor])
 
 
 def test_a_member_s_kept_copy_shares_nothing_with_the_group(setup) -> None:
