@@ -31,6 +31,12 @@ others still run. Sections:
    second evaluation of the same batches (equal when no per-shape attention plan is built).
 5. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
    one round, on CUDA (a MiniLM-shaped model with random weights on both sides).
+
+Then, in the same device call, fused trials (issue #36; about 5 minutes on an H100: bench/packing.py's 16 MiniLM
+configs at K = 1, 2, 4, 8, 16, the launch counts, the LoRA decoder's memory per member; check first what
+FUSED.md's launch counts predict):
+
+    PYTHONPATH=/tmp/site:$PWD python3 -m bench.fused --ks 1,4,8,16 --out $OUT/FUSED.md
 """
 from __future__ import annotations
 
