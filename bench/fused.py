@@ -27,13 +27,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS, machine, now, raw_path
 from bench.gpu import save_bert, save_llama
-from bench.packing import grid_size, space
+from bench.packing import grid_size, rate_cells, run_study, space
 
 MINILM = REPO / "models" / "all-MiniLM-L6-v2"
 LLAMA = {"layers": 8, "hidden": 1024, "vocab": 8192, "inter": 2752, "heads": 16, "kv": 4}
@@ -45,30 +44,7 @@ LLAMA_REDUCED = {"layers": 2, "hidden": 64, "vocab": 4500, "inter": 128, "heads"
 
 def run_k(k: int, space_file: Path, trials: int, work: Path, label: str) -> dict[str, Any]:
     """One study of ``trials`` trials, fused K at a time (K = 1: one at a time, no --fuse); its rates and values."""
-    import optuna
-
-    log = work / f"{label}-k{k}.log"
-    name = f"fused-{label}-k{k}"
-    cmd = [sys.executable, "-m", "hpsearch", "run", "--space", str(space_file), "--trials", str(trials),
-           "--storage", f"journal:///{log}", "--study-name", name, "--quiet", *(["--fuse", str(k)] if k > 1 else [])]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - t0
-    if done.returncode:
-        raise RuntimeError(f"K={k} exited {done.returncode}: {done.stderr[-2000:]}")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
-    trials_ = optuna.load_study(study_name=name, storage=storage).trials
-    finished = [t for t in trials_ if t.state.name == "COMPLETE"]
-    steady = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
-    best = max(finished, key=lambda t: t.value)
-    return {"k": k, "trials": len(finished), "states": sorted({t.state.name for t in trials_}),
-            "wall_s": round(wall, 1), "steady_s": round(steady, 1),
-            "per_hour_wall": round(len(finished) / wall * 3600), "per_hour_steady": round(len(finished) / steady * 3600),
-            "mean_trial_s": round(sum((t.datetime_complete - t.datetime_start).total_seconds()
-                                      for t in finished) / len(finished), 2),
-            "peak_memory_mb": max(t.user_attrs.get("peak_memory_mb", 0.0) for t in finished),
-            "best_value": round(best.value, 4), "best_params": best.params,
-            "values": {json.dumps(t.params, sort_keys=True): round(t.value, 4) for t in finished}}
+    return run_study(k, f"fused-{label}-k{k}", space_file, trials, work, ["--fuse", str(k)] if k > 1 else [])
 
 
 def throughput(label: str, model: Path, ks: list[int], reduced: bool, work: Path, rows: int | None) -> dict:
@@ -175,12 +151,14 @@ prepared = Prepared(prepared.device, prepared.data, FP32)  # what auto picks for
 task = prepared.data.task
 torch.manual_seed(0)
 vocab = int(prepared.data.train.input_ids.max()) + 1
-inputs = {"input_ids": torch.randint(5, vocab, (rows, width)), "attention_mask": torch.ones(rows, width, dtype=torch.bool),
+inputs = {"input_ids": torch.randint(5, vocab, (rows, width)),
+          "attention_mask": torch.ones(rows, width, dtype=torch.bool),
           "token_type_ids": torch.zeros(rows, width, dtype=torch.long)}
 labels = torch.randint(0, 2, (rows,))
 out = {}
 for k in ks:
-    hps = [Hyperparameters.of({**space.fixed, "learning_rate": 1e-4 * (i + 1), "dropout": 0.0, "seed": i}) for i in range(k)]
+    hps = [Hyperparameters.of({**space.fixed, "learning_rate": 1e-4 * (i + 1), "dropout": 0.0, "seed": i})
+           for i in range(k)]
     models = [build_model(space.model, hp, prepared.data, prepared.device, prepared.precision) for hp in hps]
     optimizers = [make_optimizer(m, hp, prepared.device) for m, hp in zip(models, hps)]
     fuser = fuser_for(space, prepared, k) if k > 1 else None
@@ -248,14 +226,10 @@ def report(results: dict[str, Any], argv: list[str]) -> str:
             if "failed" in r:
                 lines.append(f"| {r['k']} | failed: {r['failed'][:300]} |" + " |" * 9)
                 continue
-            wall_x = f"{r['per_hour_wall'] / base['per_hour_wall']:.2f}" if base else "-"
-            steady_x = f"{r['per_hour_steady'] / base['per_hour_steady']:.2f}" if base else "-"
             change = max((abs(v - base["values"].get(c, v)) for c, v in r["values"].items()), default=0.0) \
                 if base else 0.0
             params = ", ".join(f"{k}={v:g}" for k, v in sorted(r["best_params"].items()))
-            lines.append(f"| {r['k']} | {r['trials']} | {r['wall_s']} | {r['per_hour_wall']} | {wall_x} | "
-                         f"{r['per_hour_steady']} | {steady_x} | {r['mean_trial_s']} | {r['best_value']} | "
-                         f"{params} | {change:.4f} |")
+            lines.append(f"{rate_cells(r, base)} {r['best_value']} | {params} | {change:.4f} |")
         lines.append("")
     for part in results.get("launches", []):
         if "failed" in part:

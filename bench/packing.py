@@ -59,20 +59,25 @@ def grid_size(raw: dict[str, Any]) -> int:
 
 def run_k(k: int, gpu: bool, space_file: Path, trials: int, work: Path) -> dict[str, Any]:
     """One study of ``trials`` trials with K packed workers; its rates, best and trials."""
+    placement = ["--trials-per-gpu", str(k)] if gpu else ["--workers", str(k)]
+    return run_study(k, f"packing-k{k}", space_file, trials, work, placement)
+
+
+def run_study(k: int, name: str, space_file: Path, trials: int, work: Path, flags: list[str]) -> dict[str, Any]:
+    """``hpsearch run`` of ``trials`` trials with ``flags`` as a fresh study ``name``: its rates (over the whole
+    command and in steady state), its best and every config's value."""
     import optuna
 
-    log = work / f"k{k}.log"
-    url = f"journal:///{log}"
-    placement = ["--trials-per-gpu", str(k)] if gpu else ["--workers", str(k)]
+    log = work / f"{name}.log"
     cmd = [sys.executable, "-m", "hpsearch", "run", "--space", str(space_file), "--trials", str(trials),
-           "--storage", url, "--study-name", f"packing-k{k}", "--quiet", *placement]
+           "--storage", f"journal:///{log}", "--study-name", name, "--quiet", *flags]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     if done.returncode:
         raise RuntimeError(f"K={k} exited {done.returncode}: {done.stderr[-2000:]}")
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(log)))
-    study = optuna.load_study(study_name=f"packing-k{k}", storage=storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     finished = [t for t in study.trials if t.state.name == "COMPLETE"]
     start = min(t.datetime_start for t in finished)
     end = max(t.datetime_complete for t in finished)
@@ -87,6 +92,14 @@ def run_k(k: int, gpu: bool, space_file: Path, trials: int, work: Path) -> dict[
             "peak_memory_mb": max(t.user_attrs.get("peak_memory_mb", 0.0) for t in finished),
             "best_value": round(best.value, 4), "best_params": best.params,
             "values": {json.dumps(t.params, sort_keys=True): round(t.value, 4) for t in finished}}
+
+
+def rate_cells(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """A run's first table cells: K, trials, wall seconds, both rates each with its ratio to K = 1's, mean trial s."""
+    wall_x = f"{r['per_hour_wall'] / base['per_hour_wall']:.2f}" if base else "-"
+    steady_x = f"{r['per_hour_steady'] / base['per_hour_steady']:.2f}" if base else "-"
+    return (f"| {r['k']} | {r['trials']} | {r['wall_s']} | {r['per_hour_wall']} | {wall_x} | "
+            f"{r['per_hour_steady']} | {steady_x} | {r['mean_trial_s']} |")
 
 
 def ks_for(gpu: bool, reduced: bool) -> list[int]:
@@ -115,12 +128,8 @@ def report(results: dict[str, Any], argv: list[str]) -> str:
         if "failed" in r:
             lines.append(f"| {r['k']} | failed: {r['failed'][:200]} |" + " |" * 9)
             continue
-        wall_x = f"{r['per_hour_wall'] / base['per_hour_wall']:.2f}" if base else "-"
-        steady_x = f"{r['per_hour_steady'] / base['per_hour_steady']:.2f}" if base else "-"
         params = ", ".join(f"{k}={v:g}" for k, v in sorted(r["best_params"].items()))
-        lines.append(f"| {r['k']} | {r['trials']} | {r['wall_s']} | {r['per_hour_wall']} | {wall_x} | "
-                     f"{r['per_hour_steady']} | {steady_x} | {r['mean_trial_s']} | {r['peak_memory_mb']:.0f} | "
-                     f"{r['best_value']} | {params} |")
+        lines.append(f"{rate_cells(r, base)} {r['peak_memory_mb']:.0f} | {r['best_value']} | {params} |")
     if base:
         spread = [max(abs(v - base["values"].get(c, v)) for c, v in r["values"].items())
                   for r in rows if "failed" not in r]

@@ -64,7 +64,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("train_time_s", "s", "seconds of training (a trial past a bound on it is stopped there and counts "
                 "as a violation)", "training", "train_time", digits=3, constraint=True, objective=True,
                 own_alone=True),
-    Measurement("eval_time_s", "s", "seconds of evaluation", "training", "eval_time", digits=3, constraint=True, own_alone=True),
+    Measurement("eval_time_s", "s", "seconds of evaluation", "training", "eval_time", digits=3, constraint=True,
+                own_alone=True),
     Measurement("setup_time_s", "s", "seconds from the trial's start to its first training step (building the "
                 "model, the optimizer)", "training", "setup_time", digits=3, own_alone=True),
     Measurement("examples_per_s", "examples/s", "training throughput in rows per second", "training",

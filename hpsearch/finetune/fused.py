@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..errors import HpsearchError
 from ..tasks import Task
 from ..tasks.base import IGNORE
 from .attention import additive_mask, compute_dtype
@@ -139,7 +138,7 @@ class Fuser:
         self.member_passes = 0
         """Member passes they ran (``member_passes / passes``: how many members a pass fused, on average)."""
         self.split_passes = 0
-        """Passes run apart from the others of their step because padding them together cost more (:func:`plan_passes`)."""
+        """Passes run apart from the others of their step: padding them together cost more (:func:`plan_passes`)."""
 
     # -- members -----------------------------------------------------------------------------------------------
     def join(self, model: torch.nn.Module, dropout: float) -> Member:
