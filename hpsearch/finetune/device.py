@@ -54,9 +54,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None, cache: bool = True
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on the CPU."""
+    """Peak memory so far: allocated CUDA memory on a GPU, the process's peak RSS on the CPU (Linux: ``VmHWM``,
+    this program's own; ``ru_maxrss`` also counts the parent's memory that a spawned process had before its exec)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

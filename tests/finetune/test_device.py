@@ -121,3 +121,18 @@ def test_a_space_s_workload_is_counted_from_its_model_and_data(setup) -> None:
     # the tiny BERT: 2 layers of q, k, v, output (32 x 32) and the MLP (32 x 64, 64 x 32), the pooler, the head
     assert work.layers == 2 and work.matmul_parameters == 2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32 + 2 * 32
     assert work.tokens_per_step == pytest.approx(16 * float(data.train.lengths.float().mean()))
+
+
+def test_a_cpu_trial_s_peak_memory_is_its_own_process_s() -> None:
+    """A worker spawned by a large parent: ``ru_maxrss`` counts the parent's memory the child had before its exec
+    (Linux keeps the old image's high-water mark), ``peak_memory_mb`` only the worker's own."""
+    import subprocess
+    import sys
+
+    big = bytearray(600 * 2**20)
+    big[:: 4096] = b"\1" * len(big[:: 4096])  # resident
+    code = ("import torch; from hpsearch.finetune.device import peak_memory_mb; "
+            "print(peak_memory_mb(torch.device('cpu')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    del big
+    assert float(done.stdout) < 500  # the child's own (torch imported: ~300 MB), not its parent's 600 MB and more

@@ -17,11 +17,12 @@ BUDGET_MB = 1500
 tables) and the evaluation. The logits of one evaluation batch alone would be 16 x 1,024 x 128,256 x 4 B = 8.4 GB."""
 
 EVALUATE = """
-import json, resource, sys
+import json, sys
 import torch
 from hpsearch.config.load import load_space
 from hpsearch.finetune import loop, model as M
 from hpsearch.finetune import evaluation as E
+from hpsearch.finetune.device import peak_memory_mb
 from hpsearch.finetune.recipe import prepare
 from hpsearch.tasks import causal_lm
 
@@ -34,7 +35,7 @@ validation = prepared.data.validation
 out = {"rows": len(validation), "tokens": int(validation.lengths.sum())}
 if sys.argv[2] == "hidden":  # the 16 rows as one batch: the memory this test is about
     out["eval_loss_16"] = E.evaluate(model, validation, prepared.data, prepared.device)["eval_loss"]
-    out["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_mb"] = peak_memory_mb(torch.device("cpu"))  # this program's own (ru_maxrss counts the parent's too)
 two = validation.head(2)  # the loss of two rows, a row per batch: what the logits way can afford
 out["eval_loss"] = E.evaluate(model, two, prepared.data, prepared.device, batch_tokens=1024)["eval_loss"]
 print(json.dumps(out))
