@@ -126,11 +126,13 @@ def test_the_fused_script_runs_fused_studies_and_the_memory_run_reduced(tmp_path
     from bench import fused
 
     out = tmp_path / "FUSED.md"
-    fused.main(["--reduced", "--memory-ks", "1,2", "--out", str(out)])
+    fused.main(["--reduced", "--memory-ks", "1,2", "--launch-ks", "1,2", "--out", str(out)])
     raw = json.loads(out.with_suffix(".json").read_text())
     (tiny,) = raw["throughput"]
     assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
     assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
     assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
     assert [r["k"] for r in raw["memory"]["runs"]] == [1, 2] and all("peak_mb" in r for r in raw["memory"]["runs"])
+    (counted,) = raw["launches"]
+    assert set(counted["counts"]) == {"1", "2"} and all(n > 50 for n in counted["counts"].values())
     assert "## tiny: 4 configs" in out.read_text()
