@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS, machine, now, raw_path
+from bench.common import REPO, RESULTS, machine, now, raw_path, write_result
 from bench.gpu import save_bert, save_llama
 from bench.packing import grid_size, rate_cells, run_study, space
 
@@ -299,10 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                 results["launches"].append(launches("MiniLM-shaped", save_bert(work / "minilm-count", False), ks))
         if a.memory_ks:
             results["memory"] = lora_memory(work, a.reduced, [int(k) for k in a.memory_ks.split(",")])
-    raw_file.parent.mkdir(parents=True, exist_ok=True)
-    raw_file.write_text(json.dumps(results, indent=1))
-    out.write_text(report(results, argv), encoding="utf-8")
-    print(out.read_text())
+    write_result(out, report(results, argv).splitlines(), results, raw_file.name)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,17 @@ ATTENTION = "hpsearch_cpu_dropout"
 """The name this module's attention function is registered under in transformers' AttentionInterface."""
 
 
+def lanes(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` random int16 values uniform over [-32768, 32767], four to a 64-bit draw: a lane keeps with probability
+    ``1 - p`` when it is at least ``round(p * 65536) - 32768``."""
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
+    return words.view(torch.int16)[:n]
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A dropout multiplier of ``shape``: 0 with probability ``p``, ``1 / (1 - p)`` otherwise."""
-    n = shape.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
-    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    return (lanes >= round(p * 65536) - 32768).to(dtype).mul_(1.0 / (1.0 - p))
+    drawn = lanes(shape.numel(), device).view(shape)
+    return (drawn >= round(p * 65536) - 32768).to(dtype).mul_(1.0 / (1.0 - p))
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from .dropout import ATTENTION as CPU_ATTENTION
+from .dropout import lanes
 from .members import PassState
 
 SENTINEL_DROPOUT = 0.012345678
@@ -37,24 +38,14 @@ def member_keep_mask(shape: torch.Size, dropouts: list[float], dtype: torch.dtyp
                      device: torch.device, cache: dict | None = None) -> torch.Tensor:
     """A dropout multiplier of ``shape`` (its first dimension ``K * rows``, member-major) whose k-th block of rows is
     0 with probability ``dropouts[k]`` and ``1 / (1 - dropouts[k])`` otherwise (0 for a dropout of 1)."""
-    k, n = len(dropouts), shape.numel()
+    k, cache = len(dropouts), {} if cache is None else cache
     key = (tuple(dropouts), dtype, device)
-    if cache is None or key not in cache:
+    if key not in cache:  # made once per set of members (a host-to-device copy on a GPU)
         threshold = torch.tensor([min(round(p * 65536), 65536) - 32768 for p in dropouts], dtype=torch.int32)
         scale = torch.tensor([1.0 / (1.0 - p) if p < 1.0 else 0.0 for p in dropouts])
-        made = (threshold.view(k, 1).to(device), scale.view(k, 1).to(device=device, dtype=dtype))
-        if cache is None:
-            return _mask(shape, n, k, made, device, dtype)
-        cache[key] = made
-    return _mask(shape, n, k, cache[key], device, dtype)
-
-
-def _mask(shape: torch.Size, n: int, k: int, made: tuple[torch.Tensor, torch.Tensor], device: torch.device,
-          dtype: torch.dtype) -> torch.Tensor:
-    threshold, scale = made
-    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-2**63, 2**63 - 1)
-    lanes = words.view(torch.int16)[:n].view(k, -1)  # uniform over [-32768, 32767]
-    return ((lanes >= threshold).to(dtype) * scale).view(shape)
+        cache[key] = (threshold.view(k, 1).to(device), scale.view(k, 1).to(device=device, dtype=dtype))
+    threshold, scale = cache[key]
+    return ((lanes(shape.numel(), device).view(k, -1) >= threshold).to(dtype) * scale).view(shape)
 
 
 class MemberDropout(torch.nn.Module):
@@ -78,13 +69,13 @@ class MemberDropout(torch.nn.Module):
 
 def _split_attention(inner_name: str) -> Any:
     """The attention function that runs ``inner_name``'s once per run of members with one dropout."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    inner = ALL_ATTENTION_FUNCTIONS[inner_name]
 
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-        inner = ALL_ATTENTION_FUNCTIONS[inner_name]
         state: PassState | None = getattr(module, PASS_ATTR, None)
         if dropout != SENTINEL_DROPOUT or state is None or not state.dropouts:
             return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)

@@ -148,8 +148,13 @@ class PassState:
 
 
 class _Stands(torch.nn.Module):
-    """A member-aware stand-in for the executor's module ``base``: what else the model's code reads of it
-    (``weight``, ``padding_idx`` ...: T5 reads ``wo.weight.dtype``) is read from ``base``."""
+    """A member-aware stand-in for the executor's module ``base`` at path ``name``, reading the pass from ``state``:
+    what else the model's code reads of it (``weight``, ``padding_idx`` ...: T5 reads ``wo.weight.dtype``) is read
+    from ``base``."""
+
+    def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
+        super().__init__()
+        self.base, self.name, self.state = base, name, state
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -169,8 +174,7 @@ class MemberLinear(_Stands):
     """A linear layer (``nn.Linear`` or GPT-2's ``Conv1D``, whose weight is [in, out]) of the executor."""
 
     def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
-        super().__init__()
-        self.base, self.name, self.state = base, name, state
+        super().__init__(base, name, state)
         self.transposed = not isinstance(base, torch.nn.Linear)  # Conv1D
         self._zeros: dict[tuple, torch.Tensor] = {}
 
@@ -280,10 +284,6 @@ def _member_dropout(xs: torch.Tensor, p: list[float], training: bool) -> torch.T
 class MemberEmbedding(_Stands):
     """An embedding of the executor: each member's rows looked up in its own table when members own it."""
 
-    def __init__(self, base: torch.nn.Embedding, name: str, state: PassState) -> None:
-        super().__init__()
-        self.base, self.name, self.state = base, name, state
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         state = self.state
         tables = state.owned(f"{self.name}.weight")
@@ -306,10 +306,6 @@ class MemberEmbedding(_Stands):
 class MemberLayerNorm(_Stands):
     """A layer norm of the executor: normalized once, each member's scale and shift on its rows."""
 
-    def __init__(self, base: torch.nn.LayerNorm, name: str, state: PassState) -> None:
-        super().__init__()
-        self.base, self.name, self.state = base, name, state
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.state
         if state.owned(f"{self.name}.weight") is None and state.owned(f"{self.name}.bias") is None:
@@ -327,10 +323,6 @@ class MemberLayerNorm(_Stands):
 class MemberBroadcast(_Stands):
     """Any other module with parameters of its own (an RMS norm): run once, each row seeing its member's parameters
     broadcast over it (its forward must combine them elementwise with a [rows, ..., features] input)."""
-
-    def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
-        super().__init__()
-        self.base, self.name, self.state = base, name, state
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         state = self.state
@@ -356,8 +348,7 @@ class MemberCall(_Stands):
     shared by the batch) stands for each of the member's rows."""
 
     def __init__(self, base: torch.nn.Module, name: str, state: PassState) -> None:
-        super().__init__()
-        self.base, self.name, self.state = base, name, state
+        super().__init__(base, name, state)
         self.names = [n for n, _ in base.named_parameters()]
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -164,10 +164,15 @@ def measured(state: TrainingState | None, device: torch.device) -> dict[str, Any
     return out
 
 
+def worker_name() -> str:
+    """This process as trials record it (``host:pid``)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _placement() -> dict[str, Any]:
     """Which process this is, and the GPU and memory share the launcher gave it
     (:func:`hpsearch.config.placement.place`), where set."""
-    out: dict[str, Any] = {record.WORKER: f"{socket.gethostname()}:{os.getpid()}"}
+    out: dict[str, Any] = {record.WORKER: worker_name()}
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         out[record.GPU] = os.environ["CUDA_VISIBLE_DEVICES"]
     if os.environ.get(MEMORY_FRACTION_ENV):
@@ -242,7 +247,7 @@ class Objective:
         off = self.space.inactive(values)
         trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in values.items() if k not in off})
         if self.fuser is not None:
-            trial.set_user_attr(record.FUSED_GROUP, f"{socket.gethostname()}:{os.getpid()}/{self.fuser.id}")
+            trial.set_user_attr(record.FUSED_GROUP, f"{worker_name()}/{self.fuser.id}")
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
                              multi=bool(self.objectives))

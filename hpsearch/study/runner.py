@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -353,8 +355,6 @@ def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n
     member's thread (not a trial's failure) stops the others at their next step, and is raised here."""
     tickets, errors = Tickets(n_trials), []
     deadline = None if timeout is None else time.monotonic() + timeout
-    _one_ask_at_a_time(study)
-
     def member() -> None:
         try:
             if total is not None:
@@ -368,11 +368,12 @@ def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n
             interrupts.stop_all()
 
     threads = [threading.Thread(target=member, name=f"hpsearch-member-{i}", daemon=True) for i in range(k)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.5)  # short waits, so that a signal's handler runs in the main thread
+    with _one_ask_at_a_time(study):
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)  # short waits, so that a signal's handler runs in the main thread
     if errors:
         first = next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
         if not isinstance(first, KeyboardInterrupt):
@@ -380,9 +381,11 @@ def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n
         raise first
 
 
-def _one_ask_at_a_time(study: optuna.Study) -> None:
-    """Make ``study.ask`` (what ``study.optimize`` calls) take turns between this process's threads: two threads
-    asking at once on SQLite (no row locks) can both take the same enqueued trial."""
+@contextmanager
+def _one_ask_at_a_time(study: optuna.Study) -> Iterator[None]:
+    """While the members run, ``study.ask`` (what ``study.optimize`` calls) takes turns between this process's
+    threads: two threads asking at once on SQLite (no row locks) can both take the same enqueued trial. The study
+    handed back to the caller asks as Optuna's does."""
     ask, lock = study.ask, threading.Lock()
 
     def one_at_a_time(*args: Any, **kwargs: Any) -> optuna.Trial:
@@ -390,6 +393,10 @@ def _one_ask_at_a_time(study: optuna.Study) -> None:
             return ask(*args, **kwargs)
 
     study.ask = one_at_a_time  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del study.ask  # the class's method again
 
 
 def _run_to_total(study: optuna.Study, objective: Any, total: int, tickets: Tickets, timeout: float | None,

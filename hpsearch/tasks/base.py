@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 IGNORE = -100
 """The label of a position no loss learns (padding, a prompt): PyTorch's ``ignore_index``, as transformers uses it."""
 
+
 @dataclass(frozen=True)
 class Metric:
     """A validation metric a task computes: its name and whether larger is better."""

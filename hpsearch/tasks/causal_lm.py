@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
     from .encoded import Encoded, RawSplit, Rows
 
-"""The label of positions the loss skips (prompt tokens and padding)."""
 CHUNK_ELEMENTS = 2**26
 """fp32 logits computed at once in evaluation (256 MB): 512 tokens of a 128k vocabulary."""
 LOGIT_SCALES = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

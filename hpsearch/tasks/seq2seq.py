@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
     from .encoded import Encoded, PreparedData, RawSplit, Rows
 
-"""The label of padded target positions (the loss skips them)."""
 
 ROUGE = ("rouge1", "rouge2", "rougeL")
 

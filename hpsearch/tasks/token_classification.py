@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from .encoded import Encoded, RawSplit, Rows
 
-"""The label of positions the loss and the metrics skip (special tokens, padding, later sub-tokens)."""
 SCHEMES = ("auto", "IOB2", "IOBES", "IOB1")
 """``auto``: seqeval's default (conlleval) matching; the others: its strict mode with that scheme."""
 
