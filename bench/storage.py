@@ -3,9 +3,10 @@
     python -m bench.storage                     # 1,000 trials at 1, 4, 16 and 64 workers on each storage
     python -m bench.storage --trials 300 --workers 1,4 --storages sqlite,journal
 
-No training: each worker process runs hpsearch's runner loop (``runner._run_to_total``: the shared ``--total``
-budget, the stale-trial check before each trial, hpsearch's heartbeats on storages Optuna gives none) with a
-trivial objective that does what a real trial does to the storage: three suggested parameters, two intermediate
+No training: each worker process runs hpsearch's runner loop (``runner._run_to_total`` within ``runner.asking``: the
+shared ``--total`` budget counted and the next trial created under the study's lock, the stale-trial check before
+each trial, hpsearch's heartbeats on storages Optuna gives none) with a trivial objective that does what a real
+trial does to the storage: three suggested parameters, two intermediate
 reports, six user attributes, then its value. Workers start, open the storage and load the study, then wait for
 a common start signal, so process start-up and imports are not counted. Storages: SQLite (a fresh file; at most
 4 workers, as `hpsearch run` allows), PostgreSQL (a fresh database), the journal on a file and on Redis, and
@@ -54,7 +55,7 @@ def worker(url: str, study_name: str, total: int, start_file: str, out_file: str
 
     from hpsearch.study import runner
     from hpsearch.study.objective import BudgetReached
-    from hpsearch.study.storage import liveness_for, open_storage
+    from hpsearch.study.storage import liveness_for, open_storage, study_lock
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url)
@@ -66,8 +67,9 @@ def worker(url: str, study_name: str, total: int, start_file: str, out_file: str
         time.sleep(0.01)
     mine: list = []
     t0 = time.perf_counter()
-    runner._run_to_total(study, fn, total, None, None, {"callbacks": [lambda s, t: mine.append(t.number)],
-                                                        "catch": (BudgetReached,)}, poll=0.2, liveness=liveness)
+    with runner.asking(study, runner.Tickets(None), total, liveness, lambda: study_lock(url, study_name)):
+        runner._run_to_total(study, fn, {"callbacks": [lambda s, t: mine.append(t.number)],
+                                         "catch": (BudgetReached,)}, poll=0.2)
     Path(out_file).write_text(json.dumps({"seconds": time.perf_counter() - t0, "trials": len(mine)}))
 
 

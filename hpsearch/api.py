@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .config.load import Overrides, load_space
 from .config.options import DEVICE, RunOptions, run_keywords, shown
 from .config.space import Space
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     import optuna
@@ -40,10 +40,35 @@ def run(space: str | Path | Mapping[str, Any] | Space, *, overrides: Overrides =
     from .study.launch import start
     from .study.storage import resolve_url
 
-    opts = run_keywords(options)
-    validated = load_space(space, overrides)
+    opts, validated = _options_and_space(options, space, overrides)
     return start(validated, replace(opts, storage=resolve_url(opts.storage),
                                     study_name=opts.study_name or validated.name))
+
+
+def _options_and_space(options: dict[str, Any], space: Any, overrides: Overrides) -> tuple[RunOptions, Space]:
+    """The run's options and its validated space; when either is refused, every problem found at once: each bad
+    option, each problem of the space, and how the options go together (the rules that need no space)."""
+    from .config.rules import Problem, RunRefused, option_combination_problems
+
+    opts = validated = None
+    refusals: list[tuple[UsageError, list[str]]] = []
+    try:
+        opts = run_keywords(options)
+    except UsageError as exc:
+        refusals.append((exc, getattr(exc, "problems", None) or [str(exc)]))
+    try:
+        validated = load_space(space, overrides)
+    except ConfigError as exc:
+        refusals.append((exc, [f"{exc.source}: {issue}" for issue in exc.issues]))
+    except UsageError as exc:
+        refusals.append((exc, [str(exc)]))
+    if not refusals:
+        return opts, validated
+    together = [p.text for p in option_combination_problems(opts)] if opts is not None else []
+    if len(refusals) == 1 and not together:
+        raise refusals[0][0]
+    problems = [text for _, texts in refusals for text in texts] + together
+    raise RunRefused([Problem(text) for text in problems])
 
 
 def _signature() -> inspect.Signature:

@@ -29,30 +29,33 @@ def click_option(name: str, spec: Option) -> Any:
     kwargs: dict[str, Any] = {"help": spec.help, "default": default, "metavar": spec.metavar}
     if spec.kind is bool:
         return click.option(spec.flag, name, is_flag=True, help=spec.help, default=default)
-    if spec.kind is int:
-        kwargs["type"] = click.IntRange(min=spec.low) if spec.low is not None else int
-    elif spec.kind is float:
-        kwargs["type"] = click.FloatRange(min=spec.low) if spec.low is not None else float
+    if spec.kind in (int, float):
+        kwargs["type"] = _Number(spec.kind)
     elif spec.kind is tuple:
         kwargs["callback"] = lambda ctx, param, value: (None if value is None else
                                                         tuple(v.strip() for v in value.split(",") if v.strip()))
     if spec.flag_value is not MISSING:
         kwargs.update(is_flag=False, flag_value=spec.flag_value)
-    if spec.check is not None:
-        kwargs["callback"] = _checked(spec)
     if default is not None:
         kwargs["show_default"] = True
     return click.option(spec.flag, name, **kwargs)
 
 
-def _checked(spec: Option) -> Any:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        why = spec.problem(value)
-        if why:
-            raise click.BadParameter(why)
-        return value
+class _Number(click.ParamType):
+    """An int or float flag's value, converted where it can be and otherwise passed on as given: RunOptions checks
+    every option (kind, bound, check) and names every bad one at once, as the Python API does."""
 
-    return callback
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = "integer" if kind is int else "float"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self.kind(value)
+        except ValueError:
+            return value
 
 
 def _with_options(options: list[Any]) -> Any:

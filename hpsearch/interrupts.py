@@ -28,6 +28,20 @@ class Terminated(KeyboardInterrupt):
     """128 + SIGTERM, what a command killed by it exits with."""
 
 
+class GroupStopped(KeyboardInterrupt):
+    """Another member of this worker's fused group hit an error that stops the worker: this member's trial stops at
+    its next step, as for Ctrl-C, and records ``reason``."""
+
+    def __init__(self, reason: str = "stopped with its fused group") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def reason(exc: KeyboardInterrupt) -> str:
+    """Why a trial stopped, as its status says it after ``failed:``."""
+    return exc.reason if isinstance(exc, GroupStopped) else "interrupted"
+
+
 def raise_terminated(signum: int, frame: Any) -> None:
     """A SIGTERM handler that raises :class:`Terminated` at once (outside a study: setup, retraining)."""
     raise Terminated()
@@ -104,7 +118,7 @@ def check() -> None:
         if threading.current_thread() is threading.main_thread():
             _pending = None
             raise exc
-        raise type(exc)()
+        raise GroupStopped(exc.reason) if isinstance(exc, GroupStopped) else type(exc)()
 
 
 def clear() -> None:
@@ -113,12 +127,12 @@ def clear() -> None:
     _pending = None
 
 
-def stop_all() -> None:
-    """Hold a KeyboardInterrupt as if Ctrl-C had been pressed (when nothing is held): every trial of this process
-    stops at its next step (a fused group whose member hit an error that stops the worker)."""
+def stop_all(why: str) -> None:
+    """Hold a :class:`GroupStopped` saying ``why`` (when nothing is held): every trial of this process stops at its
+    next step as for Ctrl-C, recording ``why`` (a fused group whose member hit an error that stops the worker)."""
     global _pending, _pending_at
     if _pending is None:
-        _pending, _pending_at = KeyboardInterrupt(), time.monotonic()
+        _pending, _pending_at = GroupStopped(why), time.monotonic()
 
 
 def stop_study(study: Any, trial: Any) -> None:

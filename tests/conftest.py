@@ -139,6 +139,35 @@ def mysql_url() -> str:
     return _server_url("HPSEARCH_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
+def _redis_db() -> int:
+    """A Redis database of this test process's own (15, 14, ... for xdist's workers gw0, gw1, ...): the fixture
+    clears the journal's keys there before and after each test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 15 - min(7, int(worker[2:] or 0))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The journal on this machine's Redis, in a database of this test process's own."""
+    url = os.environ.get("HPSEARCH_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_redis_db()}")
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        client.ping()
+    except Exception as exc:
+        message = f"no Redis at {url} ({type(exc).__name__})"
+        if os.environ.get("HPSEARCH_TEST_REQUIRE_SERVICES"):
+            pytest.fail(message + "; CI requires it (HPSEARCH_TEST_REQUIRE_SERVICES)")
+        pytest.skip(message)
+    keys = lambda: client.keys(":log*")  # noqa: E731  the journal backend's keys (empty prefix)
+    if keys():
+        client.delete(*keys())
+    yield url
+    if keys():
+        client.delete(*keys())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Real storage for fault tests: a fresh SQLite file, and the PostgreSQL server."""

@@ -1,7 +1,9 @@
 """User metrics: ``study.metric: package.module:function``, a function of a task's predictions and references.
 
-The function is called as ``function(predictions, references)``, plus, by name when its signature takes them,
-``scores`` (classification: the class probabilities, rows x classes) and ``label_names``; it returns a number.
+The function is called as ``function(predictions, references)``, plus, by name when its signature takes them
+(with a default or without), ``scores`` (classification: the class probabilities, rows x classes) and
+``label_names`` (classification, token classification); it returns a real number (an int, a float, a NumPy
+number: a bool, a text or None fails the trial naming the function).
 What predictions are depends on the task (:meth:`hpsearch.tasks.base.Task.predictions`): class indices for
 classification, numbers for regression, a list of tag lists for token classification. Its direction is
 ``study.direction``, or the function's own ``direction`` attribute ("maximize" / "minimize") or
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import numbers
 from typing import Any, Callable
 
 from ..errors import HpsearchError
@@ -44,12 +47,25 @@ def load(path: str) -> Callable[..., Any]:
     if not callable(fn):
         raise ValueError(f"{attr} in {module_name} is not a function")
     try:
-        inspect.signature(fn).bind([], [])
+        params = inspect.signature(fn).parameters
+        inspect.signature(fn).bind([], [], **{name: None for name in OPTIONAL if name in params})
     except TypeError:
-        raise ValueError(f"{attr} must take (predictions, references)") from None
+        raise ValueError(f"{attr} must take (predictions, references), and besides them only "
+                         f"{' and '.join(OPTIONAL)}") from None
     except ValueError:
         pass  # a builtin without a signature: trusted
     return fn
+
+
+def required_extras(fn: Callable[..., Any]) -> list[str]:
+    """The optional arguments (:data:`OPTIONAL`) a metric function requires: its signature gives them no
+    default."""
+    try:
+        params = inspect.signature(fn).parameters
+    except ValueError:
+        return []
+    return [n for n in OPTIONAL if n in params and params[n].default is inspect.Parameter.empty
+            and params[n].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
 def declared_direction(fn: Callable[..., Any]) -> str | None:
@@ -82,10 +98,24 @@ def compute(path: str, fn: Callable[..., Any], given: dict[str, Any]) -> float:
     except Exception as exc:  # the user's function: its error, in one line, is the trial's fail reason
         last = (str(exc).strip().splitlines() or [""])[-1]
         raise MetricFailed(f"study.metric {path} raised {type(exc).__name__}{': ' + last if last else ''}") from None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise MetricFailed(f"study.metric {path} returned {str(value)[:80]!r}, not a number") from None
+    number = real(value)
+    if number is None:
+        raise MetricFailed(f"study.metric {path} returned {str(value)[:80]!r} ({type(value).__name__}), not a "
+                           f"number")
     if not math.isfinite(number):
         raise MetricFailed(f"study.metric {path} returned {number}")
     return number
+
+
+def real(value: Any) -> float | None:
+    """``value`` as a float when it is a real number (a Python or NumPy int or float, or a one-element array of
+    them); None for anything else, a bool or a text that looks like a number included: nothing is coerced.
+
+    >>> real(0.5), real(3), real(True), real("0.5"), real(None)
+    (0.5, 3.0, None, None, None)
+    """
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d NumPy array or tensor
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # NumPy's bool is no Real either
+        return None
+    return float(value)

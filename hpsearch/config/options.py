@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -58,8 +59,9 @@ class Option:
             return None
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             return "must be an integer" + (f" >= {self.low:g}" if self.low is not None else "")
-        if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            return "must be a number" + (f" >= {self.low:g}" if self.low is not None else "")
+        if self.kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                   or not math.isfinite(value)):
+            return "must be a finite number" + (f" >= {self.low:g}" if self.low is not None else "")
         if self.kind is str and not isinstance(value, str):
             return "must be a string"
         if self.kind is bool and not isinstance(value, bool):
@@ -184,7 +186,9 @@ class RunOptions:
             object.__setattr__(self, "gpus", tuple(str(g).strip() for g in self.gpus if str(g).strip()) or None)
         problems = option_problems({f: getattr(self, f) for f, _ in self.fields()})
         if problems:
-            raise UsageError("; ".join(problems))
+            error = UsageError("; ".join(problems))
+            error.problems = problems  # each on its own, for a refusal that lists others beside them
+            raise error
 
     @staticmethod
     def fields() -> list[tuple[str, Option]]:

@@ -5,7 +5,7 @@ Each member is an ordinary trial in a thread of its own that runs the ordinary l
 checkpoints); only the training passes meet here. A member's pass (:meth:`Member.forward_backward`) waits until
 every member that is training has sent one; then the :class:`Fuser` runs them as one: the batches stacked (rows
 padded to the largest batch with copies of a member's first row, columns to the widest), one forward of the
-executor (:mod:`hpsearch.finetune.members`: the model once more, reading each member's parameters), each member's
+executor (:mod:`hpsearch.finetune.executor`: the model once more, reading each member's parameters), each member's
 loss from its own rows, one backward that leaves each member's gradients on its own parameters. A member that
 evaluates, reports or is set up is away: the others do not wait for it.
 
@@ -17,6 +17,42 @@ training alone to rounding, whatever dropout the members beside it have (``tests
 
 LoRA members share one base: their models adopt the same weight tensors (:func:`hpsearch.finetune.model
 .build_model`'s ``base``), as does the executor. A kept model is merged from a private copy (:func:`private`).
+
+Thread safety
+-------------
+A group lives in one process; its members are threads (:func:`hpsearch.study.runner._run_fused` starts one per
+member). The group has no thread of its own: a pass runs in the thread of a member waiting in
+:meth:`Member.forward_backward`, the first to find every training member's request in; one pass at a time. The
+locks of fused training, and everything else a member thread shares, are these (none is taken while another is
+held, but :attr:`Fuser.rng_lock` around a pass):
+
+- ``Fuser._cond`` guards the group's bookkeeping: its members and each one's state (away, left, when last heard
+  from), the requests waiting, whether a pass runs. It is held for bookkeeping only, never while computing.
+- :attr:`Fuser.rng_lock` is the process's global random generator: held while a member's model is built (its
+  head's initialization draws from it) and while a pass runs (its dropout masks do), so neither changes the
+  other's numbers.
+- Outside this module: :func:`hpsearch.study.runner.asking` creates one trial at a time under its lock (and the
+  study's, across workers); ``Tickets`` counts ``--trials``; ``Objective._counting`` counts completed and
+  metric-failed trials; :mod:`hpsearch.interrupts` holds a signal (or a sibling's stopping error) that every
+  member's step, and every member waiting for a pass, checks.
+
+Ownership
+---------
+While a pass runs, its thread reads the parameters of the members in it and writes their gradients, and uses the
+executor and its :class:`~hpsearch.finetune.members.PassState`; those members are blocked in
+:meth:`Member.forward_backward` until their request is done. A member that is away (:meth:`Member.away`:
+evaluating, reporting, writing a checkpoint, finishing) or has left may do anything with its own model, optimizer
+and data, but never write the shared base (LoRA members: a kept model merges a :func:`private` copy). A member
+that finishes leaves before it restores its best checkpoint and runs its final evaluation.
+
+Errors
+------
+Whatever raises while a pass runs (planning, stacking, the forward, a loss, the backward, the pass's end) reaches
+every member of that pass, and only those: each raises the original exception (a copy of it where it can be copied,
+carrying the original traceback), and its loop decides (out of memory: that member halves its micro-batch; anything
+else fails its trial or stops the worker). A member waiting for a pass stops at a held interrupt (Ctrl-C, SIGTERM,
+a sibling's error that stops the worker) unless its request is already in a running pass. A member that waits
+longer than :data:`STALL_S` for a training member that sent nothing raises :class:`FusedStall` naming it.
 """
 from __future__ import annotations
 
@@ -28,27 +64,38 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
+from .. import interrupts
+from ..errors import HpsearchError
 from ..tasks import Task
 from ..tasks.base import IGNORE
-from .attention import additive_mask, compute_dtype
 from .device import autocast
+from .executor import Executor, assemble
 from .fused_dropout import SENTINEL_DROPOUT
-from .fused_dropout import install as per_member_dropout
-from .members import MemberView, PassState, member_aware, view_of
+from .members import MemberView, PassState, view_of
 
 CALIBRATE_EVERY = 16
 """Passes between refits of a CPU group's pass cost (over the last 64)."""
+STALL_S = 600.0
+"""Seconds members wait for a training member that sends no pass (and is not away) before they stop with a
+:class:`FusedStall`: what a member does between two passes (its optimizer step, the next batch) takes
+milliseconds; anything long (evaluations, checkpoints) it does away."""
+WAIT_S = 0.5
+"""How often a member waiting for a pass looks for an interrupt or a stalled member."""
 
-__all__ = ["SENTINEL_DROPOUT", "Fuser", "Member", "PassCost", "plan_passes", "private"]
+__all__ = ["SENTINEL_DROPOUT", "Fuser", "FusedStall", "Member", "PassCost", "plan_passes", "private"]
 _ids = itertools.count(1)
 
 
-@dataclass
+class FusedStall(HpsearchError):
+    """Members of a fused group waited :data:`STALL_S` for a member that sent no pass and was not away."""
+
+
+@dataclass(eq=False)
 class _Request:
     """One member's pass: its batch and what its loss is weighted by."""
 
@@ -72,9 +119,12 @@ class Member:
     view: MemberView
     dropout: float
     number: int
+    name: str = ""
+    """How errors name it: its thread's name (a study's member threads are named after their trial)."""
     away_depth: int = 0
     left: bool = False
-    requests: list[_Request] = field(default_factory=list)
+    heard: float = field(default_factory=time.monotonic)
+    """When it last sent a pass, got one back, went away or came back (for :data:`STALL_S`)."""
 
     def forward_backward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor, weight: float = 1.0,
                          scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -86,7 +136,7 @@ class Member:
 
     @contextmanager
     def away(self) -> Iterator[None]:
-        """While this member evaluates or reports, the others' passes do not wait for it."""
+        """While this member evaluates, reports or writes a checkpoint, the others' passes do not wait for it."""
         self.fuser._set_away(self, +1)
         try:
             yield
@@ -94,13 +144,15 @@ class Member:
             self.fuser._set_away(self, -1)
 
     def leave(self) -> None:
+        """No more passes from this member (it finished, or stopped); idempotent."""
         self.fuser._leave(self)
 
 
 class Fuser:
-    """The passes of a fused group of trials, in one process: up to ``size`` members training at once.
+    """The passes of a fused group of trials, in one process: up to ``size`` members training at once (the thread
+    safety, ownership and errors contract is the module's docstring).
 
-    ``build_executor`` makes the executor (the model for the space with the shared ``base``, dropout
+    ``build_executor`` makes the executor's model (the model for the space with the shared ``base``, dropout
     :data:`SENTINEL_DROPOUT`, no adapters), when the first member joins; ``task`` computes the members' losses;
     ``device`` and ``dtype`` (the autocast dtype, or None) are the group's. :func:`hpsearch.finetune.recipe.fuser_for`
     makes one for a space.
@@ -120,14 +172,13 @@ class Fuser:
         self._shared = {t.untyped_storage().data_ptr() for t in (base or {}).values()}
         """The pretrained body's weights that LoRA members' models and the executor adopt (one copy)."""
         self.id = next(_ids)
-        self.setup_lock = threading.RLock()
-        """Held while a member's model is built (the global seed its head's initialization reads)."""
+        self.rng_lock = threading.RLock()
+        """The process's global random generator: held while a member's model is built (its head's
+        initialization) and while a pass runs (its dropout masks)."""
         self._build_executor = build_executor
-        self._executor: torch.nn.Module | None = None
+        self.executor: Executor | None = None
+        """The assembled executor (:func:`hpsearch.finetune.executor.assemble`), once the first member joined."""
         self._state = PassState()
-        self._dropout_slots: list[tuple[Any, str]] = []
-        self.per_member_dropout = False
-        """Whether a pass applies each member's own hidden dropout (else passes group members by dropout)."""
         self._cond = threading.Condition()
         self._members: list[Member] = []
         self._pending: list[_Request] = []
@@ -140,34 +191,31 @@ class Fuser:
         self.split_passes = 0
         """Passes run apart from the others of their step: padding them together cost more (:func:`plan_passes`)."""
 
+    @property
+    def per_member_dropout(self) -> bool:
+        """Whether a pass applies each member's own hidden dropout (else passes group members by dropout)."""
+        return self.executor is not None and self.executor.per_member_dropout
+
     # -- members -----------------------------------------------------------------------------------------------
     def join(self, model: torch.nn.Module, dropout: float) -> Member:
         """Add a member training ``model`` (its parameters as the loop will train them: after any vocabulary
         shrink), whose hidden dropout is ``dropout``."""
-        with self.setup_lock:
-            if self._executor is None:
-                self._executor = self._make_executor()
+        with self.rng_lock:
+            if self.executor is None:
+                self.executor = assemble(self._build_executor(), self._state, self.dtype)
+                if self.device.type == "cuda":  # a member's peak memory is its group's, from here on
+                    torch.cuda.reset_peak_memory_stats(self.device)
         view = view_of(model, self._shared)
-        member = Member(self, view, dropout, next(self._numbers))
+        member = Member(self, view, dropout, next(self._numbers), threading.current_thread().name)
         with self._cond:
             self._members.append(member)
+            self._state.forget()
         return member
-
-    def _make_executor(self) -> torch.nn.Module:
-        executor = self._build_executor()
-        for p in executor.parameters():
-            p.requires_grad_(False)
-        self._mask_hook = additive_mask(executor, compute_dtype(executor, self.dtype))  # before the attention swap
-        member_aware(executor, self._state)
-        executor.train()
-        self.per_member_dropout = per_member_dropout(executor, self._state)
-        if not self.per_member_dropout:
-            self._dropout_slots = _dropout_slots(executor)
-        return executor
 
     def _set_away(self, member: Member, delta: int) -> None:
         with self._cond:
             member.away_depth += delta
+            member.heard = time.monotonic()
             self._cond.notify_all()
 
     def _leave(self, member: Member) -> None:
@@ -175,6 +223,7 @@ class Fuser:
             member.left = True
             if member in self._members:
                 self._members.remove(member)
+                self._state.forget()
             self._cond.notify_all()
 
     @property
@@ -185,7 +234,9 @@ class Fuser:
 
     # -- passes ------------------------------------------------------------------------------------------------
     def _submit(self, request: _Request) -> torch.Tensor:
+        member = request.member
         with self._cond:
+            member.heard = time.monotonic()
             self._pending.append(request)
             self._cond.notify_all()
             while not request.done:
@@ -193,48 +244,89 @@ class Fuser:
                     batch, self._pending, self._running = self._pending, [], True
                     self._cond.release()
                     try:
-                        with self.setup_lock:  # a head initialized meanwhile would read the masks' random numbers
+                        with self.rng_lock:  # a head initialized meanwhile would read the masks' random numbers
                             self._run(batch)
                     finally:
                         self._cond.acquire()
                         self._running = False
                         self._cond.notify_all()
-                else:
-                    self._cond.wait(timeout=1.0)
+                    continue
+                if request in self._pending:  # not in a pass yet: it may be withdrawn
+                    stalled = self._stalled()
+                    if stalled or interrupts.requested():
+                        self._pending.remove(request)
+                        self._cond.notify_all()
+                        interrupts.check()
+                        if stalled:
+                            raise FusedStall(self._stall_message(stalled))
+                        self._pending.append(request)  # the signal was taken meanwhile: wait on
+                self._cond.wait(timeout=WAIT_S)
+            member.heard = time.monotonic()
         if request.error is not None:
             raise request.error
         return request.loss
+
+    def _training(self) -> list[Member]:
+        return [m for m in self._members if m.away_depth == 0 and not m.left]
 
     def _ready(self) -> bool:
         """Whether every member that is training has sent its pass."""
         if not self._pending:
             return False
         waiting = {id(r.member) for r in self._pending}
-        return all(id(m) in waiting for m in self._members if m.away_depth == 0 and not m.left)
+        return all(id(m) in waiting for m in self._training())
+
+    def _stalled(self) -> list[Member]:
+        """The training members that sent no pass for :data:`STALL_S` while others wait."""
+        waiting = {id(r.member) for r in self._pending}
+        now = time.monotonic()
+        return [m for m in self._training() if id(m) not in waiting and now - m.heard > STALL_S]
+
+    def _stall_message(self, stalled: list[Member]) -> str:
+        names = ", ".join(m.name or f"member {m.number}" for m in stalled)
+        return (f"fused group {self.id}: {names} sent no training pass for {STALL_S:g} s while "
+                f"{len(self._pending) + 1} member(s) waited for it; stopped waiting")
 
     def _run(self, batch: list[_Request]) -> None:
         """Run ``batch``'s passes: fused in parts whose members agree on what cannot differ inside a pass, each
-        split further where padding members to one shape would cost more than the launches it saves."""
+        split further where padding members to one shape would cost more than the launches it saves. Whatever
+        raises reaches the requests it concerns (:func:`_fail`); every request is done when this returns."""
+        try:
+            parts = self._plan(batch)
+            for part in parts:
+                try:
+                    started = time.perf_counter()
+                    self._pass(part)
+                    if self.device.type == "cpu":  # a CPU's ops are done when they return: the pass is timed as is
+                        self._calibrate(_tokens(part), time.perf_counter() - started)
+                except BaseException as exc:  # out of memory, a bug: each member's loop decides
+                    _fail(part, exc)
+                finally:
+                    self._state.end()
+                    self._done(part)
+        except BaseException as exc:  # planning, or the end of a pass
+            _fail([r for r in batch if not r.done], exc)
+        finally:
+            self._done(batch)
+
+    def _done(self, requests: list[_Request]) -> None:
+        with self._cond:
+            for r in requests:
+                r.done = True
+            self._cond.notify_all()
+
+    def _plan(self, batch: list[_Request]) -> list[list[_Request]]:
+        """``batch`` in the parts its passes run: by kind (LoRA or not; the dropout, without per-member dropout),
+        each planned by cost (:func:`plan_passes`), members ordered by dropout (equal ones side by side: one
+        attention call)."""
         kinds: dict[tuple, list[_Request]] = {}
         for r in batch:
             key = (r.member.view.lora,) if self.per_member_dropout else (r.member.view.lora, r.member.dropout)
             kinds.setdefault(key, []).append(r)
-        parts = [sorted(part, key=lambda r: r.member.dropout)  # equal dropouts side by side: one attention call
+        parts = [sorted(part, key=lambda r: r.member.dropout)
                  for kind in kinds.values() for part in plan_passes(kind, self.cost)]
         self.split_passes += len(parts) - len(kinds)
-        for part in parts:
-            try:
-                started = time.perf_counter()
-                self._pass(part)
-                if self.device.type == "cpu":  # a CPU's ops are done when they return: the pass is timed as it is
-                    self._calibrate(_tokens(part), time.perf_counter() - started)
-            except BaseException as exc:  # out of memory, a bug: each member's loop decides
-                for r in part:
-                    r.error = copy.copy(exc) if isinstance(exc, Exception) else exc
-            finally:
-                for r in part:
-                    r.done = True
-                self._state.end()
+        return parts
 
     def _calibrate(self, tokens: int, seconds: float) -> None:
         """Fit :attr:`cost` to the passes timed so far (a CPU's): the estimate from the model counts only matrix
@@ -254,13 +346,12 @@ class Fuser:
         rows = max(len(r.labels) for r in part)
         inputs = _stack_inputs([r.inputs for r in part], rows)
         labels = _stack_labels([r.labels for r in part], rows)
-        for slot, attr in self._dropout_slots:
-            setattr(slot, attr, part[0].member.dropout)
+        self.executor.set_dropout(part[0].member.dropout)
         width = max(_shape(r)[1] for r in part)
         self._state.begin([r.member.view for r in part], rows, [r.member.dropout for r in part],
                           batched=self.cost.launch_bound(len(part) * rows * width))
         with autocast(self.device, self.dtype):
-            logits = self.task.forward(_Executor(self._executor), inputs, labels)
+            logits = self.task.forward(self.executor, inputs, labels)
         total = None
         for k, r in enumerate(part):
             n = len(r.labels)
@@ -272,6 +363,26 @@ class Fuser:
         total.backward()
         self.passes += 1
         self.member_passes += len(part)
+
+
+def _fail(requests: list[_Request], exc: BaseException) -> None:
+    """Give ``exc`` to each of ``requests`` that has no result yet: its own copy (the original traceback, cause and
+    context kept) where the exception can be copied, else the exception itself."""
+    for r in requests:
+        if r.error is None:
+            r.loss, r.error = None, _copy(exc)
+
+
+def _copy(exc: BaseException) -> BaseException:
+    try:
+        mine = copy.copy(exc)
+    except Exception:  # an exception that cannot be rebuilt from its arguments
+        return exc
+    if type(mine) is not type(exc):
+        return exc
+    mine.__cause__, mine.__context__, mine.__suppress_context__ = exc.__cause__, exc.__context__, \
+        exc.__suppress_context__
+    return mine.with_traceback(exc.__traceback__)
 
 
 @dataclass(frozen=True)
@@ -333,32 +444,6 @@ def _shape(request: _Request) -> tuple[int, int]:
     """A member's batch as (rows, width)."""
     ids = request.inputs["input_ids"]
     return ids.shape[0], ids.shape[1] if ids.ndim > 1 else 1
-
-
-class _Executor(torch.nn.Module):
-    """The executor as a task calls it: every position's logits (a causal LM's ``logits_to_keep`` is left out:
-    the positions a member learns differ from its pass's)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **kwargs: Any) -> Any:
-        return self.model(**kwargs)
-
-    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        return self.model.prepare_decoder_input_ids_from_labels(labels=labels)
-
-
-def _dropout_slots(model: torch.nn.Module) -> list[tuple[Any, str]]:
-    """Every (object, attribute) of ``model`` and its config that holds :data:`SENTINEL_DROPOUT`: where a pass's
-    hidden dropout goes."""
-    slots = []
-    for module in model.modules():
-        for attr, value in vars(module).items():
-            if isinstance(value, float) and value == SENTINEL_DROPOUT:
-                slots.append((module, attr))
-    return slots
 
 
 def _pad(t: torch.Tensor, rows: int, width: int | None, value: float) -> torch.Tensor:

@@ -34,18 +34,16 @@ INNER = ("sdpa", CPU_ATTENTION)
 """The attention implementations a pass can split by member dropout."""
 
 
-def member_keep_mask(shape: torch.Size, dropouts: list[float], dtype: torch.dtype,
-                     device: torch.device, cache: dict | None = None) -> torch.Tensor:
+def member_keep_mask(shape: torch.Size, dropouts: list[float], dtype: torch.dtype, device: torch.device,
+                     state: PassState | None = None) -> torch.Tensor:
     """A dropout multiplier of ``shape`` (its first dimension ``K * rows``, member-major) whose k-th block of rows is
-    0 with probability ``dropouts[k]`` and ``1 / (1 - dropouts[k])`` otherwise (0 for a dropout of 1)."""
-    k, cache = len(dropouts), {} if cache is None else cache
-    key = (tuple(dropouts), dtype, device)
-    if key not in cache:  # made once per set of members (a host-to-device copy on a GPU)
-        threshold = torch.tensor([min(round(p * 65536), 65536) - 32768 for p in dropouts], dtype=torch.int32)
-        scale = torch.tensor([1.0 / (1.0 - p) if p < 1.0 else 0.0 for p in dropouts])
-        cache[key] = (threshold.view(k, 1).to(device), scale.view(k, 1).to(device=device, dtype=dtype))
-    threshold, scale = cache[key]
-    return ((lanes(shape.numel(), device).view(k, -1) >= threshold).to(dtype) * scale).view(shape)
+    0 with probability ``dropouts[k]`` and ``1 / (1 - dropouts[k])`` otherwise (0 for a dropout of 1); its
+    per-member thresholds and scales are ``state``'s constants (made once for the members there are)."""
+    k, state = len(dropouts), state or PassState()
+    threshold = state.constant(tuple(min(round(p * 65536), 65536) - 32768 for p in dropouts), torch.int32, device)
+    scale = state.constant(tuple(1.0 / (1.0 - p) if p < 1.0 else 0.0 for p in dropouts), dtype, device)
+    return ((lanes(shape.numel(), device).view(k, -1) >= threshold.view(k, 1)).to(dtype)
+            * scale.view(k, 1)).view(shape)
 
 
 class MemberDropout(torch.nn.Module):
@@ -55,7 +53,6 @@ class MemberDropout(torch.nn.Module):
     def __init__(self, p: float, state: PassState) -> None:
         super().__init__()
         self.p, self.state = p, state
-        self._made: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dropouts = self.state.dropouts
@@ -64,7 +61,7 @@ class MemberDropout(torch.nn.Module):
         if x.shape[0] != len(dropouts) * self.state.rows:
             raise RuntimeError(f"a fused dropout got {x.shape[0]} rows for {len(dropouts)} members of "
                                f"{self.state.rows} rows")
-        return x * member_keep_mask(x.shape, dropouts, x.dtype, x.device, self._made)
+        return x * member_keep_mask(x.shape, dropouts, x.dtype, x.device, self.state)
 
 
 def _split_attention(inner_name: str) -> Any:

@@ -69,6 +69,8 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
         for epoch in range(hp.epochs):
             if _epoch(run, epoch):
                 break
+        if run.member is not None:  # restoring the kept checkpoint and a final generation keep no one waiting
+            run.member.leave()
         return _finish(run) if group is None or group.main or run.sharded else _follower_result(run)
     except RuntimeError as exc:
         if group is not None and is_group_error(exc):
@@ -179,7 +181,7 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, sett
     generator = torch.Generator().manual_seed(hp.seed)
     if not fused:  # a fused group's dropout masks are its passes' (and the process's seed is its members' heads')
         torch.manual_seed(hp.seed)  # dropout masks
-    if device.type == "cuda":
+    if device.type == "cuda" and not fused:  # a fused member's peak is its group's (:meth:`Fuser.join`)
         torch.cuda.reset_peak_memory_stats(device)
     limit = settings.intermediate_eval_samples
     subset = (data.validation.head(limit) if limit is not None and limit < data.validation.example_count

@@ -103,9 +103,27 @@ class PassState:
         """Whether members' own weights are stacked into batched products (one launch for all: a launch-bound
         pass) or each member's rows go through its own weights (no copy of the weights: an arithmetic-bound one)."""
         self._stacks: dict[Any, torch.Tensor] = {}
+        self._constants: dict[Any, torch.Tensor] = {}
+        self._stale = False
+
+    def forget(self) -> None:
+        """Members joined or left: the per-member constants are made again for the passes to come."""
+        self._stale = True
+
+    def constant(self, values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``values`` (one per member: an adapter's ``alpha / r``, a dropout's keep probability) as a [K] tensor on
+        ``device``, made once for the members there are (a host-to-device copy and a sync on a GPU: never once a
+        pass); forgotten when members join or leave (:meth:`forget`)."""
+        key = (values, dtype, device)
+        made = self._constants.get(key)
+        if made is None:
+            made = self._constants[key] = torch.tensor(values, dtype=dtype).to(device)
+        return made
 
     def begin(self, members: list[MemberView], rows: int, dropouts: list[float] | None = None,
               batched: bool = True) -> None:
+        if self._stale:
+            self._constants, self._stale = {}, False
         self.members, self.rows, self._stacks, self.batched = members, rows, {}, batched
         self.dropouts = list(dropouts) if dropouts is not None else [0.0] * len(members)
 
@@ -217,12 +235,13 @@ class MemberLinear(_Stands):
         a_stack = torch.stack([zero_a if a is None else _pad_rows(a.A, r) for a in adapters])  # [K, r, in]
         b_stack = torch.stack([zero_b if a is None else _pad_cols(a.B, r) for a in adapters])  # [K, out, r]
         xs = _per_member(x.to(dtype), len(adapters))
-        xs = _member_dropout(xs, [0.0 if a is None else a.dropout for a in adapters], self.training)
-        scaling = [0.0 if a is None else a.scaling for a in adapters]
+        xs = _member_dropout(xs, tuple(0.0 if a is None else a.dropout for a in adapters), self.training,
+                             self.state)
+        scaling = tuple(0.0 if a is None else a.scaling for a in adapters)
         h = torch.bmm(torch.bmm(xs, a_stack.transpose(1, 2)), b_stack.transpose(1, 2))
         if len(set(scaling)) == 1:
             return h * scaling[0]
-        return h * torch.tensor(scaling, dtype=h.dtype, device=h.device).view(-1, 1, 1)
+        return h * self.state.constant(scaling, h.dtype, h.device).view(-1, 1, 1)
 
     def _zero(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (shape, dtype, device)
@@ -271,13 +290,13 @@ def _pad_cols(t: torch.Tensor, r: int) -> torch.Tensor:
     return t if t.shape[1] == r else F.pad(t, (0, r - t.shape[1]))
 
 
-def _member_dropout(xs: torch.Tensor, p: list[float], training: bool) -> torch.Tensor:
+def _member_dropout(xs: torch.Tensor, p: tuple[float, ...], training: bool, state: PassState) -> torch.Tensor:
     """Dropout on [K, ..., in] with member k's probability ``p[k]``."""
     if not training or not any(p):
         return xs
     if len(set(p)) == 1:
         return F.dropout(xs, p[0], True)
-    keep = torch.tensor([1.0 - v for v in p], dtype=xs.dtype, device=xs.device).view(-1, 1, 1)
+    keep = state.constant(tuple(1.0 - v for v in p), xs.dtype, xs.device).view(-1, 1, 1)
     return xs * (torch.rand_like(xs) < keep) / keep
 
 

@@ -153,7 +153,7 @@ def fine_tune(space: Space, hp: Hyperparameters, prepared: Prepared, callback: C
     model on its shared base); return the trained model and what training produced (the time to build the model
     counts as setup)."""
     t0 = time.perf_counter()
-    with fuser.setup_lock if fuser is not None else nullcontext():  # the head's seed is the process's
+    with fuser.rng_lock if fuser is not None else nullcontext():  # the head's seed is the process's
         model = build_model(space.model, hp, prepared.data, prepared.device, prepared.precision,
                             base=fuser.base if fuser is not None and hp.lora_r > 0 else None)
     result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),

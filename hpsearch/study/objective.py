@@ -36,6 +36,7 @@ from ..finetune.distributed import Group, GroupLost
 from ..finetune.fused import Fuser, private
 from ..finetune.recipe import Prepared, fine_tune, inference_latency_ms
 from ..finetune.state import Callback, NonFiniteLoss, TrainingState
+from .. import interrupts
 from ..interrupts import check as check_interrupt
 from . import record
 from .progress import Progress
@@ -135,7 +136,7 @@ class _Reporter(Callback):
 
     def on_step(self, state: TrainingState) -> None:
         self.state = state
-        self.progress.trial_step(state)
+        self.progress.trial_step(self.trial.number, state.step, state.total_steps)
         if self.time_limit is not None:
             trained = time.perf_counter() - self.started - state.setup_time - state.eval_time
             if trained > self.time_limit:
@@ -143,7 +144,7 @@ class _Reporter(Callback):
 
     def on_evaluate(self, state: TrainingState, metrics: dict[str, float]) -> None:
         self.state, self.metrics = state, metrics
-        self.progress.trial_evaluated(state, metrics)
+        self.progress.trial_evaluated(self.trial.number, float(state.loss), metrics)  # read here, at a report
         if self.multi:  # Optuna takes intermediate values (and prunes) for single-objective studies only
             return
         self.trial.report(finite(self.metric, metrics[self.metric], self.trial.study), state.report)
@@ -248,6 +249,7 @@ class Objective:
         trial.set_user_attr(record.HYPERPARAMETERS, {k: v for k, v in values.items() if k not in off})
         if self.fuser is not None:
             trial.set_user_attr(record.FUSED_GROUP, f"{worker_name()}/{self.fuser.id}")
+            threading.current_thread().name = f"trial {trial.number}"  # how the group's errors name this member
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
                              multi=bool(self.objectives))
@@ -278,7 +280,7 @@ class Objective:
             _let_go(exc)
             raise
         except KeyboardInterrupt as exc:
-            self._record(trial, reporter, status="failed: interrupted")
+            self._record(trial, reporter, status=f"failed: {interrupts.reason(exc)}")
             _let_go(exc)
             raise
         except GroupLost as exc:  # not the config's failure: FAIL (retried elsewhere), and this group stops

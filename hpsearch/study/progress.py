@@ -28,7 +28,9 @@ def fmt_value(value: float | None) -> str:
 
 
 class Progress:
-    """The no-op view (used by tests and as the base of the two real ones)."""
+    """The no-op view (used by tests and as the base of the two real ones). Every number it is given is a host
+    number: the live view is drawn from another thread, which must never read a device tensor (a sync, and on a
+    GPU a call from outside a CUDA graph's capture that breaks it)."""
 
     def study_started(self, study: Any, n_trials: int, metric: str) -> None:
         """Before the first trial of this invocation."""
@@ -36,11 +38,11 @@ class Progress:
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
         """Parameters were sampled for trial ``number``."""
 
-    def trial_step(self, state: Any) -> None:
-        """An optimizer step finished."""
+    def trial_step(self, number: int, step: int, total: int) -> None:
+        """Trial ``number`` finished optimizer step ``step`` of ``total``."""
 
-    def trial_evaluated(self, state: Any, metrics: dict[str, float]) -> None:
-        """An intermediate or final evaluation finished."""
+    def trial_evaluated(self, number: int, loss: float, metrics: dict[str, float]) -> None:
+        """An intermediate or final evaluation of trial ``number`` finished; ``loss``: its last training loss."""
 
     def __call__(self, study: Any, trial: Any) -> None:
         """Optuna's per-trial callback: a trial ended (any state)."""
@@ -82,7 +84,8 @@ class LogProgress(Progress):
 
 
 class LiveProgress(Progress):
-    """A live table of the trials run here, the best so far, elapsed time, and the current trial's progress."""
+    """A live table of the trials run here, the best so far, elapsed time, and the progress of each running trial
+    (several at once in a fused group)."""
 
     def __init__(self, console: Console | None = None, rows: int = 12) -> None:
         self.console = console or Console(stderr=True)
@@ -92,7 +95,8 @@ class LiveProgress(Progress):
         self.metric = ""
         self.n_trials = 0
         self.started = time.monotonic()
-        self.current: dict[str, Any] | None = None
+        self.running: dict[int, dict[str, Any]] = {}
+        """Each running trial's progress, by number: host numbers only (the refresh thread reads them)."""
         self.best: tuple[float | None, int | None] = (None, None)
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
 
@@ -103,21 +107,21 @@ class LiveProgress(Progress):
         self.live.start()
 
     def trial_started(self, number: int, params: dict[str, Any]) -> None:
-        self.current = {"number": number, "params": params, "step": 0, "total": 1, "loss": None, "last": None,
-                        "t0": time.monotonic()}
+        self.running[number] = {"params": params, "step": 0, "total": 1, "loss": None, "last": None,
+                                "t0": time.monotonic()}
 
-    def trial_step(self, state: Any) -> None:
-        if self.current is not None:
-            self.current.update(step=state.step, total=state.total_steps, loss=state.loss)
+    def trial_step(self, number: int, step: int, total: int) -> None:
+        if number in self.running:
+            self.running[number].update(step=step, total=total)
 
-    def trial_evaluated(self, state: Any, metrics: dict[str, float]) -> None:
-        if self.current is not None:
-            self.current["last"] = metrics.get(self.metric)
+    def trial_evaluated(self, number: int, loss: float, metrics: dict[str, float]) -> None:
+        if number in self.running:
+            self.running[number].update(loss=loss, last=metrics.get(self.metric))
 
     def __call__(self, study: Any, trial: Any) -> None:
         self.finished.append(trial)
         self.best = _best(study)
-        self.current = None
+        self.running.pop(trial.number, None)
 
     def close(self) -> None:
         self.live.stop()
@@ -140,10 +144,8 @@ class LiveProgress(Progress):
                           fmt_value(record.shown_value(t, self.metric)),
                           f"{took:.1f}s", fmt_params(t.params))
         parts: list[Any] = [head, table]
-        if self.current is not None:
-            c = self.current
-            line = Text.assemble(f"trial {c['number']} ", ("running", "blue"),
-                                 f"  step {c['step']}/{c['total']}",
+        for n, c in sorted(self.running.items()):  # a copy: trials start and end meanwhile
+            line = Text.assemble(f"trial {n} ", ("running", "blue"), f"  step {c['step']}/{c['total']}",
                                  f"  loss {c['loss']:.4f}" if c["loss"] is not None else "",
                                  f"  last {self.metric} {fmt_value(c['last'])}",
                                  f"  {time.monotonic() - c['t0']:.0f}s  {fmt_params(c['params'])}")

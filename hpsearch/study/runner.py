@@ -11,10 +11,10 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -22,11 +22,13 @@ from .. import interrupts
 from ..config.options import RunOptions
 from ..config.space import Space
 from ..errors import UsageError
-from ..finetune.recipe import Prepared, fuser_for, prepare
 from . import record
 from .resilient import RETRY_S, resilient, ride_out, unavailable
 from .samplers import build_pruner, build_sampler
-from .storage import retry_transient
+from .storage import retry_transient, study_lock
+
+if TYPE_CHECKING:  # the training side is imported when a run prepares, so that the runner's loop imports light
+    from ..finetune.recipe import Prepared
 
 MAX_CONSECUTIVE_FAILURES = 10
 WARM_START_TOP = 3
@@ -152,6 +154,8 @@ def quiet_optuna() -> None:
 def prepare_run(space: Space, device: str, weights: bool = True) -> Prepared:
     """Everything checked and loaded before the storage is touched: the recipe's preparation (device, model checks,
     tokenized data, pretrained weights) and what the study section asks of the data."""
+    from ..finetune.recipe import prepare
+
     quiet_optuna()
     prepared = prepare(space, device, weights=weights)
     confirm = space.study.confirm
@@ -244,7 +248,12 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     keeper = make_keeper(study, url, max(keep_best, confirm.top_k) if keep_best and confirm else keep_best,
                          options.artifacts)
     progress = progress or make_progress(options.quiet)
-    fuser = fuser_for(space, prepared, options.fuse) if options.fuse else None
+    if options.fuse:
+        from ..finetune.recipe import fuser_for
+
+        fuser = fuser_for(space, prepared, options.fuse)
+    else:
+        fuser = None
     objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
                           total=options.total, keeper=keeper, liveness=liveness, group=group, fuser=fuser)
     n_trials, total = options.trials, options.total
@@ -261,17 +270,19 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
         callbacks.append(WandbLogger(options.wandb, space.study.metric))
     callbacks.append(interrupts.stop_study)
     kwargs = {"timeout": options.timeout, "callbacks": callbacks, "catch": (BudgetReached, MetricFailed)}
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
     settle_memory()
     try:
         with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
-            if fuser is not None:
-                _run_fused(options.fuse, study, objective, total, n_trials, options.timeout, kwargs, poll=interval,
-                           liveness=liveness)
-            elif total is None:
+            if fuser is None and total is None:
                 study.optimize(objective, n_trials=n_trials, **kwargs)
             else:
-                _run_to_total(study, objective, total, Tickets(n_trials), options.timeout, kwargs, poll=interval,
-                              liveness=liveness)
+                lock = lambda: study_lock(url, study.study_name)  # noqa: E731
+                with asking(study, Tickets(n_trials), total, liveness, lock):
+                    if fuser is not None:
+                        _run_fused(options.fuse, study, objective, total, kwargs, poll=interval, deadline=deadline)
+                    else:
+                        _run_to_total(study, objective, kwargs, poll=interval, deadline=deadline)
     except Exception as exc:
         outage = unavailable(exc)  # Optuna's own follow-on errors (its finally after a failed tell) hide it
         if outage is None:
@@ -348,32 +359,70 @@ class Tickets:
             return True
 
 
-def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n_trials: int | None,
-               timeout: float | None, kwargs: dict, poll: float, liveness: Any = None) -> None:
+class NoRoom(Exception):
+    """Asked for a trial while the study's finished and running trials make its ``--total``: wait (a running trial
+    may still fail and need a retry), then ask again."""
+
+
+class NoMore(Exception):
+    """Asked for a trial once the study has its ``--total`` finished trials, or this worker its ``--trials``."""
+
+
+@contextmanager
+def asking(study: optuna.Study, tickets: Tickets, total: int | None = None, liveness: Any = None,
+           lock: Callable[[], Any] = nullcontext) -> Iterator[None]:
+    """While the block runs, ``study.ask`` (what ``study.optimize`` calls) creates a trial only when this worker
+    may start one: a ticket of ``--trials`` is left and, with a ``total``, the study's finished plus running
+    trials leave room (else :class:`NoRoom` or :class:`NoMore`, raised before any trial exists).
+
+    Counting and creating are one step: under a lock this process's threads share (two threads asking at once on
+    SQLite, which has no row locks, can also take one enqueued trial twice) and ``lock``, the one every worker of
+    the study shares (:func:`hpsearch.study.storage.study_lock`). Counted apart, two askers that both saw room
+    for one more trial created two: the fused members of a group finish together, so a group asked past the
+    total in one run in three (issue #41). The study handed back to the caller asks as Optuna's does."""
+    ask, local = study.ask, threading.Lock()
+
+    def gated(*args: Any, **kwargs: Any) -> optuna.Trial:
+        with local, lock():
+            if total is not None:
+                finished, running = budget(study, liveness)
+                if finished >= total:
+                    raise NoMore()
+                if finished + running >= total:
+                    raise NoRoom()
+            if not tickets.take():
+                raise NoMore()
+            return ask(*args, **kwargs)
+
+    study.ask = gated  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del study.ask  # the class's method again
+
+
+def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, kwargs: dict, poll: float,
+               deadline: float | None = None) -> None:
     """Run the trials of a fused group (``--fuse K``): K threads, each one member at a time, asking for the next
-    trial as soon as its member leaves, until ``total``, ``n_trials`` or ``timeout``. An error that stops one
-    member's thread (not a trial's failure) stops the others at their next step, and is raised here."""
-    tickets, errors = Tickets(n_trials), []
-    deadline = None if timeout is None else time.monotonic() + timeout
+    trial as soon as its member leaves (within :func:`asking`), until ``total``, the trials of ``--trials`` or
+    ``deadline``. An error that stops one member's thread (not a trial's failure) stops the others at their next
+    step, each recording why, and is raised here."""
+    errors: list[BaseException] = []
+
     def member() -> None:
         try:
-            if total is not None:
-                _run_to_total(study, objective, total, tickets, timeout, kwargs, poll, liveness)
-                return
-            while (deadline is None or time.monotonic() < deadline) and tickets.take():
-                interrupts.check()
-                study.optimize(objective, n_trials=1, **kwargs)
+            _run_to_total(study, objective, kwargs, poll, deadline)
         except BaseException as exc:  # noqa: BLE001 - raised below, in the main thread
             errors.append(exc)
-            interrupts.stop_all()
+            if not isinstance(exc, KeyboardInterrupt):
+                interrupts.stop_all(f"stopped with its fused group: {_said(exc)}")
 
     threads = [threading.Thread(target=member, name=f"hpsearch-member-{i}", daemon=True) for i in range(k)]
-    with _one_ask_at_a_time(study):
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)  # short waits, so that a signal's handler runs in the main thread
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # short waits, so that a signal's handler runs in the main thread
     if errors:
         first = next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
         if not isinstance(first, KeyboardInterrupt):
@@ -381,27 +430,16 @@ def _run_fused(k: int, study: optuna.Study, objective: Any, total: int | None, n
         raise first
 
 
-@contextmanager
-def _one_ask_at_a_time(study: optuna.Study) -> Iterator[None]:
-    """While the members run, ``study.ask`` (what ``study.optimize`` calls) takes turns between this process's
-    threads: two threads asking at once on SQLite (no row locks) can both take the same enqueued trial. The study
-    handed back to the caller asks as Optuna's does."""
-    ask, lock = study.ask, threading.Lock()
-
-    def one_at_a_time(*args: Any, **kwargs: Any) -> optuna.Trial:
-        with lock:
-            return ask(*args, **kwargs)
-
-    study.ask = one_at_a_time  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del study.ask  # the class's method again
+def _said(exc: BaseException) -> str:
+    """An error in a line: its type and first line."""
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _run_to_total(study: optuna.Study, objective: Any, total: int, tickets: Tickets, timeout: float | None,
-                  kwargs: dict, poll: float, liveness: Any = None) -> None:
-    """Run trials until the study has ``total`` finished ones (or this worker's ``tickets`` or ``timeout``).
+def _run_to_total(study: optuna.Study, objective: Any, kwargs: dict, poll: float,
+                  deadline: float | None = None) -> None:
+    """Run trials one at a time until :func:`asking` says there are no more (the study's total, this worker's
+    tickets) or ``deadline`` passes.
 
     When the running trials of other workers would complete the budget, wait for them instead of exiting:
     if one of those workers dies, its trial goes stale, is failed and retried, and this worker runs it.
@@ -409,20 +447,17 @@ def _run_to_total(study: optuna.Study, objective: Any, total: int, tickets: Tick
     failures = 0
     mine: list[optuna.trial.FrozenTrial] = []  # this worker's trials: with others on the study, not the study's last
     kwargs = {**kwargs, "callbacks": [*kwargs["callbacks"], lambda study, trial: mine.append(trial)]}
-    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         interrupts.check()  # held while waiting for other workers' trials, or stopped after the last trial
         if deadline is not None and time.monotonic() > deadline:
             return
-        finished, running = budget(study, liveness)
-        if finished >= total:
-            return
-        if finished + running >= total:
+        try:
+            study.optimize(objective, n_trials=1, **kwargs)
+        except NoRoom:
             time.sleep(min(poll, 5.0))
             continue
-        if not tickets.take():
+        except NoMore:
             return
-        study.optimize(objective, n_trials=1, **kwargs)
         last = mine[-1]
         failures = failures + 1 if record.failed(last) else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:

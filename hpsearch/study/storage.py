@@ -292,29 +292,117 @@ def schema_lock(url: str) -> Iterator[None]:
     The lock lives on its own connection, so it spans every connection Optuna opens meanwhile, and it is released
     when that connection closes, also if this process dies.
     """
+    with _server_lock(url, SCHEMA_LOCK_KEY, SCHEMA_LOCK_NAME, SCHEMA_LOCK_TIMEOUT):
+        yield
+
+
+@contextlib.contextmanager
+def _server_lock(url: str, key: int, name: str, wait_s: int) -> Iterator[bool]:
+    """A PostgreSQL advisory lock ``key`` or a MySQL/MariaDB named lock ``name`` held for the block on a connection
+    of its own (yields whether it was had: MySQL gives up after ``wait_s``); elsewhere nothing (yields True)."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
     backend = make_url(url).get_backend_name()
     if backend == "postgresql":
         take, give = "SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"
-        args: dict[str, Any] = {"key": SCHEMA_LOCK_KEY}
+        args: dict[str, Any] = {"key": key}
     elif backend in ("mysql", "mariadb"):
-        take, give = f"SELECT GET_LOCK(:name, {SCHEMA_LOCK_TIMEOUT})", "SELECT RELEASE_LOCK(:name)"
-        args = {"name": SCHEMA_LOCK_NAME}
+        take, give = f"SELECT GET_LOCK(:name, {int(wait_s)})", "SELECT RELEASE_LOCK(:name)"
+        args = {"name": name}
     else:
-        yield
+        yield True
         return
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(sqlalchemy.text(take), args)
+            got = conn.execute(sqlalchemy.text(take), args).scalar()
+            had = backend == "postgresql" or got == 1  # PostgreSQL's waits until it has it; GET_LOCK: 0 on timeout
             try:
-                yield
+                yield had
             finally:
-                conn.execute(sqlalchemy.text(give), args)
+                if had:
+                    conn.execute(sqlalchemy.text(give), args)
     finally:
         engine.dispose()
+
+
+STUDY_LOCK_WAIT_S = 60
+"""Seconds a worker waits for the study's lock (held for a count and one trial's creation: milliseconds) before it
+counts and asks without it (the surplus check of :func:`hpsearch.study.objective.start_trial` still holds)."""
+
+
+@contextlib.contextmanager
+def study_lock(url: str, study: str) -> Iterator[bool]:
+    """Hold, for the block, a lock that every worker of study ``study`` on storage ``url`` shares, on any machine
+    that reaches the storage; yield whether one was had.
+
+    A PostgreSQL advisory lock or a MySQL/MariaDB named lock (on its own connection, released if this process
+    dies), a lock file beside an SQLite or journal file (``flock``: released with the process), a Redis lock (one
+    that outlives a dead holder expires). A gRPC proxy offers none: yields False, and workers on it count and ask
+    without one."""
+    import hashlib
+
+    digest = hashlib.sha1(f"hpsearch-study:{study}".encode()).digest()
+    kind = storage_kind(url)
+    if kind == "grpc":
+        yield False
+        return
+    if kind == "redis":
+        import redis
+
+        lock = redis.Redis.from_url(url).lock(f"hpsearch:study-lock:{digest.hex()[:16]}", timeout=STUDY_LOCK_WAIT_S,
+                                              blocking_timeout=STUDY_LOCK_WAIT_S)
+        had = lock.acquire()
+        try:
+            yield had
+        finally:
+            if had:
+                with contextlib.suppress(redis.exceptions.LockError):
+                    lock.release()
+        return
+    if kind == "journal":
+        path = journal_path(url)
+    else:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            with _server_lock(url, int.from_bytes(digest[:8], "big", signed=True), f"hpsearch_{digest.hex()[:20]}",
+                              STUDY_LOCK_WAIT_S) as had:
+                yield had
+            return
+        path = parsed.database or ""
+        if path in ("", ":memory:"):
+            yield True
+            return
+    with _file_lock(f"{path}-hpsearch.lock") as had:
+        yield had
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[bool]:
+    """``flock`` on ``path`` (made if missing), for at most :data:`STUDY_LOCK_WAIT_S` seconds of waiting."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline, had = time.monotonic() + STUDY_LOCK_WAIT_S, False
+        while not had:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                had = True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+        try:
+            yield had
+        finally:
+            if had:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_wal(storage: Any) -> None:

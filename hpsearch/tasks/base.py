@@ -78,8 +78,9 @@ class Task(Protocol):
     - ``metrics_from`` returns every metric in ``metrics`` that is not ``generated`` (names as keys), and
       ``eval_loss``.
     - A task whose predictions a user's metric function can score (``study.metric: package.module:function``)
-      has ``predictions(batches, label_names, options)``: a dict with ``predictions`` and ``references`` (and
-      ``scores``, ``label_names`` where it has them); :mod:`hpsearch.config.metrics` says what a function gets.
+      has ``predictions(batches, label_names, options)``: a dict with ``predictions`` and ``references`` and the
+      optional arguments its ``prediction_extras`` names (``scores``, ``label_names`` where it has them);
+      :mod:`hpsearch.config.metrics` says what a function gets.
     - A task with ``generated`` metrics also has ``generate_batch(model, batch, labels, data)``, which generates
       for one batch (the data carries the tokenizer and the task's options), and ``generated_metrics(parts,
       data)``, which scores those parts. The loop generates on the final evaluation, and on every evaluation when

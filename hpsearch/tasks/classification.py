@@ -110,6 +110,9 @@ class SequenceClassification:
         labels = torch.cat([b[1] for b in batches])
         return classification_metrics(logits, labels, label_names)
 
+    prediction_extras = ("scores", "label_names")
+    """What :meth:`predictions` gives a metric function besides predictions and references."""
+
     def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Class indices predicted and true (numpy), the class probabilities (``scores``) and ``label_names``."""
         import torch

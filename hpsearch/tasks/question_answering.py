@@ -144,6 +144,9 @@ class QuestionAnswering:
         return {**squad_scores([predicted[e] for e in gold], [gold[e] for e in gold]),
                 "eval_loss": sum(b[2] for b in batches) / max(1, sum(b[3] for b in batches))}
 
+    prediction_extras = ()
+    """What :meth:`predictions` gives a metric function besides predictions and references."""
+
     def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Each question's predicted answer text ("" for no answer) and its gold answers (a list of texts)."""
         predicted, gold = _answers(batches, options)

@@ -72,6 +72,9 @@ class Regression:
 
         return regression_metrics(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
 
+    prediction_extras = ()
+    """What :meth:`predictions` gives a metric function besides predictions and references."""
+
     def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Predicted and true numbers (numpy)."""
         import torch

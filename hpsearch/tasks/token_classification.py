@@ -102,6 +102,9 @@ class TokenClassification:
                 "token_accuracy": correct / tokens if tokens else 0.0,
                 "eval_loss": loss}
 
+    prediction_extras = ("label_names",)
+    """What :meth:`predictions` gives a metric function besides predictions and references."""
+
     def predictions(self, batches: list[Any], label_names: list[str], options: dict[str, Any]) -> dict[str, Any]:
         """Predicted and true tags, a list of tag strings per sentence (what seqeval takes)."""
         pred, gold = _tag_lists(batches, label_names)

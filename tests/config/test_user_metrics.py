@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
@@ -41,6 +42,28 @@ def not_a_number(predictions, references):
 
 not_a_number.direction = "maximize"
 
+def as_text(predictions, references):
+    return "0.5"
+
+def as_bool(predictions, references):
+    return True
+
+def as_none(predictions, references):
+    return None
+
+def as_numpy(predictions, references):
+    import numpy
+    return numpy.float32(0.25)
+
+for f in (as_text, as_bool, as_none, as_numpy):
+    f.direction = "maximize"
+
+def mean_score(predictions, references, scores):
+    """The mean probability of class 1: ``scores`` required (no default)."""
+    return float(scores[:, 1].mean())
+
+mean_score.direction = "maximize"
+
 NOT_A_FUNCTION = 3
 '''
 
@@ -58,13 +81,15 @@ def metric_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     ("{m}:missing", None, "has no missing"),
     ("{m}:NOT_A_FUNCTION", None, "is not a function"),
     ("{m}:one_argument", "maximize", "must take (predictions, references)"),
+    ("{m}:mean_score@regression", "maximize", "requires scores, which task regression does not give"),
     ("{m}:no_direction", None, "study.direction: is required with metric"),
     ("{m}:balanced_accuracy", "minimize", "contradicts {m}:balanced_accuracy, which declares maximize"),
 ])
 def test_a_metric_function_is_checked_before_anything_runs(metric: str, direction, expected: str, metric_module,
                                                             tiny_model: Path, tiny_data: dict) -> None:
+    metric, _, task = metric.partition("@")
     study = {"metric": metric.format(m=metric_module), **({"direction": direction} if direction else {})}
-    raw = space_dict(tiny_model, tiny_data, study__metric=study["metric"])
+    raw = space_dict(tiny_model, tiny_data, study__metric=study["metric"], data__task=task or "classification")
     if direction:
         raw["study"]["direction"] = direction
     with pytest.raises(ConfigError) as err:
@@ -138,3 +163,29 @@ def _one_class(tiny_data: dict, tmp_path: Path) -> Path:
 
 def hpsearch_run(raw: dict, tmp_path: Path) -> optuna.Study:
     return hpsearch.run(raw, trials=2, device="cpu", storage=f"sqlite:///{tmp_path}/u.db")
+
+
+@pytest.mark.parametrize("name, says", [("as_text", "returned '0.5' (str), not a number"),
+                                        ("as_bool", "returned 'True' (bool), not a number"),
+                                        ("as_none", "returned 'None' (NoneType), not a number")])
+def test_a_metric_function_s_result_must_be_a_real_number(metric_module, name: str, says: str) -> None:
+    """Nothing is coerced: a text that reads as a number, a bool, None each fail the trial naming the function."""
+    from hpsearch.config.metrics import MetricFailed, compute, load
+
+    path = f"{metric_module}:{name}"
+    given = {"predictions": np.array([0, 1]), "references": np.array([0, 1])}
+    with pytest.raises(MetricFailed) as err:
+        compute(path, load(path), given)
+    assert str(err.value) == f"study.metric {path} {says}"
+    assert compute(f"{metric_module}:as_numpy", load(f"{metric_module}:as_numpy"), given) == 0.25
+
+
+def test_a_metric_function_that_requires_scores_gets_them(metric_module, tiny_model: Path, tiny_data: dict) -> None:
+    """``scores`` without a default: accepted for a task that gives it (classification) and given."""
+    from hpsearch.config.metrics import compute, load
+
+    path = f"{metric_module}:mean_score"
+    assert validate(space_dict(tiny_model, tiny_data, study__metric=path)).study.direction == "maximize"
+    scores = np.array([[0.2, 0.8], [0.6, 0.4]])
+    given = {"predictions": np.array([1, 0]), "references": np.array([1, 1]), "scores": scores, "label_names": []}
+    assert compute(path, load(path), given) == pytest.approx(0.6)

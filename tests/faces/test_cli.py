@@ -71,6 +71,33 @@ def test_bad_space_writes_nothing(make_space, hpsearch, tmp_path: Path) -> None:
     assert not (tmp_path / "studies.db").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--storage-retry-s", "nan"), ("--timeout", "inf"),
+                                         ("--cpus-per-worker", "-inf")])
+def test_a_number_flag_takes_finite_numbers_only(make_space, hpsearch, flag: str, value: str) -> None:
+    """A NaN retry window would wait for a storage for ever; no float option takes NaN or an infinity."""
+    res = hpsearch("run", "--space", str(make_space()), "--trials", "1", flag, value)
+    assert res.returncode == 2 and f"{flag}: must be a finite number" in res.stderr and value in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_every_bad_flag_and_every_space_problem_at_once(make_space, hpsearch, tmp_path: Path) -> None:
+    """The command line names every bad flag at once, as the Python API does; with a bad space too, its problems
+    and the rules of the flags together, in one refusal."""
+    res = hpsearch("run", "--space", str(make_space()), "--trials", "0", "--storage-retry-s", "nan", "--keep-best",
+                   "many", "--device", "tpu")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    for said in ("--trials: must be an integer >= 1, got 0", "--storage-retry-s: must be a finite number",
+                 "--keep-best: must be an integer >= 1, got 'many'", "--device: must be auto, cpu, cuda or cuda:N"):
+        assert said in res.stderr, res.stderr
+    bad = make_space("bad.yaml", study__metric="auc")
+    res = hpsearch("run", "--space", str(bad), "--trials", "1", "--workers", "4", "--trials-per-gpu", "2")
+    assert res.returncode == 2 and "the run cannot start (2 problems)" in res.stderr, res.stderr
+    assert "study.metric" in res.stderr and "--workers 4 and --trials-per-gpu 2: give one" in res.stderr
+    res = hpsearch("run", "--space", str(bad), "--trials", "0")
+    assert res.returncode == 2 and "study.metric" in res.stderr and "--trials: must be an integer" in res.stderr
+    assert not (tmp_path / "studies.db").exists()
+
+
 def test_unreachable_storage_is_one_clear_line_without_password(make_space, hpsearch) -> None:
     res = hpsearch("run", "--space", str(make_space()), "--trials", "1", "--quiet", "--storage-retry-s", "1",
                    "--storage", "postgresql://bob:s3cret@127.0.0.1:9/nowhere")

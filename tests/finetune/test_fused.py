@@ -3,6 +3,7 @@ leave at any step, fail alone, and LoRA members hold one base between them."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -260,7 +261,7 @@ def test_lora_members_hold_one_base(setup, mixed: bool) -> None:
     for k in (1, 4):
         hps = [_hp(space, lora_r=4, batch_size=16, epochs=1, seed=i) for i in range(k)]
         fused, fuser = _fused(space, prepared, hps)
-        sizes[k] = held([m for m, _ in fused] + [fuser._executor])
+        sizes[k] = held([m for m, _ in fused] + [fuser.executor.module])
     base = {t.untyped_storage().data_ptr() for t in fuser.base.values()}
     own = held([fused[0][0]], leave_out=base)  # a member's adapters, head and buffers
     trained = sum(p.numel() * p.element_size() for p in fused[0][0].parameters() if p.requires_grad)
@@ -270,7 +271,7 @@ def test_lora_members_hold_one_base(setup, mixed: bool) -> None:
     assert trained + vectors <= own < trained + vectors + 2048
     assert sizes[4] - sizes[1] == pytest.approx(3 * own, rel=0.01), (sizes, own)
     assert own < (0.4 if mixed else 0.25) * held([fused[0][0]]) and sizes[4] < 2 * sizes[1]  # the base, once
-    executor = fuser._executor  # it trains nothing: no master copy of the base (its head and vectors only)
+    executor = fuser.executor.module  # it trains nothing: no master copy of the base (its head and vectors only)
     assert held([executor], leave_out=base) < 0.25 * held([executor])
 
 
@@ -359,3 +360,228 @@ def test_every_task_s_members_train_as_they_would_alone(task: str, lora: int, tm
         # in either direction. So question answering compares every evaluation, not those weights.
         _same(a, f, weights=task != "question_answering")
     assert fuser.member_passes > fuser.passes
+
+
+class Boom(Exception):
+    """What a failure injected into a pass raises."""
+
+
+def _both_in_pass(fuser) -> bool:
+    return fuser._state.k == 2
+
+
+@pytest.mark.parametrize("stage", ["plan", "stack", "forward", "loss", "backward", "end"])
+def test_a_failure_at_any_stage_of_a_pass_reaches_every_member_with_its_traceback(
+        setup, stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever raises while a pass of two members runs (planning, stacking, the forward, a loss, the backward, the
+    pass's end) reaches both, each as the original exception type with the traceback of where it was raised; no
+    member waits for ever."""
+    import traceback
+
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    fuser = fuser_for(space, prepared, 2)
+    raised = []
+
+    def boom(*args, **kwargs):
+        raised.append(stage)
+        raise Boom(f"injected at {stage}")
+
+    real_plan, real_stack = FU.plan_passes, FU._stack_inputs
+    if stage == "plan":
+        monkeypatch.setattr(FU, "plan_passes", lambda requests, cost: boom() if len(requests) == 2 and not raised
+                            else real_plan(requests, cost))
+    elif stage == "stack":
+        monkeypatch.setattr(FU, "_stack_inputs", lambda batches, rows: boom() if len(batches) == 2 and not raised
+                            else real_stack(batches, rows))
+    elif stage == "end":
+        real_end = fuser._state.end
+        monkeypatch.setattr(fuser._state, "end", lambda: (real_end(), boom()) if _both_in_pass(fuser) and not raised
+                            else real_end())
+    else:
+        task = fuser.task
+
+        class Backward(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                boom()
+
+        class Injected:
+            def __getattr__(self, name):
+                return getattr(task, name)
+
+            def forward(self, model, inputs, labels):
+                if stage == "forward" and _both_in_pass(fuser) and not raised:
+                    boom()
+                return task.forward(model, inputs, labels)
+
+            def loss(self, logits, labels):
+                loss = task.loss(logits, labels)
+                if stage == "loss" and _both_in_pass(fuser) and not raised:
+                    boom()
+                if stage == "backward" and _both_in_pass(fuser) and not raised:
+                    raised.append("armed")
+                    return Backward.apply(loss)
+                return loss
+
+        fuser.task = Injected()
+    hps = [_hp(space, batch_size=16, epochs=3), _hp(space, batch_size=8, epochs=3, seed=2)]
+    out = [None, None]
+
+    def member(i: int) -> None:
+        try:
+            out[i] = fine_tune(space, hps[i], prepared, fuser=fuser)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            out[i] = exc
+
+    threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a member hangs"
+    assert all(isinstance(o, Boom) for o in out), out
+    assert out[0] is not out[1]  # each its own copy, raised in its own thread
+    for o in out:
+        assert "boom" in [frame.name for frame in traceback.extract_tb(o.__traceback__)], stage
+    assert fuser.members == 0
+
+
+def _waiting_for_a_silent_member(space, prepared, fuser):
+    """Member "trial 7" joins and sends nothing; a second member trains, waiting in its first pass. Returns the
+    second member's thread and where its outcome lands."""
+    from hpsearch.finetune.model import build_model
+
+    silent = build_model(space.model, _hp(space, seed=7), prepared.data, CPU)
+    joined = threading.Event()
+
+    def join_and_stay() -> None:
+        fuser.join(silent, 0.0)
+        joined.set()
+
+    threading.Thread(target=join_and_stay, name="trial 7").start()
+    joined.wait(60)
+    out: list = [None]
+
+    def member() -> None:
+        try:
+            out[0] = fine_tune(space, _hp(space, epochs=1), prepared, fuser=fuser)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            out[0] = exc
+
+    thread = threading.Thread(target=member)
+    thread.start()
+    return thread, out
+
+
+def test_a_member_waiting_for_a_pass_stops_at_an_interrupt(setup) -> None:
+    """A waiting member withdraws its request at a held interrupt (Ctrl-C, or a sibling's error that stops the
+    worker) and stops with the reason, instead of waiting for a member that may never come."""
+    from hpsearch import interrupts
+
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    fuser = fuser_for(space, prepared, 2)
+    thread, out = _waiting_for_a_silent_member(space, prepared, fuser)
+    deadline = time.monotonic() + 60
+    while not fuser._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fuser._pending  # it waits for "trial 7"
+    interrupts.stop_all("stopped with its fused group: RuntimeError: elsewhere")
+    try:
+        thread.join(10)
+        assert not thread.is_alive()
+        assert isinstance(out[0], interrupts.GroupStopped) and "elsewhere" in out[0].reason
+    finally:
+        interrupts.clear()
+
+
+def test_a_member_that_sends_no_pass_is_named_after_a_bounded_wait(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    monkeypatch.setattr(FU, "STALL_S", 1.0)
+    fuser = fuser_for(space, prepared, 2)
+    thread, out = _waiting_for_a_silent_member(space, prepared, fuser)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert isinstance(out[0], FU.FusedStall) and "trial 7 sent no training pass for 1 s" in str(out[0]), out[0]
+
+
+def test_a_lora_pass_of_members_with_their_own_alpha_rank_and_dropouts_copies_nothing_to_the_device(setup) -> None:
+    """Members with different lora_alpha / lora_r (each its own scaling), lora_dropout and hidden dropout: the
+    per-member scalars are made once for the members there are, so a pass creates no tensor from host numbers (a
+    host-to-device copy and a sync each on a GPU: 64 a forward for a 7B LoRA on q,v before)."""
+    from torch.overrides import TorchFunctionMode
+
+    from hpsearch.finetune.model import build_model
+
+    class Copies(TorchFunctionMode):
+        """Tensors made from host numbers (``torch.tensor``), then moved to the device: a copy each on a GPU."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n, self.host = 0, []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if func in (torch.tensor, torch.as_tensor):
+                self.n += "device" in kwargs  # made on the device at once
+                self.host.append(out)
+            elif func is torch.Tensor.to and any(args[0] is h for h in self.host):
+                self.n += 1
+            return out
+
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    fuser = fuser_for(space, prepared, 3)
+    hps = [_hp(space, lora_r=4, lora_alpha=8, lora_dropout=0.1, dropout=0.0),
+           _hp(space, lora_r=8, lora_alpha=32, lora_dropout=0.2, dropout=0.1, seed=2),
+           _hp(space, lora_r=2, lora_alpha=6, lora_dropout=0.0, dropout=0.3, seed=3)]
+    models = [build_model(space.model, hp, data, CPU, base=fuser.base) for hp in hps]
+    members = [fuser.join(m.train(), hp.dropout) for m, hp in zip(models, hps)]
+    assert len({a.scaling for m in members for a in m.view.adapters.values()}) == 3
+    rows = torch.arange(16)
+    inputs, labels = data.train.batch(rows, CPU), data.train.labels_of(rows, CPU)
+    step = lambda: fuser._run([FU._Request(m, inputs, labels, 1.0, None, False) for m in members])  # noqa: E731
+    step()  # the first pass of these members makes their constants
+    with Copies() as copies:
+        for _ in range(3):
+            step()
+    assert copies.n == 0
+    assert fuser.passes == 4 and fuser.member_passes == 12
+
+
+def test_a_finishing_member_keeps_no_one_waiting(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restoring a kept checkpoint and the final (generation) evaluation happen after a member left: the others'
+    passes go on meanwhile."""
+    from hpsearch.finetune import loop as L
+
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    real_finish, during = L._finish, []
+    fuser_of = {}
+
+    def slow_finish(run):
+        fuser = fuser_of["fuser"]
+        before = fuser.passes
+        time.sleep(1.0)  # a long final evaluation
+        during.append(fuser.passes - before)
+        return real_finish(run)
+
+    monkeypatch.setattr(L, "_finish", slow_finish)
+    real_fuser_for = FU.Fuser.__init__
+
+    def remember(self, *args, **kwargs):
+        real_fuser_for(self, *args, **kwargs)
+        fuser_of["fuser"] = self
+
+    monkeypatch.setattr(FU.Fuser, "__init__", remember)
+    hps = [_hp(space, batch_size=16, epochs=1), _hp(space, batch_size=8, epochs=6, seed=2)]
+    fused, _ = _fused(space, prepared, hps)
+    assert not any(isinstance(f, BaseException) for f in fused), fused
+    assert during[0] >= 5, during  # the second member trained on while the first finished (1: one pass in flight)

@@ -180,3 +180,26 @@ def test_two_workers_fuse_their_own_groups_to_the_total(make_space, hpsearch, tm
     assert len(trials) == 6 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     groups = {t.user_attrs["fused_group"] for t in trials}
     assert len(groups) == 2 and len({g.split("/")[0] for g in groups}) == 2  # two processes, a group each
+
+
+def test_a_member_s_error_that_stops_the_worker_is_each_sibling_s_recorded_reason(
+        make_space, hpsearch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one member (not its trial's failure) stops the worker; the members beside it stop at their next
+    step and record why (not "interrupted": nobody pressed Ctrl-C)."""
+    from hpsearch.study.objective import _Reporter
+
+    real = _Reporter.on_evaluate
+
+    def on_evaluate(self, state, metrics) -> None:
+        if self.trial.number == 0:
+            raise ValueError("a bug in trial 0's report")
+        real(self, state, metrics)
+
+    monkeypatch.setattr(_Reporter, "on_evaluate", on_evaluate)
+    with pytest.raises(ValueError, match="a bug in trial 0"):
+        hpsearch("run", "--space", str(_space(make_space, epochs=3, study__pruner="none")), "--trials", "2",
+                 "--quiet", "--fuse", "2")
+    trials = {t.number: t for t in _study(tmp_path).trials}
+    assert trials[0].state.name == "FAIL" and trials[1].state.name == "FAIL"
+    assert trials[1].user_attrs["status"] == "failed: stopped with its fused group: ValueError: a bug in trial 0's " \
+                                             "report"

@@ -18,31 +18,6 @@ from hpsearch.study import storage as S
 from hpsearch.study.liveness import HEARTBEAT_ATTR, Liveness
 from tests.helpers import default_signals, finish, kill_a_worker_mid_trial, start_cli
 
-REDIS_DB = 15
-"""A Redis database of its own: the fixture clears the journal's keys there before and after each test."""
-
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("HPSEARCH_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{REDIS_DB}")
-    try:
-        import redis
-
-        client = redis.Redis.from_url(url)
-        client.ping()
-    except Exception as exc:
-        message = f"no Redis at {url} ({type(exc).__name__})"
-        if os.environ.get("HPSEARCH_TEST_REQUIRE_SERVICES"):
-            pytest.fail(message + "; CI requires it (HPSEARCH_TEST_REQUIRE_SERVICES)")
-        pytest.skip(message)
-    keys = lambda: client.keys(":log*")  # noqa: E731  the journal backend's keys (empty prefix)
-    if keys():
-        client.delete(*keys())
-    yield url
-    if keys():
-        client.delete(*keys())
-
-
 def journal(path: Path) -> str:
     """The journal URL of an absolute path (four slashes, as SQLite URLs)."""
     return f"journal:////{str(path).lstrip('/')}"

@@ -105,6 +105,12 @@ def _check_user_metric(c: Checker, path: str, task: Any, direction: Any) -> Any:
     except ValueError as exc:
         c.add("study.metric", path, str(exc))
         return direction
+    gives = getattr(get_task(task), "prediction_extras", ()) if task in TASKS else metric_functions.OPTIONAL
+    for name in metric_functions.required_extras(fn):
+        if name not in gives:
+            c.add("study.metric", path, f"requires {name}, which task {task} does not give (it gives "
+                                        f"{', '.join(gives) or 'only predictions and references'}); give {name} "
+                                        f"a default")
     declared = metric_functions.declared_direction(fn)
     if direction in (None, MISSING):
         if declared is None:
