@@ -79,8 +79,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("trainable_parameters", "count", "the parameters training updates (LoRA's adapters and the head; "
                 "frozen layers left out)", "training", "trainable_parameters", constraint=True, objective=True),
     Measurement("peak_memory_mb", "MB", "the trial's peak memory: allocated GPU memory, or the process's peak RSS "
-                "on a CPU (which never goes down within a process: use it on GPUs); a fused member's is its group's", "device", digits=1,
-                constraint=True, own_alone=True),
+                "on a CPU (which never goes down within a process: use it on GPUs); a fused member's is its group's",
+                "device", digits=1, constraint=True, own_alone=True),
     Measurement("latency_ms", "ms", "milliseconds per example of the trained model's inference, one row at a time "
                 "(16 validation rows after 2 to warm up)", "model", digits=4, objective=True,
                 own_alone=True),

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -32,6 +30,7 @@ from .evaluation import evaluate
 from .fused import Fuser, Member
 from .graphs import StepGraphs
 from .optim import make_optimizer, make_scheduler
+from .run import Run
 from .state import Callback, NonFiniteLoss, TrainingState, TrainResult, TrainSettings
 from .vocab import SmallVocabulary, shrink_vocabulary
 
@@ -88,85 +87,9 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
             run.state.cuda_graphs = run.graphs.describe()
 
 
-@dataclass
-class _Run:
-    """Everything one call of :func:`train` works with, set up once by :func:`_start`."""
-
-    model: torch.nn.Module
-    data: PreparedData
-    hp: Hyperparameters
-    device: torch.device
-    task: Task
-    settings: TrainSettings
-    state: TrainingState
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    trainable: list[torch.nn.Parameter]
-    generator: torch.Generator
-    subset: Encoded
-    """The validation rows of intermediate evaluations (all of them, or the first ``intermediate_eval_samples``)."""
-    tracker: Tracker | None
-    generate_always: bool
-    """Generation (ROUGE) costs far more than a forward pass: on the final evaluation only, unless the metric that
-    selects is a generated one (then the pruner and the checkpoints need it on every evaluation)."""
-    every_epoch: bool
-    """Whether epoch ends are whole-validation checkpoints (something to compare or keep)."""
-    vocab: SmallVocabulary | None
-    callback: Callback
-    scaler: Any = None
-    """fp16's loss scaler (``torch.amp.GradScaler``), None otherwise."""
-    micro: int = 0
-    """Rows per forward and backward pass: the batch, or ``micro_batch_size`` (halved on out of memory when the
-    batch size chose it)."""
-    shrink_on_oom: bool = False
-    """Whether an out-of-memory step is retried with half the micro-batch (``micro_batch_size`` 0: not set)."""
-    loss_total: torch.Tensor | None = None
-    """On a GPU, the sum of every step's training loss, kept on the device: a non-finite loss makes it non-finite
-    for good, and it is read at each report, so that no step waits for the device to check (one kernel a step, where
-    remembering the first bad step took eight). None on the CPU, where each loss is checked at once."""
-    checked_step: int = 0
-    """The step of the last report that found ``loss_total`` finite."""
-    widths: tuple[int, ...] = ()
-    """The padded widths the trial's training batches take on a GPU (:func:`bucket_widths`); empty: each batch's
-    longest row (the CPU, where padding costs arithmetic)."""
-    graphs: StepGraphs | None = None
-    """The step replayed from CUDA graphs (``model.cuda_graphs``); None: the eager step."""
-    mask_hook: Any = None
-    """The forward pre-hook that gives the model its attention mask in the 4-D additive form (:mod:`.attention`),
-    removed when training ends; None where the model takes a 2-D mask."""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
-    group: Group | None = None
-    """The trial's process group when it trains across devices (None: this process alone)."""
-    trainer: torch.nn.Module | None = None
-    """What the training passes run: the model, or the model in DistributedDataParallel within a group."""
-    member: Member | None = None
-    """This model's place in a fused group (its passes run with the other members'); None: trained alone."""
-
-    @property
-    def autocast(self) -> torch.dtype | None:
-        return self.settings.precision.autocast
-
-    @property
-    def bad_step(self) -> torch.Tensor | None:
-        """``loss_total`` by the name the step counter (../shared/bench/ops_per_step.py) sets to take the GPU path of
-        the non-finite check on the CPU."""
-        return self.loss_total
-
-    @bad_step.setter
-    def bad_step(self, value: torch.Tensor | None) -> None:
-        self.loss_total = value
-
-    @property
-    def sharded(self) -> bool:
-        """Whether the model is sharded over the group (FSDP): then every rank evaluates, each forward gathering
-        the shards (rank 0 alone tells the callback)."""
-        return self.group is not None and self.settings.distributed == "fsdp"
-
-
 def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings,
            device: torch.device, vocab: SmallVocabulary | None, callback: Callback, setup_time: float,
-           group: Group | None = None, fused: bool = False) -> _Run:
+           group: Group | None = None, fused: bool = False) -> Run:
     """Optimizer, schedule, seeded batch order and dropout, the evaluation subset and the checkpoint tracker."""
     entered = time.perf_counter()
     n = len(data.train)
@@ -189,7 +112,7 @@ def _start(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, sett
     selection = settings.selection
     task = data.task
     micro = hp.micro_batch_size or hp.batch_size
-    run = _Run(model=model, data=data, hp=hp, device=device, task=task, settings=settings,
+    run = Run(model=model, data=data, hp=hp, device=device, task=task, settings=settings,
                state=state, optimizer=optimizer, scheduler=scheduler,
                trainable=[p for p in model.parameters() if p.requires_grad], generator=generator, subset=subset,
                tracker=Tracker(selection) if selection is not None else None,
@@ -222,7 +145,7 @@ def _trial_widths(data: PreparedData, hp: Hyperparameters, settings: TrainSettin
     return bucket_widths(data.train.lengths, hp.batch_size, generator, align=128 // torch.finfo(dtype).bits)
 
 
-def _epoch(run: _Run, epoch: int) -> bool:
+def _epoch(run: Run, epoch: int) -> bool:
     """One pass over the training rows in length-grouped random batches; True when training is to stop."""
     n, per_epoch = run.state.train_examples, run.state.reports_per_epoch
     seen, next_report = 0, 1
@@ -244,7 +167,7 @@ def _epoch(run: _Run, epoch: int) -> bool:
     return False
 
 
-def _step(run: _Run, batch: Batch) -> None:
+def _step(run: Run, batch: Batch) -> None:
     """One optimizer step on ``batch``: replayed from a CUDA graph (``model.cuda_graphs``), else eagerly
     (:func:`_update`); then the schedule, the counts, an interrupt held, the callback."""
     state = run.state
@@ -275,7 +198,7 @@ def _step(run: _Run, batch: Batch) -> None:
     run.callback.on_step(state)
 
 
-def _update(run: _Run, batch: Batch) -> torch.Tensor:
+def _update(run: Run, batch: Batch) -> torch.Tensor:
     """The eager update: forward and backward over ``batch`` in micro-batches of ``run.micro`` rows, clipping, AdamW;
     return the loss. An out-of-memory error retries the step with half the micro-batch when the batch size chose it;
     a non-finite loss stops the run (NonFiniteLoss: at once on the CPU; on a GPU at the next report, so that no step
@@ -307,13 +230,13 @@ def _update(run: _Run, batch: Batch) -> torch.Tensor:
     return loss
 
 
-def _width(run: _Run, chunk: Encoded, rows: slice) -> int:
+def _width(run: Run, chunk: Encoded, rows: slice) -> int:
     """The padded width of a pass over ``rows``: their longest row, rounded up to one of the trial's widths on a GPU
     (:func:`hpsearch.finetune.batching.bucket_widths`)."""
     return rounded_width(run.widths, int(chunk.lengths[rows].max()))
 
 
-def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
+def _accumulate(run: Run, batch: Batch) -> torch.Tensor:
     """Forward and backward over ``batch`` in micro-batches; return the batch's loss (each micro-batch's mean loss
     weighted by its share of the batch's units: rows, or learned tokens, as the task counts them), so that the
     gradients are those of one pass over the whole batch."""
@@ -338,7 +261,7 @@ def _accumulate(run: _Run, batch: Batch) -> torch.Tensor:
     return loss_sum
 
 
-def _accumulate_fused(run: _Run, batch: Batch, member: Member) -> torch.Tensor:
+def _accumulate_fused(run: Run, batch: Batch, member: Member) -> torch.Tensor:
     """:func:`_accumulate` for a member of a fused group: each micro-batch's pass runs with the other members'."""
     chunk, device, parts = batch.chunk, run.device, batch.parts(run.micro)
     labels = [chunk.labels_of(part, device) for part in parts]
@@ -350,7 +273,7 @@ def _accumulate_fused(run: _Run, batch: Batch, member: Member) -> torch.Tensor:
     return losses[0] if len(losses) == 1 else torch.stack(losses).sum()
 
 
-def _accumulate_share(run: _Run, batch: Batch, group: Group) -> torch.Tensor:
+def _accumulate_share(run: Run, batch: Batch, group: Group) -> torch.Tensor:
     """This rank's share of a batch: every ``world``-th row from its ``rank``-th, in micro-batches, each loss
     weighted by its share of the whole batch's units times ``world`` (DistributedDataParallel averages the ranks'
     gradients, so their sum is one pass over the whole batch); return this rank's part of the batch's loss."""
@@ -370,12 +293,12 @@ def _accumulate_share(run: _Run, batch: Batch, group: Group) -> torch.Tensor:
     return loss_sum
 
 
-def _forward_loss(run: _Run, chunk: Encoded, rows: slice, labels: torch.Tensor) -> torch.Tensor:
+def _forward_loss(run: Run, chunk: Encoded, rows: slice, labels: torch.Tensor) -> torch.Tensor:
     """The task's mean loss on the training rows ``rows`` of ``chunk`` (whose ``labels`` the caller gathered)."""
     return _pass_loss(run, chunk.batch(rows, run.device, width=_width(run, chunk, rows)), labels)
 
 
-def _pass_loss(run: _Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+def _pass_loss(run: Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """The task's mean loss of one forward pass over ``inputs``, under the trial's autocast (without its weight
     cache when the pass may be captured in a CUDA graph)."""
     with autocast(run.device, run.autocast, cache=run.graphs is None):
@@ -383,7 +306,7 @@ def _pass_loss(run: _Run, inputs: dict[str, torch.Tensor], labels: torch.Tensor)
     return run.task.loss(logits, labels)
 
 
-def _graph_passes(run: _Run, batch: Batch) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, float]]:
+def _graph_passes(run: Run, batch: Batch) -> list[tuple[dict[str, torch.Tensor], torch.Tensor, float]]:
     """A batch's passes for :class:`StepGraphs`: the whole batch in one pass (micro-batches, whose loss weights
     change from batch to batch, are not captured: they run the same code eagerly)."""
     chunk = batch.chunk
@@ -398,7 +321,7 @@ def _graph_passes(run: _Run, batch: Batch) -> list[tuple[dict[str, torch.Tensor]
     return [(chunk.batch(rows, run.device, width=_width(run, chunk, rows)), chunk.labels_of(rows, run.device), 1.0)]
 
 
-def _backward(run: _Run, loss: torch.Tensor) -> None:
+def _backward(run: Run, loss: torch.Tensor) -> None:
     (run.scaler.scale(loss) if run.scaler is not None else loss).backward()
 
 
@@ -408,7 +331,7 @@ def _units(task: Task, labels: torch.Tensor) -> torch.Tensor | int:
     return count(labels) if count is not None else labels.shape[0]
 
 
-def _check_finite(run: _Run, loss: torch.Tensor) -> None:
+def _check_finite(run: Run, loss: torch.Tensor) -> None:
     """Stop on a non-finite loss: on the CPU now; on a GPU add it to the device's running sum, which
     :func:`_raise_nonfinite` reads at each report."""
     if run.loss_total is None:
@@ -418,7 +341,7 @@ def _check_finite(run: _Run, loss: torch.Tensor) -> None:
     run.loss_total = run.loss_total + loss.detach()
 
 
-def _raise_nonfinite(run: _Run) -> None:
+def _raise_nonfinite(run: Run) -> None:
     """Raise NonFiniteLoss if a GPU step's loss was not finite since the last report (one read of the device)."""
     if run.loss_total is not None and not bool(torch.isfinite(run.loss_total)):
         raise NonFiniteLoss(f"training loss became non-finite between steps {run.checked_step + 1} and "
@@ -426,7 +349,7 @@ def _raise_nonfinite(run: _Run) -> None:
     run.checked_step = run.state.step
 
 
-def _report(run: _Run, epoch: int, crossed: int) -> bool:
+def _report(run: Run, epoch: int, crossed: int) -> bool:
     """Evaluate for report ``crossed`` of this epoch, tell the callback, and record a checkpoint; True to stop.
     Within a group, rank 0 does this and tells the other ranks whether to stop (also when it raises)."""
     group = run.group
@@ -450,7 +373,7 @@ def _report(run: _Run, epoch: int, crossed: int) -> bool:
     return stop
 
 
-def _evaluate_and_tell(run: _Run, epoch: int, crossed: int) -> bool:
+def _evaluate_and_tell(run: Run, epoch: int, crossed: int) -> bool:
     state, data = run.state, run.data
     t_eval = time.perf_counter()
     last = epoch == run.hp.epochs - 1 and crossed == state.reports_per_epoch
@@ -470,7 +393,7 @@ def _evaluate_and_tell(run: _Run, epoch: int, crossed: int) -> bool:
     return run.tracker.update(run.model, run.metrics, state.report, state.epochs_completed, extra) and not last
 
 
-def _follower_result(run: _Run) -> TrainResult:
+def _follower_result(run: Run) -> TrainResult:
     """What a rank other than 0 returns: how far it trained (rank 0's result holds the metrics)."""
     state = run.state
     return TrainResult(metrics={}, device=str(run.device), steps=state.step, epochs_completed=state.epochs_completed,
@@ -479,7 +402,7 @@ def _follower_result(run: _Run) -> TrainResult:
                        peak_memory_mb=peak_memory_mb(run.device))
 
 
-def _finish(run: _Run) -> TrainResult:
+def _finish(run: Run) -> TrainResult:
     """Put the kept checkpoint back, score generations once if the counting evaluation made none, summarize."""
     tracker, state = run.tracker, run.state
     metrics = run.metrics

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import torch
 
+from .. import interrupts
 from ..config.conditions import parse
 from ..config.measurements import LATENCY, MEASUREMENTS, OBJECTIVES, PEAK_MEMORY
 from ..config.metrics import MetricFailed
@@ -36,7 +37,6 @@ from ..finetune.distributed import Group, GroupLost
 from ..finetune.fused import Fuser, private
 from ..finetune.recipe import Prepared, fine_tune, inference_latency_ms
 from ..finetune.state import Callback, NonFiniteLoss, TrainingState
-from .. import interrupts
 from ..interrupts import check as check_interrupt
 from . import record
 from .progress import Progress

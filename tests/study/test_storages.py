@@ -2,7 +2,6 @@
 tracking. Real workers (processes) on the real Redis of this machine and a real proxy on loopback."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.study import storage as S
 from hpsearch.study.liveness import HEARTBEAT_ATTR, Liveness
 from tests.helpers import default_signals, finish, kill_a_worker_mid_trial, start_cli
+
 
 def journal(path: Path) -> str:
     """The journal URL of an absolute path (four slashes, as SQLite URLs)."""
