@@ -15,6 +15,9 @@ from tests.helpers import FILLER, NEGATIVE, POSITIVE, TAG_VOCAB, sentences, spac
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes on the machine's cores: a thread each, so
+    torch.set_num_threads(1)               # that no process's idle OpenMP threads spin on a core another needs
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

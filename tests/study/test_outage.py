@@ -149,8 +149,8 @@ def postgres(tmp_path: Path):
     server.remove()
 
 
-def test_a_30_s_postgresql_outage_under_two_workers_loses_nothing(postgres, make_space, tmp_path: Path) -> None:
-    _ride_out(postgres, make_space, tmp_path, outage_s=30)
+def test_a_postgresql_outage_under_two_workers_loses_nothing(postgres, make_space, tmp_path: Path) -> None:
+    _ride_out(postgres, make_space, tmp_path, outage_s=10)
 
 
 def test_a_redis_journal_outage_under_two_workers_loses_nothing(make_space, tmp_path: Path) -> None:
