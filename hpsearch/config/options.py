@@ -156,6 +156,12 @@ class RunOptions:
         help="How long a worker rides out a storage that does not answer (a database restarting or failing over, "
              "Redis unreachable) before it stops; its trial waits at its next write meanwhile (default 120, 0: "
              "stop at the first error).")
+    checkpoint_every_s: float | None = option(
+        flag="--checkpoint-every-s", kind=float, low=0, to_workers=True, metavar="SECONDS",
+        help="Save each running trial's whole state (weights, optimizer, schedule, random states, data position) at "
+             "every report and at least every SECONDS of training (default 300), and at once on SIGTERM or Ctrl-C, "
+             "to the artifact store: a killed, preempted or stopped trial continues where it was, on any worker "
+             "(0: off).")
     keep_best: int | None = option(
         flag="--keep-best", kind=int, low=1, flag_value=1, metavar="[K]", to_workers=True,
         help="Keep the weights of the study's K best trials (default 1) in the artifact store, removing those that "

@@ -21,11 +21,13 @@ from ..interrupts import check as check_interrupt
 from ..tasks import Task
 from ..tasks.base import generates
 from ..tasks.encoded import Encoded, PreparedData
+from . import durable
 from .attention import additive_mask, compute_dtype
 from .batching import Batch, bucket_widths, chunks, length_grouped_batches, rounded_width, steps_per_epoch
 from .checkpoints import Tracker, restore
 from .device import autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
+from .durable import Durability, Position
 from .evaluation import evaluate
 from .fused import Fuser, Member
 from .graphs import StepGraphs
@@ -37,7 +39,7 @@ from .vocab import SmallVocabulary, shrink_vocabulary
 
 def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, settings: TrainSettings = TrainSettings(), *,
           device: torch.device, callback: Callback | None = None, setup_time: float = 0.0,
-          group: Group | None = None, fuser: Fuser | None = None) -> TrainResult:
+          group: Group | None = None, fuser: Fuser | None = None, durability: Durability | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` with the hyperparameters ``hp``, evaluating as ``settings`` say.
 
     Evaluation k (``state.report == k``) happens once k / reports_per_epoch epochs of examples have been seen.
@@ -53,6 +55,11 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
 
     With a ``fuser`` (:mod:`hpsearch.finetune.fused`) the model is a member of a fused group: its training passes
     run with the other members' as one, everything else as here.
+
+    With a ``durability`` (:mod:`hpsearch.finetune.durable`) the run's whole state is saved at every report, at
+    least every ``durability.every_s`` seconds of training and at the step boundary after SIGTERM or SIGINT, and it
+    continues from ``durability.resume`` when given (a checkpoint it cannot continue from is said in
+    ``durability.resumed["refused"]``, and the run starts from step 0).
     """
     entered = time.perf_counter()
     counts = (sum(p.numel() for p in model.parameters()),
@@ -63,9 +70,12 @@ def train(model: torch.nn.Module, data: PreparedData, hp: Hyperparameters, setti
         run = _start(model, vocab.data if vocab else data, hp, settings, device, vocab, callback or Callback(),
                      setup_time + time.perf_counter() - entered, group, fused=fuser is not None)
         run.state.parameters, run.state.trainable_parameters = counts
+        run.durable = durability
+        if durability is not None and durability.resume is not None:
+            _resume(run, durability)
         if fuser is not None:
             run.member = fuser.join(model, hp.dropout)
-        for epoch in range(hp.epochs):
+        for epoch in range(run.pos.epoch, hp.epochs):
             if _epoch(run, epoch):
                 break
         if run.member is not None:  # restoring the kept checkpoint and a final generation keep no one waiting
@@ -145,26 +155,72 @@ def _trial_widths(data: PreparedData, hp: Hyperparameters, settings: TrainSettin
     return bucket_widths(data.train.lengths, hp.batch_size, generator, align=128 // torch.finfo(dtype).bits)
 
 
+def _resume(run: Run, durability: Durability) -> None:
+    """Continue from ``durability.resume``: the run's state as the checkpoint holds it, or, when the checkpoint is
+    another trial's or unreadable, the run as set up (step 0) with the reason said."""
+    try:
+        durable.restore(run, *durable.read(durability.resume))
+    except durable.CannotResume as exc:
+        durability.resumed = {"refused": str(exc)}
+        return
+    durability.resumed = durable.summary(run)
+
+
 def _epoch(run: Run, epoch: int) -> bool:
-    """One pass over the training rows in length-grouped random batches; True when training is to stop."""
-    n, per_epoch = run.state.train_examples, run.state.reports_per_epoch
-    seen, next_report = 0, 1
-    t0 = time.perf_counter()
+    """One pass over the training rows in length-grouped random batches (a resumed run's epoch from the batch it
+    stopped after); True when training is to stop."""
+    pos = run.pos
+    if pos.epoch != epoch or pos.order is None:
+        run.pos = pos = Position(epoch=epoch, order=run.generator.get_state())
+    else:  # resumed mid-epoch: the same batches, from the one after the last trained
+        run.generator.set_state(pos.order)
     order = length_grouped_batches(run.data.train.lengths, run.hp.batch_size, run.generator)
-    for batch in chunks(run.data.train, order, run.device, run.hp.batch_size, run.widths):
+    run.t0 = time.perf_counter()
+    if _reports_due(run, epoch):  # a report the run stopped before
+        return True
+    for batch in chunks(run.data.train, order[pos.batches:], run.device, run.hp.batch_size, run.widths):
         _step(run, batch)
-        seen += len(batch)
-        crossed = 0
-        while next_report <= per_epoch and seen * per_epoch >= next_report * n:
-            crossed, next_report = next_report, next_report + 1
-        if crossed:
-            run.state.train_time += time.perf_counter() - t0
-            stop = _report(run, epoch, crossed)
-            t0 = time.perf_counter()
-            if stop:
-                return True
-    run.state.train_time += time.perf_counter() - t0
+        if _reports_due(run, epoch):
+            return True
+    _clock(run)
     return False
+
+
+def _clock(run: Run) -> None:
+    """Add the training time since the last call (or the epoch's start) to the state."""
+    now = time.perf_counter()
+    run.state.train_time += now - run.t0
+    run.t0 = now
+
+
+def _reports_due(run: Run, epoch: int) -> bool:
+    """Take the report the rows seen have reached, if one is due (the last of them, when several are): evaluate,
+    tell, record a checkpoint, save the run's state; True when training is to stop."""
+    pos, per_epoch, n = run.pos, run.state.reports_per_epoch, run.state.train_examples
+    crossed, upcoming = 0, pos.next_report
+    while upcoming <= per_epoch and pos.seen * per_epoch >= upcoming * n:
+        crossed, upcoming = upcoming, upcoming + 1
+    if not crossed:
+        return False
+    _clock(run)
+    stop = _report(run, epoch, crossed)
+    pos.next_report = upcoming
+    last = epoch == run.hp.epochs - 1 and crossed == per_epoch
+    if run.durable is not None and not (stop or last):
+        _save(run)
+    run.t0 = time.perf_counter()
+    return stop
+
+
+def _save(run: Run) -> None:
+    """Save the run's state through its durability (rank 0 of a process group; a fused member away from its
+    group's passes meanwhile)."""
+    if run.group is not None and not run.group.main:
+        return
+    _clock(run)
+    with run.member.away() if run.member is not None else nullcontext():
+        run.durable.save(lambda path: durable.write(path, run), durable.summary(run))
+    run.saved_at = time.perf_counter()
 
 
 def _step(run: Run, batch: Batch) -> None:
@@ -191,10 +247,13 @@ def _step(run: Run, batch: Batch) -> None:
     state.tokens_seen += int(lengths[batch.rows].sum())
     state.padded_tokens_seen += sum(len(lengths[p]) * _width(run, batch.chunk, p) for p in batch.parts(run.micro))
     state.loss = loss.detach()
-    if run.group is not None and run.group.any(interrupts.requested()):
+    run.pos.batches, run.pos.seen = run.pos.batches + 1, run.pos.seen + len(batch)
+    stopping = interrupts.requested() if run.group is None else run.group.any(interrupts.requested())
+    if run.durable is not None and (stopping or time.perf_counter() - run.saved_at >= run.durable.every_s):
+        _save(run)  # at a step boundary: a signal loses nothing
+    if stopping:
         check_interrupt()  # the rank that holds the signal raises it; the others stop at the same step
         raise KeyboardInterrupt()
-    check_interrupt()
     run.callback.on_step(state)
 
 
@@ -355,9 +414,9 @@ def _report(run: Run, epoch: int, crossed: int) -> bool:
     group = run.group
     if run.member is not None:
         with run.member.away():  # the other members' passes do not wait for this evaluation
-            return _evaluate_and_tell(run, epoch, crossed)
+            return _saved_if_stopped(run, epoch, crossed)
     if group is None:
-        return _evaluate_and_tell(run, epoch, crossed)
+        return _saved_if_stopped(run, epoch, crossed)
     if not group.main:
         if run.sharded:  # every forward gathers shards from every rank: evaluate too, telling no one
             _evaluate_and_tell(run, epoch, crossed)
@@ -371,6 +430,17 @@ def _report(run: Run, epoch: int, crossed: int) -> bool:
         raise
     group.broadcast(stop)
     return stop
+
+
+def _saved_if_stopped(run: Run, epoch: int, crossed: int) -> bool:
+    """:func:`_evaluate_and_tell`; a signal that stops its evaluation saves the run as it stood before it (the
+    report to take again)."""
+    try:
+        return _evaluate_and_tell(run, epoch, crossed)
+    except KeyboardInterrupt:
+        if run.durable is not None:
+            _save(run)
+        raise
 
 
 def _evaluate_and_tell(run: Run, epoch: int, crossed: int) -> bool:

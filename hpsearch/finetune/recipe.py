@@ -20,6 +20,7 @@ from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import deterministic, resolve_device, set_numerics
 from .distributed import Group, rank_device
+from .durable import Durability
 from .fused import SENTINEL_DROPOUT, Fuser, PassCost
 from .loop import train
 from .model import (
@@ -147,18 +148,19 @@ def score_test(space: Space, model: torch.nn.Module, prepared: Prepared,
 
 
 def fine_tune(space: Space, hp: Hyperparameters, prepared: Prepared, callback: Callback | None = None,
-              group: Group | None = None, fuser: Fuser | None = None) -> tuple[torch.nn.Module, TrainResult]:
+              group: Group | None = None, fuser: Fuser | None = None,
+              durability: Durability | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """Build the space's model with the hyperparameters ``hp`` and train it on the prepared data as the space says
     (data-parallel across ``group``'s ranks when given; as a member of ``fuser``'s fused group when given, a LoRA
-    model on its shared base); return the trained model and what training produced (the time to build the model
-    counts as setup)."""
+    model on its shared base; saved as it goes and continued from a checkpoint with ``durability``); return the
+    trained model and what training produced (the time to build the model counts as setup)."""
     t0 = time.perf_counter()
     with fuser.rng_lock if fuser is not None else nullcontext():  # the head's seed is the process's
         model = build_model(space.model, hp, prepared.data, prepared.device, prepared.precision,
                             base=fuser.base if fuser is not None and hp.lora_r > 0 else None)
     result = train(model, prepared.data, hp, TrainSettings.from_space(space, prepared.precision),
                    device=prepared.device, callback=callback, setup_time=time.perf_counter() - t0, group=group,
-                   fuser=fuser)
+                   fuser=fuser, durability=durability)
     return model, result
 
 

@@ -3,6 +3,7 @@ the optimizer and schedule, where training stands, and the levers set up for it 
 ``_start``)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from ..tasks import Task
 from ..tasks.encoded import Encoded, PreparedData
 from .checkpoints import Tracker
 from .distributed import Group
+from .durable import Durability, Position
 from .fused import Member
 from .graphs import StepGraphs
 from .state import Callback, TrainingState, TrainSettings
@@ -73,6 +75,14 @@ class Run:
     """What the training passes run: the model, or the model in DistributedDataParallel within a group."""
     member: Member | None = None
     """This model's place in a fused group (its passes run with the other members'); None: trained alone."""
+    pos: Position = field(default_factory=Position)
+    """Where in its epochs the run stands (what a checkpoint records and a resumed run skips to)."""
+    durable: Durability | None = None
+    """How the run is saved and resumed (:mod:`hpsearch.finetune.durable`); None: it is not."""
+    saved_at: float = field(default_factory=time.perf_counter)
+    """When the run's state was last saved (or the run set up), for :attr:`Durability.every_s`."""
+    t0: float = 0.0
+    """When the training time being counted started (the epoch's start, or the last report's end)."""
 
     @property
     def autocast(self) -> torch.dtype | None:

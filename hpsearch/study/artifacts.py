@@ -48,6 +48,17 @@ def default_location(storage_url: str) -> str:
     return str(Path("hpsearch-artifacts").resolve())
 
 
+def artifact_location(study: optuna.Study, storage_url: str, artifacts: str | None) -> str:
+    """Where the study's kept models and checkpoints go: ``--artifacts``, else the location the study recorded,
+    else :func:`default_location`; recorded on the study (absolute), so that every worker and ``export`` find it."""
+    location = artifacts or study.user_attrs.get(record.ARTIFACTS) or default_location(storage_url)
+    if not location.startswith(("s3://", "gs://")):
+        location = str(Path(location).expanduser().resolve())
+    if study.user_attrs.get(record.ARTIFACTS) != location:
+        study.set_user_attr(record.ARTIFACTS, location)
+    return location
+
+
 def open_store(location: str) -> Any:
     """The Optuna artifact store for a location: a directory (created), ``s3://BUCKET`` or ``gs://BUCKET``."""
     if location.startswith(("s3://", "gs://")):

@@ -5,7 +5,8 @@ Optuna's RDB storage records a running trial's heartbeat and fails trials whose 
 timestamp system attribute every ``interval`` seconds from a daemon thread, and any worker, before it starts a
 trial or counts the budget, turns RUNNING trials whose last beat is older than ``grace_period`` into FAIL and
 re-enqueues their parameters with Optuna's own ``RetryHeartbeatStaleTrialCallback`` (so a retried trial carries
-the same ``failed_trial`` / ``retry_history`` system attributes as on an RDB storage).
+the same ``failed_trial`` / ``retry_history`` system attributes and reports as on an RDB storage, and its
+checkpoint: :class:`hpsearch.study.durable.RetryStale`).
 
 Two workers that notice the same stale trial race to fail it: on the journal, the log orders their writes and
 the loser's write raises ``UpdateFinishedTrialError``, so exactly one of them re-enqueues it.
@@ -16,7 +17,6 @@ import contextlib
 import logging
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -81,10 +81,13 @@ class Liveness:
         storage = study._storage
         failed = []
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            last = trial.system_attrs.get(HEARTBEAT_ATTR)
-            if last is None and trial.datetime_start is not None:
-                last = trial.datetime_start.timestamp()
-            if last is None or now - float(last) <= self.grace_period:
+            # The later of its last beat and its start: a retry carries its dead parent's last beat (a copy of
+            # every system attribute) until its own first one, and is not stale for it.
+            beats = [float(trial.system_attrs.get(HEARTBEAT_ATTR, "-inf"))]
+            if trial.datetime_start is not None:
+                beats.append(trial.datetime_start.timestamp())
+            last = max(beats)
+            if last == float("-inf") or now - last <= self.grace_period:
                 continue
             try:
                 storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
@@ -95,8 +98,7 @@ class Liveness:
                 continue
             failed.append(trial.number)
             if self.max_retry > 0:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry)
-                retry(study, storage.get_trial(trial._trial_id))
+                from .durable import RetryStale
+
+                RetryStale(self.max_retry)(study, storage.get_trial(trial._trial_id))
         return failed

@@ -43,6 +43,7 @@ from .progress import Progress
 
 if TYPE_CHECKING:
     from .artifacts import ModelKeeper
+    from .durable import Durable
     from .liveness import Liveness
 
 
@@ -133,6 +134,8 @@ class _Reporter(Callback):
         self.multi = multi
         """Whether the study has several objectives (no intermediate reports, no pruning)."""
         self.started = time.perf_counter()
+        self.reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+        """The reports the trial holds already (a retry's, inherited from the trial it continues)."""
 
     def on_step(self, state: TrainingState) -> None:
         self.state = state
@@ -147,7 +150,9 @@ class _Reporter(Callback):
         self.progress.trial_evaluated(self.trial.number, float(state.loss), metrics)  # read here, at a report
         if self.multi:  # Optuna takes intermediate values (and prunes) for single-objective studies only
             return
-        self.trial.report(finite(self.metric, metrics[self.metric], self.trial.study), state.report)
+        value = finite(self.metric, metrics[self.metric], self.trial.study)
+        if state.report not in self.reported:  # a retry inherits its parent's reports: one curve, each step once
+            self.trial.report(value, state.report)
         final = state.step == state.total_steps
         if not final and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at report {state.report} ({state.epochs_completed:.2f} epochs)")
@@ -185,13 +190,17 @@ def follow(space: Space, prepared: Prepared, group: Group) -> int:
     """A rank other than 0 of a trial's process group: train each trial rank 0 sends, until it sends None (the
     study run is over); return the number of trials trained. A signal held here stops after the trial."""
     trials = 0
+    from ..finetune.durable import Durability
+
     while True:
-        hp = group.broadcast()
-        if hp is None:
+        sent = group.broadcast()
+        if sent is None:
             return trials
+        hp, resume = sent
         model = None
-        try:
-            model, result = fine_tune(space, hp, prepared, group=group)
+        try:  # rank 0 writes the trial's checkpoints; this rank continues from the one rank 0 continues from
+            durability = Durability(save=lambda write, where: None, every_s=float("inf"), resume=resume)
+            model, result = fine_tune(space, hp, prepared, group=group, durability=durability)
             print(f"[hpsearch] rank {group.rank}: trial ended at step {result.steps}", file=sys.stderr, flush=True)
         finally:
             del model
@@ -207,7 +216,8 @@ class Objective:
 
     def __init__(self, space: Space, prepared: Prepared, progress: Progress | None = None,
                  config_id: str | None = None, total: int | None = None, keeper: ModelKeeper | None = None,
-                 liveness: Liveness | None = None, group: Group | None = None, fuser: Fuser | None = None) -> None:
+                 liveness: Liveness | None = None, group: Group | None = None, fuser: Fuser | None = None,
+                 durable: Durable | None = None) -> None:
         self.space = space
         self.prepared = prepared
         self.device = prepared.device
@@ -230,6 +240,8 @@ class Objective:
         self.fuser = fuser
         """The fused group whose members this objective's trials are (``--fuse``: a thread per member, each
         calling this objective); None: one trial at a time."""
+        self.durable = durable
+        """Where trials save their checkpoints and find their parents' (:mod:`hpsearch.study.durable`); None: off."""
         self.completed, self.metric_failures = 0, 0
         """Trials this objective completed, and those whose metric failed (:meth:`_metric_failed`)."""
         self._counting = threading.Lock()
@@ -253,13 +265,15 @@ class Objective:
         self.progress.trial_started(trial.number, trial.params)
         reporter = _Reporter(trial, self.metric, self.progress, time_limit=self.time_limit,
                              multi=bool(self.objectives))
-        model = None
+        model, continued = None, False
+        checkpoints = self.durable.for_trial(trial) if self.durable is not None else None
+        durability = checkpoints.durability() if checkpoints is not None else None
         try:
             check_interrupt()  # a signal held while Optuna sampled: this trial is the interrupted one
-            if self.group is not None:
-                self.group.broadcast(hp)
+            if self.group is not None:  # the other ranks continue from the same checkpoint (one machine)
+                self.group.broadcast((hp, durability.resume if durability is not None else None))
             model, result = fine_tune(self.space, hp, self.prepared, callback=reporter, group=self.group,
-                                      fuser=self.fuser)
+                                      fuser=self.fuser, durability=durability)
             value = (finite(self.metric, result.metrics[self.metric]) if not self.objectives else
                      self._values(trial, model, result, reporter))
             feasible = self._record(trial, reporter, status="completed", final=result.metrics,
@@ -279,12 +293,14 @@ class Objective:
             trial.set_user_attr(record.PRUNED_AT_EPOCH, round(s.epochs_completed, 4) if s else 0.0)
             _let_go(exc)
             raise
-        except KeyboardInterrupt as exc:
+        except KeyboardInterrupt as exc:  # saved at its step: FAIL, and continued by the retry enqueued here
             self._record(trial, reporter, status=f"failed: {interrupts.reason(exc)}")
+            continued = self._retry(trial)
             _let_go(exc)
             raise
-        except GroupLost as exc:  # not the config's failure: FAIL (retried elsewhere), and this group stops
+        except GroupLost as exc:  # not the config's failure: FAIL, continued by a retry, and this group stops
             self._record(trial, reporter, status=f"failed: {exc}")
+            continued = self._retry(trial)
             _let_go(exc)
             raise
         except (NonFiniteLoss, torch.cuda.OutOfMemoryError, RuntimeError) as exc:
@@ -300,6 +316,8 @@ class Objective:
             _let_go(exc)
             raise optuna.TrialPruned(f"trial {trial.number} failed: {detail}") from None
         finally:
+            if checkpoints is not None:
+                checkpoints.end(durability.resumed, continued)
             del model
             gc.collect()
             if self.device.type == "cuda":
@@ -307,6 +325,18 @@ class Objective:
         with self._counting:
             self.completed += 1
         return value
+
+    def _retry(self, trial: optuna.Trial) -> bool:
+        """Enqueue the continuation of a trial a signal (or its group) stopped; return whether one was."""
+        from .durable import retry_stopped
+
+        try:
+            trial.set_user_attr(record.STOPPED_FOR_RETRY, retry_stopped(trial.study, trial))
+        except Exception as exc:  # noqa: BLE001 - a storage gone with the signal: the config is on the FAIL trial
+            print(f"[hpsearch] trial {trial.number}: its continuation could not be enqueued ({exc})",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
 
     def _metric_failed(self, reason: str) -> None:
         """Count a trial whose metric failed; when every trial so far failed so (:data:`METRIC_FAILURES_TO_STOP` of

@@ -13,7 +13,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -254,8 +253,9 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
         fuser = fuser_for(space, prepared, options.fuse)
     else:
         fuser = None
-    objective = Objective(space, prepared, progress, config_id=space.fingerprint(),
-                          total=options.total, keeper=keeper, liveness=liveness, group=group, fuser=fuser)
+    durable = make_durable(study, url, options.checkpoint_every_s, options.artifacts)
+    objective = Objective(space, prepared, progress, config_id=space.fingerprint(), total=options.total,
+                          keeper=keeper, liveness=liveness, group=group, fuser=fuser, durable=durable)
     n_trials, total = options.trials, options.total
     planned = n_trials if total is None else max(0, min(n_trials or 10**9, total - sum(budget(study, liveness))))
     progress.study_started(study, planned, space.study.metric)
@@ -331,15 +331,25 @@ def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, ar
     """The ModelKeeper for ``--keep-best K`` (None without it); its store's location is recorded on the study."""
     if not keep_best:
         return None
-    from .artifacts import ModelKeeper, default_location, open_store
+    from .artifacts import ModelKeeper, artifact_location, open_store
 
-    location = artifacts or study.user_attrs.get(record.ARTIFACTS) or default_location(storage_url)
-    if not location.startswith(("s3://", "gs://")):
-        location = str(Path(location).expanduser().resolve())
-    keeper = ModelKeeper(open_store(location), location, keep_best)
-    if study.user_attrs.get(record.ARTIFACTS) != location:
-        study.set_user_attr(record.ARTIFACTS, location)
-    return keeper
+    location = artifact_location(study, storage_url, artifacts)
+    return ModelKeeper(open_store(location), location, keep_best)
+
+
+def make_durable(study: optuna.Study, storage_url: str, every_s: float | None, artifacts: str | None) -> Any:
+    """Checkpoints of every trial in the study's artifact store (:mod:`hpsearch.study.durable`), saved at least every
+    ``every_s`` seconds of training (``--checkpoint-every-s``; None: the default; 0: None, trials are not saved)."""
+    from ..finetune.durable import CHECKPOINT_EVERY_S
+
+    every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
+    if every_s == 0:
+        return None
+    from .artifacts import artifact_location, open_store
+    from .durable import Durable
+
+    location = artifact_location(study, storage_url, artifacts)
+    return Durable(open_store(location), location, every_s)
 
 
 class Tickets:

@@ -102,7 +102,9 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat_interval:
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if max_retry > 0 else None
+            from .durable import RetryStale
+
+            retry = RetryStale(max_retry) if max_retry > 0 else None
             kwargs = {"heartbeat_interval": heartbeat_interval,
                       "grace_period": grace_period or max(GRACE_PERIOD, 2 * heartbeat_interval),
                       "heartbeat_stale_trial_callback": retry}
