@@ -172,32 +172,52 @@ def finish(procs: list[subprocess.Popen], timeout: float = 240) -> None:
         assert p.returncode == 0, err
 
 
-def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, study_name: str) -> object:
-    """A worker killed (SIGKILL) while its trial 0 trains, then a second worker with ``--total 2`` on the same study,
-    both with a 1 s heartbeat and a 3 s grace period, as every storage must survive it: trial 0 ends FAIL, nothing
-    stays RUNNING, the total is reached, and trial 0's params are retried once. Returns the retry."""
-    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
-    victim = start_cli(["run", "--space", str(make_space("slow.yaml", fixed__epochs=500)), "--trials", "1", "--quiet",
-                        *beat], tmp_path)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "trial 0 started" not in victim.stderr.readline():
-        pass
-    time.sleep(1.5)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=10)
+def saved(storage: object, study_name: str, trials: int = 1) -> bool:
+    """Whether ``trials`` trials of the study have saved a checkpoint (False while the study does not exist)."""
     import optuna
 
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return False
+    return sum("hpsearch:checkpoint" in t.system_attrs for t in study.get_trials(deepcopy=False)) >= trials
+
+
+def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, study_name: str) -> object:
+    """A worker killed (SIGKILL) while its trial 0 trains, after its first checkpoint, then a second worker with
+    ``--total 2`` on the same study, both with a 1 s heartbeat and a 3 s grace period, as every storage must
+    survive it: trial 0 ends FAIL, nothing stays RUNNING, the total is reached, and trial 0 is retried once,
+    continuing from its checkpoint to the end; no checkpoint is left. Returns the retry."""
+    import optuna
+
+    from hpsearch.study.artifacts import default_location
     from hpsearch.study.storage import open_storage
 
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True)).trials
+    beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
+    space = str(make_space("slow.yaml", fixed__epochs=10))
+    victim = start_cli(["run", "--space", space, "--trials", "1", "--quiet", *beat], tmp_path)
+    storage = open_storage(url, read_only=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not saved(storage, study_name):
+        assert victim.poll() is None, victim.stderr.read()
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
     assert [t.state.name for t in trials] == ["RUNNING"]  # nobody has noticed yet
-    finish([start_cli(["run", "--space", str(make_space("fast.yaml", fixed__epochs=1)), "--total", "2", "--quiet",
-                       *beat], tmp_path)], timeout=180)
-    trials = optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True)).trials
+    finish([start_cli(["run", "--space", space, "--total", "2", "--quiet", *beat], tmp_path)], timeout=180)
+    trials = optuna.load_study(study_name=study_name, storage=storage).trials
     states = [t.state.name for t in trials]
     assert states[0] == "FAIL" and "RUNNING" not in states
     assert sum(s in ("COMPLETE", "PRUNED") for s in states) == 2
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retried) == 1 and retried[0].params == trials[0].params
     assert retried[0].user_attrs["retry_of"] == 0
+    resumed = retried[0].user_attrs["resumed_from"]
+    assert resumed["trial"] == 0 and resumed["step"] >= 1
+    if retried[0].state.name == "COMPLETE":
+        assert retried[0].user_attrs["steps"] == resumed["of_steps"]
+    store = Path(default_location(url)) if not url.startswith(("postgresql", "mysql")) else tmp_path / \
+        "hpsearch-artifacts"
+    assert not [p for p in store.rglob("*") if p.is_file()], "a checkpoint outlived its trial"
     return retried[0]

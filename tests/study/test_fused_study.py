@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from tests.helpers import start_cli
+from tests.helpers import saved, start_cli
 
 CONFIGS = [{"learning_rate": lr, "batch_size": bs, "lora_r": r}
            for lr, bs, r in ((2e-3, 16, 0), (1e-3, 8, 4), (3e-3, 32, 0), (5e-4, 16, 8), (2e-3, 8, 0))]
@@ -67,27 +67,37 @@ def test_the_group_stays_full_until_the_total(make_space, hpsearch, tmp_path: Pa
     assert 2 <= most <= 3, spans
 
 
-def test_ctrl_c_fails_every_running_member_and_the_same_command_resumes(make_space, tmp_path: Path) -> None:
-    space = _space(make_space, epochs=40, study__pruner="none")
+def test_ctrl_c_saves_every_running_member_and_the_same_command_continues_them(make_space, tmp_path: Path) -> None:
+    """Each member saves at its next step and fails for a retry (exit 130); the same command continues all three,
+    each from its checkpoint, in a group again, and completes the total."""
+    from hpsearch.study.storage import open_storage
+
+    space = _space(make_space, epochs=6, study__pruner="none")
     args = ["run", "--space", str(space), "--total", "4", "--quiet", "--fuse", "3"]
     proc = start_cli(args, tmp_path)
     deadline, started = time.monotonic() + 120, 0
     while time.monotonic() < deadline and started < 3:
         started += " started:" in proc.stderr.readline()
-    time.sleep(1.0)
+    storage = open_storage(f"sqlite:///{tmp_path}/studies.db", read_only=True)
+    while time.monotonic() < deadline and not saved(storage, "tiny", trials=3):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     trials = _study(tmp_path).trials
-    assert [t.state.name for t in trials] == ["FAIL"] * 3, [t.user_attrs.get("status") for t in trials]
-    assert {t.user_attrs["status"] for t in trials} == {"failed: interrupted"}
-    short = _space(make_space, study__pruner="none")  # the same study, quicker trials
-    again = start_cli(["run", "--space", str(short), "--total", "4", "--quiet", "--fuse", "3"], tmp_path)
+    assert [t.state.name for t in trials] == ["FAIL"] * 3 + ["WAITING"] * 3, [t.user_attrs for t in trials]
+    assert {t.user_attrs["status"] for t in trials[:3]} == {"failed: interrupted"}
+    again = start_cli(args, tmp_path)
     _, err = again.communicate(timeout=240)
     assert again.returncode == 0, err
-    states = [t.state.name for t in _study(tmp_path).trials]
-    assert states.count("COMPLETE") == 4 and "RUNNING" not in states
+    trials = _study(tmp_path).trials
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == 4 and "RUNNING" not in states and "WAITING" not in states
+    continued = [t for t in trials if "resumed_from" in t.user_attrs]
+    assert sorted(t.user_attrs["resumed_from"]["trial"] for t in continued) == [0, 1, 2]
+    assert all(t.user_attrs["steps"] == t.user_attrs["resumed_from"]["of_steps"] for t in continued)
+    assert len({t.user_attrs["fused_group"] for t in continued}) == 1  # they trained in a group again
 
 
 def test_kept_lora_members_export_and_leave_the_shared_base_as_it_was(make_space, hpsearch, tmp_path: Path,

@@ -65,8 +65,9 @@ def test_non_finite_loss_never_completes(storage_url: str, make_space, study_nam
 
 
 @pytest.mark.parametrize("storage, sig, code", [("sqlite", signal.SIGINT, 130), ("postgresql", signal.SIGTERM, 143)])
-def test_interrupt_marks_the_trial_failed_and_resume_works(storage: str, make_space, tmp_path: Path, study_name: str,
-                                                           sig: int, code: int, hpsearch, request) -> None:
+def test_interrupt_saves_the_trial_fails_it_for_a_retry_and_resume_works(storage: str, make_space, tmp_path: Path,
+                                                                         study_name: str, sig: int, code: int,
+                                                                         hpsearch, request) -> None:
     """The signal reaches a real worker process (the point); the resume runs in this one."""
     storage_url = f"sqlite:///{tmp_path}/faults.db" if storage == "sqlite" else request.getfixturevalue("postgres_url")
     slow = make_space("slow.yaml", fixed__epochs=300)
@@ -85,9 +86,13 @@ def test_interrupt_marks_the_trial_failed_and_resume_works(storage: str, make_sp
     assert proc.wait(timeout=30) == code, proc.stderr.read()[-3000:]
     assert time.monotonic() - t0 < 15  # promptly
     trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
-    assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["status"] == "failed: interrupted"
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # the stopped trial, and its continuation
+    assert trials[0].user_attrs["status"] == "failed: interrupted" and trials[0].user_attrs["retried_as"] == 1
     hpsearch(*cmd[3:-4], "--set", "fixed.epochs=1", "--storage", storage_url, "--study-name", study_name, check=True)
-    assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 6
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert len(trials) == 6 and trials[1].params == trials[0].params  # the continuation ran first
+    # A changed config (epochs 300 -> 1) is not continued from the checkpoint: step 0, saying why.
+    assert "other hyperparameters (epochs)" in trials[1].user_attrs["resume_refused"]
 
 
 def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest.MonkeyPatch) -> None:
