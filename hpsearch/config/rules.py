@@ -193,6 +193,10 @@ def space_problems(space: Space, options: RunOptions) -> list[Problem]:
     if study.confirm and options.gpus_per_trial:
         out.append(Problem(f"study.confirm with {shown('gpus_per_trial')}: the confirmation folds run in one "
                            f"process; confirm the study's best afterwards without {shown('gpus_per_trial')}"))
+    if fsdp and options.gpus_per_trial and options.checkpoint_every_s != 0:
+        out.append(Problem(f"model.distributed: fsdp: a sharded trial is not checkpointed (each rank holds a part of "
+                           f"its state), so a stopped one starts over; give {shown('checkpoint_every_s')} 0 to run "
+                           f"it so, or model.distributed: ddp"))
     if fsdp and not options.gpus_per_trial:
         out.append(Problem(f"model.distributed: fsdp shards a trial over the processes of {shown('gpus_per_trial')} "
                            f"K; give it, or drop model.distributed (one process holds the whole model)"))

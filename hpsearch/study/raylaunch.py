@@ -74,6 +74,10 @@ def _unreachable(address: str) -> str | None:
     return None
 
 
+RAY_TASK_RETRIES = 3
+"""Times Ray runs a worker task again after its node or process was lost (not after the worker failed)."""
+
+
 def _worker(worker_spec: str, cwd: str | None, env: dict[str, str]) -> int:
     """One worker, inside a Ray task: a worker process of the node's Python with the task's CUDA_VISIBLE_DEVICES;
     a cancelled task (Ctrl-C on the driver) passes SIGINT on and waits for the worker to mark its trial."""
@@ -101,7 +105,9 @@ def launch_on_ray(cluster: RayCluster, slots: Sequence[Slot], worker_spec: str) 
           f"{cluster.gpus:g} GPUs): {first.describe()} each", file=sys.stderr, flush=True)
     refs = []
     for slot in slots:
-        remote = ray.remote(num_cpus=slot.ray_cpus, num_gpus=slot.ray_gpus, max_retries=0)(_worker)
+        # A task lost with its node is run again elsewhere: it joins the study, and the lost trial, failed once its
+        # heartbeats stop, is continued from its checkpoint by whichever worker takes its retry.
+        remote = ray.remote(num_cpus=slot.ray_cpus, num_gpus=slot.ray_gpus, max_retries=RAY_TASK_RETRIES)(_worker)
         refs.append(remote.remote(worker_spec, os.getcwd(), slot.env({})))  # Ray pins the task's GPUs
     try:
         return list(ray.get(refs))

@@ -1,6 +1,7 @@
 """A trial across several devices (``--gpus-per-trial 2``), here as two gloo processes on the CPU: the same trial
 value as one process with the same global batch, a pruned trial stops both ranks at one step, an interrupt leaves
-no rank behind and no trial RUNNING, and a killed rank fails the trial and frees the others."""
+no rank behind and no trial RUNNING (rank 0 saved it for its continuation), and a killed rank fails the trial for a
+retry and frees the others."""
 from __future__ import annotations
 
 import re
@@ -55,8 +56,11 @@ def test_a_sharded_trial_fsdp_trains_as_one_process(make_space, hpsearch, tmp_pa
     one, two = f"sqlite:///{tmp_path}/one.db", f"sqlite:///{tmp_path}/two.db"
     hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--storage", one,
              "--set", "model.distributed=ddp", check=True)  # one process holds the whole model
+    refused = hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--gpus-per-trial", "2",
+                       "--storage", two)
+    assert refused.returncode == 2 and "a sharded trial is not checkpointed" in refused.stderr
     res = hpsearch("run", "--space", space, "--trials", "1", "--device", "cpu", "--gpus-per-trial", "2",
-                   "--storage", two, check=True)
+                   "--storage", two, "--checkpoint-every-s", "0", check=True)
     assert "rank 1: trial ended at step 6" in res.stderr
     (a,), (b,) = _trials(one), _trials(two)
     assert a.params == b.params and b.state.name == "COMPLETE"
@@ -116,8 +120,9 @@ def test_an_interrupted_launcher_leaves_no_rank_and_no_running_trial(make_space,
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, err
     assert all(_gone(p) for p in pids)
-    (trial,) = _trials(url)
+    trial, continuation = _trials(url)
     assert trial.state.name == "FAIL" and trial.user_attrs[record.STATUS] == "failed: interrupted"
+    assert continuation.state.name == "WAITING" and record.CHECKPOINT in continuation.system_attrs  # rank 0 saved
 
 
 def test_a_killed_rank_fails_the_trial_and_frees_the_other(make_space, tmp_path: Path) -> None:
@@ -127,8 +132,9 @@ def test_a_killed_rank_fails_the_trial_and_frees_the_other(make_space, tmp_path:
     _, err = launcher.communicate(timeout=90)
     assert launcher.returncode != 0
     assert all(_gone(p) for p in pids)
-    (trial,) = _trials(url)
+    trial, continuation = _trials(url)
     assert trial.state.name == "FAIL" and "process group" in trial.user_attrs[record.STATUS], err
+    assert continuation.state.name == "WAITING" and continuation.params == trial.params
 
 
 def test_ranks_are_placed_on_consecutive_gpus_with_torchrun_variables() -> None:
