@@ -28,15 +28,20 @@ def studies_table(storage: Any) -> Table:
 
 def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
     """One row per trial, in order: state, value (each objective's, with several, and whether the trial is on the
-    Pareto front), where it stopped, duration and params."""
+    Pareto front), where it stopped, duration and params. A trial continued by a later one from its checkpoint is
+    that later trial's row, which says where it resumed (``resumed``: trial number @ step)."""
     metric = record.study_metric(study)
     names = record.objectives(study) if record.is_multi(study) else [metric]
     front = {t.number for t in study.best_trials} if record.is_multi(study) else set()
     table = Table(title=f"trials of {study.study_name}", header_style="bold")
-    columns = ["#", "state", *names, *(["pareto"] if front else []), "epochs", "duration", "params"]
-    for col in columns:
-        table.add_column(col, justify="left" if col in ("state", "params", "pareto") else "right")
     trials = study.get_trials(deepcopy=False)
+    folded = record.continued(trials)
+    trials = [t for t in trials if t.number not in folded]
+    resumed = any(record.resumed_note(t) for t in trials)
+    columns = ["#", "state", *names, *(["pareto"] if front else []), "epochs", *(["resumed"] if resumed else []),
+               "duration", "params"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("state", "params", "pareto", "resumed") else "right")
     if limit:
         trials = trials[-limit:]
     for t in trials:
@@ -45,5 +50,6 @@ def trials_table(study: optuna.Study, limit: int | None = None) -> Table:
         values = ([fmt_value(v) for v in t.values] if t.values and len(names) > 1 else
                   [fmt_value(record.shown_value(t, metric))] if len(names) == 1 else ["-"] * len(names))
         table.add_row(str(t.number), t.state.name, *values, *(["*" if t.number in front else ""] if front else []),
-                      "-" if epochs is None else f"{epochs:.2f}", took, fmt_params(t.params))
+                      "-" if epochs is None else f"{epochs:.2f}", *([record.resumed_note(t)] if resumed else []),
+                      took, fmt_params(t.params))
     return table

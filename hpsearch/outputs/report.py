@@ -75,7 +75,8 @@ def _figures(study: optuna.Study) -> list[tuple[str, Any, str]]:
     add("Optimization history (with best so far)", lambda: vis.plot_optimization_history(study, **target))
     if not target:
         add("Learning curves: intermediate values per trial (pruned trials stop early)",
-            lambda: vis.plot_intermediate_values(study))
+            lambda: vis.plot_intermediate_values(study),
+            "A trial continued from a checkpoint is one curve: its continuation holds the reports it made.")
     if len(complete) >= 2 and params:
         add("Parameter importances", lambda: vis.plot_param_importances(study, **target),
             "Optuna's default importance evaluator, over completed trials.")
@@ -107,8 +108,9 @@ def _top_table(study: optuna.Study, k: int) -> str:
         close = record.within_noise(record.value(best), se_best, record.value(t), se) if best else None
         test = tests.get(t.number, {}).get(metric)
         shown = ", ".join(fmt_value(v) for v in t.values)
+        resumed = record.resumed_note(t)
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            t.number, shown, "-" if se is None else f"{se:.4f}",
+            f"{t.number} (resumed {resumed})" if resumed else t.number, shown, "-" if se is None else f"{se:.4f}",
             "-" if close is None else ("best" if t is best else "yes" if close else "no"),
             "-" if score is None else fmt_value(score), "-" if test is None else fmt_value(test),
             f"{a.get(record.val('eval_loss'), float('nan')):.4f}",

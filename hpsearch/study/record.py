@@ -79,6 +79,24 @@ FAILED = "failed"
 """How a status starts for a trial that did not finish: ``failed: out of memory``, ``failed: interrupted`` ..."""
 
 
+def continued(trials: list[optuna.trial.FrozenTrial]) -> dict[int, optuna.trial.FrozenTrial]:
+    """Trials that a later one continued from their checkpoint (by number: the continuation), so that a table or a
+    plot shows each such line as one trial, with one curve (the continuation's, its reports inherited)."""
+    by_number = {t.number: t for t in trials}
+    out = {}
+    for t in trials:
+        resumed = t.user_attrs.get(RESUMED_FROM)
+        if resumed and resumed.get("trial") in by_number:
+            out[resumed["trial"]] = t
+    return out
+
+
+def resumed_note(trial: optuna.trial.FrozenTrial) -> str:
+    """``#3@120``: the trial this one continued, and the step it continued from ('' when it did not)."""
+    resumed = trial.user_attrs.get(RESUMED_FROM)
+    return f"#{resumed['trial']}@{resumed['step']}" if resumed else ""
+
+
 def constraint(reason: str) -> str:
     """The constraint a trial that failed for ``reason`` violates (``out_of_memory``, ``non_finite_loss``)."""
     return reason.replace(" ", "_").replace("-", "_")

@@ -165,3 +165,17 @@ def test_a_save_cut_short_names_nothing_new(tmp_path: Path) -> None:
     assert pointer["step"] == 1
     stored = [p for p in Path(location).rglob("*") if p.is_file()]
     assert [p.read_bytes() for p in stored] == [b"first"]
+
+
+def test_the_trials_table_and_the_report_show_a_continued_trial_as_one(make_space, hpsearch, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    space, url = str(_space(make_space)), f"sqlite:///{tmp_path}/s.db"
+    with monkeypatch.context() as m:
+        _signal_at(8, m)
+        hpsearch("run", "--space", space, "--trials", "1", "--quiet", "--storage", url)
+    hpsearch("run", "--space", space, "--trials", "1", "--quiet", "--storage", url, check=True)
+    listed = hpsearch("trials", "--study", "tiny", "--storage", url, check=True).stdout
+    rows = [line for line in listed.splitlines() if line.strip("│ ").startswith(("0 ", "1 "))]
+    assert len(rows) == 1 and "COMPLETE" in rows[0] and "#0@9" in rows[0], listed
+    hpsearch("report", "--study", "tiny", "--storage", url, "--output", "r.html", check=True)
+    assert "1 (resumed #0@9)" in (tmp_path / "r.html").read_text()
