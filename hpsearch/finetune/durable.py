@@ -33,6 +33,8 @@ from ..errors import HpsearchError
 if TYPE_CHECKING:
     from .run import Run
 
+FORKABLE = ("learning_rate", "weight_decay", "dropout")
+"""What a fork (a new trial continuing another's checkpoint) may change: the ground of population-based training."""
 CHECKPOINT_EVERY_S = 300.0
 """Seconds of training between two checkpoints of a trial at most (besides one at every report)."""
 FORMAT = 1
@@ -74,6 +76,8 @@ class Durability:
     """A checkpoint file to continue from (None: from the start)."""
     resumed: dict[str, Any] = field(default_factory=dict)
     """Filled by the loop when it continued from :attr:`resume`: the summary the checkpoint was saved with."""
+    fork: bool = False
+    """Whether :attr:`resume` is another trial's checkpoint, continued with some of :data:`FORKABLE` changed."""
 
 
 def summary(run: Run) -> dict[str, Any]:
@@ -160,13 +164,14 @@ _STATE = ("step", "examples_seen", "tokens_seen", "padded_tokens_seen", "report"
 """The training counters a checkpoint carries (the setup time is the resumed process's own)."""
 
 
-def restore(run: Run, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore(run: Run, tensors: dict[str, torch.Tensor], meta: dict[str, Any], fork: bool = False) -> None:
     """Put a checkpoint's state into ``run`` (set up by the loop for the same trial: the same hyperparameters and
-    model); CannotResume when it is another trial's."""
+    model; with ``fork``, another trial's, continued with some of :data:`FORKABLE` changed); CannotResume when it
+    is another trial's."""
     trainable = _trainable(run)
-    if meta["hyperparameters"] != run.hp.as_dict():
-        changed = sorted(k for k in set(meta["hyperparameters"]) | set(run.hp.as_dict())
-                         if meta["hyperparameters"].get(k) != run.hp.as_dict().get(k))
+    changed = sorted(k for k in set(meta["hyperparameters"]) | set(run.hp.as_dict())
+                     if meta["hyperparameters"].get(k) != run.hp.as_dict().get(k))
+    if [k for k in changed if not (fork and k in FORKABLE)]:
         raise CannotResume(f"the checkpoint was saved with other hyperparameters ({', '.join(changed)})")
     shapes = {name: list(p.shape) for name, p in trainable.items()}
     if meta["shapes"] != shapes:
@@ -177,6 +182,8 @@ def restore(run: Run, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) ->
             p.copy_(tensors[f"model/{name}"])
     _restore_optimizer(run.optimizer, tensors, meta["optimizer"])
     run.scheduler.load_state_dict(meta["scheduler"])
+    if fork:
+        _reschedule(run)
     if run.scaler is not None and meta["scaler"] is not None:
         run.scaler.load_state_dict(meta["scaler"])
     for key, value in meta["state"].items():
@@ -222,6 +229,23 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
         for key, tensor in tensors_of.items():
             tensor.fill_(float(group[key]))
             group[key] = tensor
+
+
+def _reschedule(run: Run) -> None:
+    """A fork's learning rate and weight decay from its own hyperparameters, at the schedule's point: the base rate
+    replaced, the decayed group's decay replaced (hidden dropout is the model's, built with the fork's)."""
+    scheduler, hp = run.scheduler, run.hp
+    scheduler.base_lrs = [hp.learning_rate] * len(scheduler.base_lrs)
+    rates = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for index, (group, rate) in enumerate(zip(run.optimizer.param_groups, rates)):
+        group["initial_lr"] = hp.learning_rate
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(rate)
+        else:
+            group["lr"] = rate
+        if index == 0:  # make_optimizer's decayed group (the other never decays)
+            group["weight_decay"] = hp.weight_decay
+    scheduler._last_lr = rates
 
 
 def _trainable(run: Run) -> dict[str, torch.nn.Parameter]:

@@ -159,7 +159,7 @@ def _resume(run: Run, durability: Durability) -> None:
     """Continue from ``durability.resume``: the run's state as the checkpoint holds it, or, when the checkpoint is
     another trial's or unreadable, the run as set up (step 0) with the reason said."""
     try:
-        durable.restore(run, *durable.read(durability.resume))
+        durable.restore(run, *durable.read(durability.resume), fork=durability.fork)
     except durable.CannotResume as exc:
         durability.resumed = {"refused": str(exc)}
         return

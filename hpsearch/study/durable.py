@@ -67,7 +67,8 @@ class TrialCheckpoints:
         resume = None
         if self.inherited is not None:
             resume = self._fetch(self.inherited)
-        return Durability(save=self.save, every_s=self.durable.every_s, resume=resume)
+        forked = record.FORK_OF in self.trial.storage.get_trial(self.trial._trial_id).system_attrs
+        return Durability(save=self.save, every_s=self.durable.every_s, resume=resume, fork=forked)
 
     def _fetch(self, pointer: dict[str, Any]) -> Path | None:
         """The checkpoint ``pointer`` names, downloaded; None (the reason recorded) when it cannot be reached."""
@@ -192,3 +193,37 @@ def _host() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def fork(study: optuna.Study, source: optuna.trial.FrozenTrial, changes: dict[str, float]) -> int:
+    """Enqueue a new trial that continues ``source``'s newest checkpoint with ``changes`` to its hyperparameters
+    (some of :data:`~hpsearch.finetune.durable.FORKABLE`, each a searched parameter of the study, within its
+    range): the ground of population-based training, not a user feature yet. The fork owns a copy of the
+    checkpoint (the source may end and remove its own). Returns the fork's number."""
+    from ..finetune.durable import FORKABLE
+
+    not_forkable = [k for k in changes if k not in FORKABLE]
+    if not_forkable:
+        raise ValueError(f"a fork changes {', '.join(FORKABLE)} only, not {', '.join(not_forkable)}")
+    not_searched = [k for k in changes if k not in source.distributions]
+    if not_searched:
+        raise ValueError(f"a fork changes searched parameters only; {', '.join(not_searched)} is fixed here")
+    pointer = source.system_attrs.get(record.CHECKPOINT)
+    if not pointer:
+        raise ValueError(f"trial {source.number} has no checkpoint to fork")
+    pointer = json.loads(pointer)
+    store = open_store(pointer["location"])
+    artifact_id = str(uuid.uuid4())
+    with tempfile.TemporaryDirectory(prefix="hpsearch-fork-") as tmp:
+        path = Path(tmp) / FILENAME
+        optuna.artifacts.download_artifact(artifact_store=store, artifact_id=pointer["artifact_id"],
+                                           file_path=str(path))
+        with open(path, "rb") as f:
+            store.write(artifact_id, f)
+    system = {record.CHECKPOINT: json.dumps({**pointer, "artifact_id": artifact_id}),
+              record.FORK_OF: {"trial": source.number, "changes": changes}}
+    template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={**source.params, **changes},
+                                         distributions=source.distributions, system_attrs=system,
+                                         intermediate_values=source.intermediate_values)
+    storage = study._storage
+    return storage.get_trial_number_from_id(storage.create_new_trial(study._study_id, template_trial=template))

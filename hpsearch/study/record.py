@@ -64,6 +64,9 @@ FUSED_GROUP = "fused_group"
 CHECKPOINT = "hpsearch:checkpoint"
 """Trial system attribute: where the trial's newest checkpoint is (:mod:`hpsearch.study.durable`); a retry inherits
 it with the trial's other system attributes, and so finds what to continue from."""
+FORK_OF = "hpsearch:fork_of"
+"""Trial system attribute of a fork (:func:`hpsearch.study.durable.fork`): the trial whose checkpoint it continues,
+and the hyperparameters it changed."""
 RESUMED_FROM = "resumed_from"
 """Where a retried trial continued from: the stopped trial's number and the step, report and epochs it had saved."""
 RESUME_REFUSED = "resume_refused"

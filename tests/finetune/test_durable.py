@@ -178,3 +178,45 @@ def test_a_checkpoint_of_another_config_is_not_continued_from(setup, tmp_path: P
     refused = D.Durability(lambda w, s: None, 1e9, torn)
     fine_tune(space, other, prepared, durability=refused)
     assert refused.resumed["refused"].startswith("the checkpoint cannot be read")
+
+
+def test_a_fork_continues_another_trial_s_checkpoint_with_its_own_learning_rate_and_decay(setup,
+                                                                                         tmp_path: Path) -> None:
+    """The ground of population-based training: a checkpoint continued with the learning rate, weight decay and
+    dropout changed; the schedule goes on from its step at the new rate. Anything else changed is refused."""
+    from hpsearch.finetune.model import build_model
+    from hpsearch.finetune.state import TrainSettings
+
+    space, data = setup
+    prepared = Prepared(CPU, data, FP32)
+    source = trial_hp(space, epochs=2, learning_rate=2e-3, weight_decay=0.01, dropout=0.0, scheduler="linear")
+    files = _Files(tmp_path, every_s=1e9)
+    fine_tune(space, source, prepared, durability=files.durability())
+    saved = files.saved[min(files.saved)]
+    forked = source.replace(learning_rate=5e-4, weight_decay=0.1, dropout=0.2)
+    started = {}
+    real_epoch = L._epoch
+
+    def first_epoch(run, epoch):
+        started.setdefault("lr", [g["lr"] for g in run.optimizer.param_groups])
+        started.setdefault("wd", [g["weight_decay"] for g in run.optimizer.param_groups])
+        started.setdefault("step", run.state.step)
+        return real_epoch(run, epoch)
+
+    L._epoch = first_epoch
+    try:
+        durability = D.Durability(lambda w, s: None, 1e9, saved, fork=True)
+        model = build_model(space.model, forked, data, CPU)
+        L.train(model, data, forked, TrainSettings.from_space(space), device=CPU, durability=durability)
+    finally:
+        L._epoch = real_epoch
+    total = 2 * 12
+    assert started["step"] == durability.resumed["step"] == 6
+    assert started["lr"] == pytest.approx([5e-4 * (total - 6) / total] * 2)  # linear decay, at step 6 of 24
+    assert started["wd"] == [0.1, 0.0]
+    with pytest.raises(D.CannotResume, match="batch_size"):
+        run_hp = forked.replace(batch_size=8)
+        model = build_model(space.model, run_hp, data, CPU)
+        strict = D.Durability(lambda w, s: None, 1e9, saved, fork=True)
+        L.train(model, data, run_hp, TrainSettings.from_space(space), device=CPU, durability=strict)
+        raise D.CannotResume(strict.resumed.get("refused", ""))

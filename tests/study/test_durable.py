@@ -179,3 +179,28 @@ def test_the_trials_table_and_the_report_show_a_continued_trial_as_one(make_spac
     assert len(rows) == 1 and "COMPLETE" in rows[0] and "#0@9" in rows[0], listed
     hpsearch("report", "--study", "tiny", "--storage", url, "--output", "r.html", check=True)
     assert "1 (resumed #0@9)" in (tmp_path / "r.html").read_text()
+
+
+def test_a_fork_is_a_new_trial_continuing_another_s_checkpoint(make_space, hpsearch, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The internal ground of population-based training: trial 0, stopped with its checkpoint, forked with another
+    learning rate; the fork runs as any waiting trial does, from trial 0's step, and owns its copy."""
+    from hpsearch.study.durable import fork
+
+    space, url = str(_space(make_space)), f"sqlite:///{tmp_path}/s.db"
+    with monkeypatch.context() as m:
+        _signal_at(8, m)
+        hpsearch("run", "--space", space, "--trials", "1", "--quiet", "--storage", url)
+    study = _study(url)
+    source = study.trials[0]
+    with pytest.raises(ValueError, match="fixed here"):
+        fork(study, source, {"weight_decay": 0.1})  # weight decay is fixed in this space
+    number = fork(study, source, {"learning_rate": 5e-4})
+    assert number == 2 and len(_artifacts(tmp_path, "s")) == 2  # the source's, and the fork's copy
+    hpsearch("run", "--space", space, "--trials", "2", "--quiet", "--storage", url, check=True)
+    _, continued, forked = _study(url).trials
+    assert forked.params == {"learning_rate": 5e-4, "dropout": 0.1} and forked.state.name == "COMPLETE"
+    assert forked.user_attrs[record.RESUMED_FROM]["trial"] == 0 and forked.user_attrs["steps"] == 48
+    assert continued.user_attrs[record.RESUMED_FROM]["step"] == forked.user_attrs[record.RESUMED_FROM]["step"] == 9
+    assert forked.user_attrs["val_eval_loss"] != continued.user_attrs["val_eval_loss"]  # it trained at its own rate
+    assert _artifacts(tmp_path, "s") == []
