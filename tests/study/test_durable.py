@@ -195,11 +195,11 @@ def test_a_fork_is_a_new_trial_continuing_another_s_checkpoint(make_space, hpsea
     source = study.trials[0]
     with pytest.raises(ValueError, match="fixed here"):
         fork(study, source, {"weight_decay": 0.1})  # weight decay is fixed in this space
-    number = fork(study, source, {"learning_rate": 5e-4})
+    number = fork(study, source, {"learning_rate": 3e-3})
     assert number == 2 and len(_artifacts(tmp_path, "s")) == 2  # the source's, and the fork's copy
     hpsearch("run", "--space", space, "--trials", "2", "--quiet", "--storage", url, check=True)
     _, continued, forked = _study(url).trials
-    assert forked.params == {"learning_rate": 5e-4, "dropout": 0.1} and forked.state.name == "COMPLETE"
+    assert forked.params == {"learning_rate": 3e-3, "dropout": 0.1} and forked.state.name == "COMPLETE"
     assert forked.user_attrs[record.RESUMED_FROM]["trial"] == 0 and forked.user_attrs["steps"] == 48
     assert continued.user_attrs[record.RESUMED_FROM]["step"] == forked.user_attrs[record.RESUMED_FROM]["step"] == 9
     assert forked.user_attrs["val_eval_loss"] != continued.user_attrs["val_eval_loss"]  # it trained at its own rate
