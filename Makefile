@@ -7,7 +7,12 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 MODEL  := models/all-MiniLM-L6-v2
 
-.PHONY: demo test install install-test models clean
+# The lowest transformers pyproject.toml allows, and the tests it must pass (torch's lowest, 2.11, is what the lent
+# GPU machines run: bench/gpu_run.sh's probe checks it there).
+OLDEST := transformers==5.17.0
+SMOKE  := tests/finetune/test_loop.py tests/finetune/test_durable.py tests/tasks/test_tasks.py tests/finetune/test_lora.py
+
+.PHONY: demo test test-oldest install install-test models clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +43,10 @@ demo: install models
 test: install-test models
 	$(BIN)/python -m pytest -q
 
+test-oldest: install-test models
+	rm -rf .oldest && $(BIN)/pip install -q --no-deps --target .oldest "$(OLDEST)"
+	PYTHONPATH=.oldest $(BIN)/python -c "import transformers; print('transformers', transformers.__version__)"
+	PYTHONPATH=.oldest $(BIN)/python -m pytest -q -p no:cacheprovider $(SMOKE)
+
 clean:
-	rm -rf $(VENV) models .pytest_cache
+	rm -rf $(VENV) models .pytest_cache .oldest

@@ -3,13 +3,11 @@
     python -m bench.gpu --out bench/results/GPU.md        # on a GPU machine
     python -m bench.gpu --reduced --out /tmp/gpu.md       # the same steps at toy sizes on the CPU (a test runs it)
 
-On this project's lent GPU machines nothing can be downloaded and the image lacks optuna and datasets: carry their
-wheels (``bash bench/gpu_wheels.sh`` makes ``.whl/``, ignored by git) and, for the Trainer comparison, the anchor
-(``mkdir -p .gpu && cp ../shared/bench/trainer_baseline.py .gpu/``), then run, with ``carry: [".whl", ".gpu"]``:
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
-    PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 -m bench.gpu --anchor .gpu/trainer_baseline.py \
-        --out $OUT/GPU.md
+On this project's lent GPU machines nothing can be downloaded and the image lacks optuna and datasets: the one
+command to run there is ``bench/gpu_run.sh`` (it installs the wheels ``bash bench/gpu_wheels.sh`` made in ``.whl/``,
+offline, and runs these sections, each with ``--only NAME`` in a process of its own, within a budget of its own;
+``--list`` names them). For the Trainer comparison carry the anchor too (``mkdir -p .gpu && cp
+../shared/bench/trainer_baseline.py .gpu/``; ``carry: [".whl", ".gpu"]``).
 
 No weights are downloaded either: every model is built here with random weights in the shape it stands for (speed
 and memory do not depend on the values). Each section runs on its own; one that fails is reported as failed and the
@@ -32,11 +30,8 @@ others still run. Sections:
 5. **a MiniLM trial against Trainer**: ``python -m bench.run`` on the configs of ``bench/configs/configs_other.json``,
    one round, on CUDA (a MiniLM-shaped model with random weights on both sides).
 
-Then, in the same device call, fused trials (issue #36; about 5 minutes on an H100: bench/packing.py's 16 MiniLM
-configs at K = 1, 2, 4, 8, 16, the launch counts, the LoRA decoder's memory per member; check first what
-FUSED.md's launch counts predict):
-
-    PYTHONPATH=/tmp/site:$PWD python3 -m bench.fused --ks 1,4,8,16 --out $OUT/FUSED.md
+``bench/gpu_run.sh`` then runs fused trials (issue #36: ``bench.fused`` at K = 1, 4, 16 on bench/packing.py's
+MiniLM configs, and the launches of a member's step; check first what FUSED.md's launch counts predict).
 """
 from __future__ import annotations
 
@@ -302,6 +297,7 @@ def minilm_trials(work: Path, reduced: bool, anchor: str) -> dict:
             figures[f"{which}_trial_s"] = round(time.perf_counter() - t0, 3)
             figures[f"{which}_ms_per_step"] = round(1000 * result.train_time_s / result.steps, 2)
         figures["accuracy"] = round(result.metrics["accuracy"], 4)
+        figures["cuda_graphs"] = result.cuda_graphs or "not asked"  # a silent fallback must not read as "no gain"
         evals = []
         for _ in range(2):  # the same batches twice: a per-shape plan would make the first slower
             t0 = time.perf_counter()
@@ -351,11 +347,32 @@ def minilm_against_trainer(work: Path, reduced: bool, anchor: str) -> dict:
             "raw": json.loads((work / "run.json").read_text())}
 
 
-SECTIONS: dict[str, Callable[..., dict]] = {
-    "memory given back after pruned trials": memory_after_pruned_trials,
-    "evaluation of a 128k-vocabulary decoder at 1,024 tokens": eval_peak_128k,
-    "a 7B LoRA trial, from Llama-7B-shaped slices": lora_7b_slices,
+SECTIONS: dict[str, tuple[str, Callable[..., dict]]] = {
+    "precisions": ("a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)",
+                   lambda work, reduced, anchor: minilm_trials(work, reduced, anchor)),
+    "memory": ("memory given back after pruned trials", lambda work, reduced, anchor:
+               memory_after_pruned_trials(work, reduced)),
+    "vocab128k": ("evaluation of a 128k-vocabulary decoder at 1,024 tokens", lambda work, reduced, anchor:
+                  eval_peak_128k(work, reduced)),
+    "lora7b": ("a 7B LoRA trial, from Llama-7B-shaped slices", lambda work, reduced, anchor:
+               lora_7b_slices(work, reduced)),
+    "against_trainer": ("a MiniLM trial against Trainer", lambda work, reduced, anchor:
+                        minilm_against_trainer(work, reduced, anchor)),
 }
+"""Each section by the name ``--only`` takes: its title, and what it runs."""
+
+
+def run_section(name: str, reduced: bool, anchor: str) -> dict:
+    """One section, in this process (``--only NAME``: each in a process of its own, so that a CUDA state one
+    section breaks cannot spread to the next)."""
+    with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-") as tmp:
+        t0 = time.perf_counter()
+        try:
+            body = SECTIONS[name][1](Path(tmp), reduced, anchor)
+        except Exception as exc:  # report and go on: the first GPU run should bring back all it can
+            body = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        body["seconds"] = round(time.perf_counter() - t0, 1)
+    return body
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -364,27 +381,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--anchor", default=str(REPO / ".gpu" / "trainer_baseline.py"))
     ap.add_argument("--out", default=str(RESULTS / "GPU.md"))
     ap.add_argument("--json", default=None, help="raw results (default: bench/results/raw/gpu.json, or beside --out)")
+    ap.add_argument("--list", action="store_true", help="name the sections and exit")
+    ap.add_argument("--only", default=None, help="the sections to run, comma-separated (default: all)")
     a = ap.parse_args(argv)
+    if a.list:
+        for name, (title, _) in SECTIONS.items():
+            print(f"{name}: {title}")
+        return
+    names = a.only.split(",") if a.only else list(SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        sys.exit(f"--only {a.only}: no section {', '.join(unknown)}; bench.gpu --list names them")
     out = Path(a.out)
     raw = Path(a.json) if a.json else raw_path(out, "gpu.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"date": now(), "machine": machine(), "reduced": a.reduced}
-    sections: dict[str, Callable[[Path, bool], dict]] = {
-        "a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)":
-            lambda work, reduced: minilm_trials(work, reduced, a.anchor),
-        **SECTIONS, "a MiniLM trial against Trainer": lambda work, reduced: minilm_against_trainer(work, reduced,
-                                                                                                   a.anchor)}
-    with tempfile.TemporaryDirectory(prefix="hpsearch-gpu-") as tmp:
-        work = Path(tmp)
-        for title, section in sections.items():
-            t0 = time.perf_counter()
-            try:
-                results[title] = section(work, a.reduced)
-            except Exception as exc:  # report and go on: the first GPU run should bring back all it can
-                results[title] = {"failed": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-            results[title]["seconds"] = round(time.perf_counter() - t0, 1)
-            print(f"[gpu] {title}: {json.dumps(results[title])[:400]}", file=sys.stderr, flush=True)
-            raw.write_text(json.dumps(results, indent=1))  # after each section: a run cut short keeps what it did
+    for name in names:
+        title = SECTIONS[name][0]
+        if len(names) == 1:
+            results[title] = run_section(name, a.reduced, a.anchor)
+        else:  # each in a process of its own
+            part = raw.with_name(f"{raw.stem}.{name}.json")
+            cmd = [sys.executable, "-m", "bench.gpu", "--only", name, "--anchor", a.anchor, "--json", str(part),
+                   "--out", str(part.with_suffix(".md")), *(["--reduced"] if a.reduced else [])]
+            done = subprocess.run(cmd, cwd=REPO)
+            results[title] = (json.loads(part.read_text()).get(title, {}) if part.is_file() else
+                              {"failed": f"the section's process exited {done.returncode}"})
+        print(f"[gpu] {title}: {json.dumps(results[title])[:400]}", file=sys.stderr, flush=True)
+        raw.write_text(json.dumps(results, indent=1))  # after each section: a run cut short keeps what it did
     lines = [f"# GPU measurements{' (reduced, toy sizes)' if a.reduced else ''}", "",
              f"- date: {results['date']}", f"- machine: {results['machine']}",
              f"- command: `python -m bench.gpu {' '.join(argv if argv is not None else sys.argv[1:])}`",

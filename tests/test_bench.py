@@ -76,29 +76,41 @@ def test_the_per_trial_benchmark_runs_its_hpsearch_side(tiny_model: Path, tiny_d
     assert float(seconds) > 0 and 0.0 <= float(accuracy) <= 1.0
 
 
-def test_the_gpu_script_runs_its_sections_reduced_on_the_cpu(tmp_path: Path) -> None:
-    """bench/gpu.py is run first on a lent GPU, with minutes to spare: its reduced mode runs every step here."""
+def test_the_device_command_runs_every_section_in_its_cpu_mode(tmp_path: Path) -> None:
+    """bench/gpu_run.sh, the one command a lent GPU gets, with --dry-run: every section in a process of its own,
+    within its budget (the budgets add up to at most 480 s), on the CPU at toy sizes; what each writes is there."""
+    import os
     import subprocess
     import sys
 
-    out = tmp_path / "GPU.md"
-    subprocess.run([sys.executable, "-m", "bench.gpu", "--reduced", "--out", str(out)], cwd=REPO, check=True,
-                   capture_output=True, text=True, timeout=600,
-                   env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HPSEARCH_CACHE_DIR": str(tmp_path / "c")})
-    raw = json.loads(out.with_suffix(".json").read_text())
-    failed = {k: v["failed"] for k, v in raw.items() if isinstance(v, dict) and "failed" in v}
-    assert not failed, failed
-    memory = raw["memory given back after pruned trials"]
-    assert memory["ok"] and memory["states"] == ["PRUNED"] * 3
-    evaluation = raw["evaluation of a 128k-vocabulary decoder at 1,024 tokens"]
-    assert evaluation["rows"] == 16 and evaluation["tokens"] == 16 * 1024
-    lora = raw["a 7B LoRA trial, from Llama-7B-shaped slices"]
-    assert lora["bf16, 2 layers"]["steps"] == 2 and "bf16 + checkpointing: scaled to 32 layers, GB" in lora
-    trials = raw["a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)"]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "HPSEARCH_CACHE_DIR": str(tmp_path / "c")}
+    done = subprocess.run(["bash", "bench/gpu_run.sh", "--dry-run"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    logs = "".join(f"\n== {p.name}\n{p.read_text()[-1500:]}" for p in tmp_path.glob("*.log"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    budgets = [int(b) for b in re.findall(r"budget (\d+) s", done.stdout)]
+    assert len(budgets) == 5 and sum(budgets) <= 480, done.stdout
+    assert "nothing to probe" in json.loads((tmp_path / "probe.json").read_text())["cuda"]
+    trials = json.loads((tmp_path / "gpu_precisions.json").read_text())[
+        "a MiniLM trial in each precision, with and without CUDA graphs, against Trainer (warm)"]
     assert trials["fp32"]["plan"] == "fp32" and trials["fp32"]["warm_ms_per_step"] > 0
     assert trials["fp32 + graphs"]["accuracy"] == trials["fp32"]["accuracy"]  # on the CPU: the same step, uncaptured
+    assert trials["fp32 + graphs"]["cuda_graphs"].startswith("off: not a CUDA device")  # recorded, never assumed
     assert len(trials["auto"]["eval_s_first_second"]) == 2 and "auto on a CPU" in trials["auto"]["reason"]
-    assert out.read_text().startswith("# GPU measurements (reduced")
+    lora = json.loads((tmp_path / "gpu_lora7b.json").read_text())["a 7B LoRA trial, from Llama-7B-shaped slices"]
+    assert lora["bf16, 2 layers"]["steps"] == 2 and "bf16 + checkpointing: scaled to 32 layers, GB" in lora
+    memory = json.loads((tmp_path / "gpu_memory.json").read_text())
+    assert memory["memory given back after pruned trials"]["states"] == ["PRUNED"] * 3
+    evaluation = memory["evaluation of a 128k-vocabulary decoder at 1,024 tokens"]
+    assert evaluation["rows"] == 16 and evaluation["tokens"] == 16 * 1024
+    raw = json.loads((tmp_path / "FUSED.json").read_text())
+    (tiny,) = raw["throughput"]
+    assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
+    assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
+    assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
+    assert [r["k"] for r in raw["memory"]["runs"]] == [1, 2] and all("peak_mb" in r for r in raw["memory"]["runs"])
+    (counted,) = raw["launches"]
+    assert set(counted["counts"]) == {"1", "2"} and all(n > 50 for n in counted["counts"].values())
 
 
 def test_the_packing_script_runs_packed_studies_reduced_on_the_cpu(tmp_path: Path, capsys) -> None:
@@ -118,21 +130,3 @@ def test_the_packing_script_runs_packed_studies_reduced_on_the_cpu(tmp_path: Pat
     profile.main(["--reduced"])
     printed = capsys.readouterr().out
     assert "## Python, by own time" in printed and "steps" in printed
-
-
-def test_the_fused_script_runs_fused_studies_and_the_memory_run_reduced(tmp_path: Path) -> None:
-    """bench/fused.py: K = 1 and K = 2 run the same grid through `hpsearch run` (--fuse 2 for K = 2) and find the
-    same best; the LoRA memory run measures K = 1 and K = 2 members in their own processes."""
-    from bench import fused
-
-    out = tmp_path / "FUSED.md"
-    fused.main(["--reduced", "--memory-ks", "1,2", "--launch-ks", "1,2", "--out", str(out)])
-    raw = json.loads(out.with_suffix(".json").read_text())
-    (tiny,) = raw["throughput"]
-    assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
-    assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
-    assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
-    assert [r["k"] for r in raw["memory"]["runs"]] == [1, 2] and all("peak_mb" in r for r in raw["memory"]["runs"])
-    (counted,) = raw["launches"]
-    assert set(counted["counts"]) == {"1", "2"} and all(n > 50 for n in counted["counts"].values())
-    assert "## tiny: 4 configs" in out.read_text()

@@ -200,6 +200,9 @@ def space_problems(space: Space, options: RunOptions) -> list[Problem]:
     if fsdp and not options.gpus_per_trial:
         out.append(Problem(f"model.distributed: fsdp shards a trial over the processes of {shown('gpus_per_trial')} "
                            f"K; give it, or drop model.distributed (one process holds the whole model)"))
+    if space.model.cuda_graphs and space.data.task.host_reads:
+        out.append(Problem(f"model.cuda_graphs with data.task {space.data.task.name}: {space.data.task.host_reads}, "
+                           f"which no CUDA graph captures; drop model.cuda_graphs"))
     if space.model.cuda_graphs and options.gpus_per_trial:
         out.append(Problem(f"model.cuda_graphs with {shown('gpus_per_trial')}: a process group's collectives are not "
                            f"captured; drop one of them"))

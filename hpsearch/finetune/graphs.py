@@ -11,8 +11,12 @@ autocast runs without its weight cache (which capture forbids). On the CPU there
 code runs without capture, which is what the CPU tests check against the eager step.
 
 A shape is the rows and padded width of each micro-batch (:func:`hpsearch.finetune.batching.bucket_widths`
-keeps them few); each graph shares one memory pool. A capture that fails, or memory that runs out, turns graphs off
-for the rest of the trial, said on the trial (``cuda_graphs``), and the step runs eagerly.
+keeps them few); each graph shares one memory pool. Memory that runs out turns graphs off for the rest of the trial,
+said on the trial (``cuda_graphs``), and the step runs eagerly. A capture that fails turns them off for the rest of
+the process (:data:`BROKEN`, said once): torch's ``graph.__exit__`` leaves the thread on the capture stream when
+``capture_end`` raises, so :meth:`StepGraphs.record` ends a capture itself, always putting the thread back on its
+stream and resetting the graph, and no later trial captures in a process whose CUDA state a failure may have left
+behind.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+BROKEN: str | None = None
+"""Why graphs are off for the rest of this process: a capture failed (None: no capture has)."""
 WARMUP = 1
 """Eager runs of a shape before it is captured: the first builds AdamW's state, the gradients and cuBLAS's
 workspaces, which the graph then reads at fixed addresses."""
@@ -55,6 +61,10 @@ class StepGraphs:
     off: str | None = None
     """Why graphs were turned off for the rest of the trial (None: on)."""
     pool: Any = None
+
+    def __post_init__(self) -> None:
+        if self.capture and BROKEN is not None:
+            self.off = BROKEN
 
     def step(self, batch: Any) -> torch.Tensor:
         """One optimizer step on ``batch``; return its loss (a device tensor)."""
@@ -95,8 +105,8 @@ class StepGraphs:
                   for inputs, labels, weight in passes]
         try:
             graph, loss = self.record(lambda: self.body(static))
-        except RuntimeError as exc:
-            self.off = f"off: the capture failed ({str(exc).splitlines()[0][:200]})"
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the step runs eagerly, and no capture again
+            self.off = _broken(f"off: the capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
             torch.cuda.synchronize()
             return self.body(passes)
         self.graphs[key] = _Graph(graph, [(inputs, labels) for inputs, labels, _ in static], loss)
@@ -109,8 +119,14 @@ class StepGraphs:
         graph = torch.cuda.CUDAGraph()
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self.pool):
+        capture = torch.cuda.graph(graph, pool=self.pool)
+        capture.__enter__()  # the capture stream, capture_begin
+        try:
             loss = step()
+        except BaseException:
+            _end(graph, capture, failed=True)
+            raise
+        _end(graph, capture, failed=False)
         return graph, loss
 
     def describe(self) -> str:
@@ -118,3 +134,38 @@ class StepGraphs:
         if not self.capture:
             return "off: not a CUDA device (the same step, uncaptured)"
         return self.off or f"on: {len(self.graphs)} shape(s) captured"
+
+
+def _end(graph: Any, capture: Any, failed: bool) -> None:
+    """End a capture: ``capture_end``, then, whatever it raises, the thread back on its own stream (what torch's
+    ``graph.__exit__`` skips when ``capture_end`` raises) and a failed graph reset. An error of ``capture_end`` is
+    raised unless the capture had failed already (then the first error is the one that says why)."""
+    try:
+        graph.capture_end()
+    except Exception:
+        _reset(graph)
+        if not failed:
+            raise
+    finally:
+        capture.stream_ctx.__exit__(None, None, None)
+    if failed:
+        _reset(graph)
+
+
+def _reset(graph: Any) -> None:
+    try:
+        graph.reset()
+    except Exception:  # noqa: BLE001 - a graph that was never whole has nothing to free
+        pass
+
+
+def _broken(reason: str) -> str:
+    """Turn graphs off for the rest of the process, saying so once; return ``reason``."""
+    import sys
+
+    global BROKEN
+    if BROKEN is None:
+        BROKEN = reason
+        print(f"[hpsearch] CUDA graphs {reason}; off for the rest of this process (each trial then steps eagerly)",
+              file=sys.stderr, flush=True)
+    return reason

@@ -492,4 +492,5 @@ def _finish(run: Run) -> TrainResult:
                        eval_time_s=state.eval_time, setup_time_s=state.setup_time,
                        train_examples_per_s=state.examples_per_s, train_tokens_per_s=state.tokens_per_s,
                        peak_memory_mb=peak_memory_mb(run.device), history=run.history,
-                       selection=tracker.attrs() if tracker is not None else {})
+                       selection=tracker.attrs() if tracker is not None else {},
+                       cuda_graphs=run.graphs.describe() if run.graphs is not None else state.cuda_graphs)

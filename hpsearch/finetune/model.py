@@ -192,6 +192,12 @@ def _model_class(auto: str, config: Any) -> Any:
         return None
 
 
+def placement_of(device: torch.device) -> dict[str, Any]:
+    """How ``from_pretrained`` puts a model on ``device``: built there (``device_map``) on a GPU, so that a 7B body
+    never passes through host memory twice; as built on the CPU."""
+    return {"device_map": {"": device}} if device.type != "cpu" else {}
+
+
 def _load(model: ModelSection, config: Any, auto: str, device: torch.device, precision: Precision,
           attn: str | None, weights: dict[str, torch.Tensor] | None, adopt: bool = False) -> torch.nn.Module:
     """The task model with pretrained weights, built straight on ``device`` in the plan's weight dtype: the body
@@ -199,7 +205,7 @@ def _load(model: ModelSection, config: Any, auto: str, device: torch.device, pre
     head initialised by transformers under the trial's seed; no random initialisation of the body first."""
     config.dtype = precision.weights
     extra = {"attn_implementation": attn} if attn else {}
-    placement = {"device_map": {"": device}} if device.type != "cpu" else {}
+    placement = placement_of(device)
     if model.quantized:
         from .quantize import bnb_config
 

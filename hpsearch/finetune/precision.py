@@ -100,9 +100,13 @@ def native_bf16(device: torch.device) -> bool:
     return cpu_has_native_bf16()
 
 
-def auto_precision(device: torch.device, workload: Workload | None) -> tuple[str, str]:
+def auto_precision(device: torch.device, workload: Workload | None,
+                   half_weights: torch.dtype | None = None) -> tuple[str, str]:
     """What ``model.precision: auto`` means on ``device`` for ``workload`` (None: unknown, a large model is
-    assumed): the precision's name and the reason, in a sentence."""
+    assumed), with weights that load in ``half_weights`` (bf16 or fp16: the checkpoint's, or ``model.dtype``'s;
+    None: fp32): the precision's name and the reason, in a sentence. On a GPU half-precision weights are never
+    upcast (fp32 would double a frozen base's memory: 26 GB for a 7B LoRA, not 13), whatever launches cost: under
+    mixed precision such a weight is used as loaded, no cast kernel."""
     if device.type != "cuda":
         if native_bf16(device):
             return "bf16", "auto on a CPU with native bf16 (AMX or AVX512-BF16): bf16 mixed, the faster there"
@@ -112,6 +116,10 @@ def auto_precision(device: torch.device, workload: Workload | None) -> tuple[str
     where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
     if workload is None:
         return half, f"auto on {where}: {half} mixed (the model's workload is unknown: quantized weights)"
+    if half_weights is not None:
+        loaded = {torch.bfloat16: "bf16", torch.float16: "fp16"}[half_weights]
+        return half, (f"auto on {where}: the weights load in {loaded}, which fp32 would upcast (twice their "
+                      f"memory); {half} mixed uses them as loaded")
     flops = gpu_tf32_flops(device)
     launch, arithmetic = workload.launch_s(), workload.arithmetic_s(flops)
     weighed = (f"~{launch * 1e3:.1f} ms of kernel launches a step against ~{arithmetic * 1e3:.2f} ms of fp32-path "
@@ -164,9 +172,9 @@ def precision_plan(precision: str, dtype: str, checkpoint: torch.dtype | None, d
     torch.float32
     """
     reason = "asked for by model.precision"
-    if precision == "auto":
-        precision, reason = auto_precision(device, workload)
     loaded = DTYPE_NAMES.get(dtype) or (checkpoint if checkpoint in DTYPE_NAMES.values() else torch.float32)
+    if precision == "auto":
+        precision, reason = auto_precision(device, workload, loaded if loaded != torch.float32 else None)
     if precision == "fp32":
         return Precision("fp32", torch.float32, torch.float32, None, False, reason)
     if precision == "bf16-true":

@@ -145,6 +145,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     selection: dict[str, Any] = field(default_factory=dict)
     """Where the best checkpoint was and whether training stopped early (empty without a Selection)."""
+    cuda_graphs: str = ""
+    """With ``model.cuda_graphs``: whether steps were replayed from graphs, or why not (empty: not asked for)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,8 +31,8 @@ class SmallVocabulary:
         """Follow the decay ``optimizer`` applies to the small table: each step scales by ``1 - lr * weight_decay``."""
         group = next(g for g in optimizer.param_groups if any(p is self.small.weight for p in g["params"]))
 
-        def after_step(*_: object) -> None:
-            self.decay *= 1.0 - group["lr"] * group["weight_decay"]
+        def after_step(*_: object) -> None:  # a new object each step (a graphed learning rate makes it a tensor):
+            self.decay = self.decay * (1.0 - group["lr"] * group["weight_decay"])  # a kept checkpoint's stays
 
         optimizer.register_step_post_hook(after_step)
 

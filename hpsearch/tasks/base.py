@@ -67,7 +67,9 @@ class Task(Protocol):
       those labels; the model body and its construction are shared by every task (``hpsearch.finetune.model``).
       ``peft_task_type`` names the task for peft's LoRA (which then trains the new head in full).
     - ``forward(model, batch, labels)`` runs the model on a batch and returns its logits (an encoder-decoder
-      also needs the labels, shifted right, as decoder input).
+      also needs the labels, shifted right, as decoder input). ``host_reads`` says what, in training, it and
+      ``loss`` read from the device (a value or a data-dependent shape: what no CUDA graph captures), empty when
+      nothing; ``model.cuda_graphs`` is refused for a task that reads.
     - ``loss(logits, labels)`` is the training loss, a mean; a task whose mean is over tokens rather than rows also
       has ``loss_units(labels)``, the count it averages over, so that gradients accumulated over micro-batches
       equal one pass over the batch. ``evaluate_batch(logits, labels, rows)`` reduces one evaluation batch to what
@@ -94,6 +96,7 @@ class Task(Protocol):
     options: dict[str, Any]
     auto_class: str
     peft_task_type: str
+    host_reads: str
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]: ...
 

@@ -65,6 +65,9 @@ class CausalLM:
     options: dict[str, Any] = {}
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
+    host_reads = "it picks the positions a batch learns on the host (logits_to_keep: a read of the device)"
+    """What the training forward reads from the device: no CUDA graph can capture it (``model.cuda_graphs`` is
+    refused for this task)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         """A response column (with or without a prompt column), or a text column; not both kinds."""

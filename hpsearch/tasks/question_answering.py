@@ -74,6 +74,8 @@ class QuestionAnswering:
     may have no answer in the context (SQuAD v2)."""
     auto_class = "AutoModelForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"
+    host_reads = ""
+    """What the training forward reads from the device (nothing: a CUDA graph captures it)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         """The answers either in one SQuAD-style column or in two flat ones, not both."""

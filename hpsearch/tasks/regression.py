@@ -33,6 +33,8 @@ class Regression:
     options: dict[str, Any] = {}
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    host_reads = ""
+    """What the training forward reads from the device (nothing: a CUDA graph captures it)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         return []

@@ -60,6 +60,8 @@ class Seq2Seq:
     """Options that are not a choice among values: each maps a value to why it is wrong, or None."""
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
+    host_reads = ""
+    """What the training forward reads from the device (nothing: a CUDA graph captures it)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         return []

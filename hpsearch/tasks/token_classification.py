@@ -44,6 +44,8 @@ class TokenClassification:
     option_choices = {"label_all_tokens": (True, False), "tag_scheme": SCHEMES}
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
+    host_reads = ""
+    """What the training forward reads from the device (nothing: a CUDA graph captures it)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         return []

@@ -97,23 +97,6 @@ def test_every_problem_is_named_at_once_and_python_names_keywords(make_space, tm
     _no_study(tmp_path)
 
 
-def test_ray_packs_trials_on_a_cluster_s_gpus(make_space, hpsearch, tmp_path: Path) -> None:
-    """``--ray --trials-per-gpu 2`` on a local Ray that declares one GPU: two tasks of half a GPU each share it,
-    each capped at half its memory (here each trains on the CPU and records what Ray gave it)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # the launcher joins this Ray, and shuts it down
-    url = f"sqlite:///{tmp_path}/r.db"
-    res = hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--total", "2", "--trials-per-gpu", "2",
-                   "--ray", "--storage", url, check=True)
-    assert "2 workers as Ray tasks on a local Ray (2 CPUs, 1 GPUs): 0.5 GPU and 1 CPU each" in res.stderr
-    import optuna
-
-    trials = [t for t in optuna.load_study(study_name="tiny", storage=url).trials if t.state.name != "FAIL"]
-    assert len(trials) == 2 and {t.user_attrs["gpu_memory_fraction"] for t in trials} == {"0.5"}
-    assert {t.user_attrs["gpu"] for t in trials} == {"0"}  # the GPU id Ray assigned both tasks
-    assert not ray.is_initialized()
-
-
 def _machine(**facts) -> Machine:
     return Machine(**{"packages": EVERYTHING, **facts})
 

@@ -75,9 +75,8 @@ def test_a_terminated_trial_is_continued_by_the_same_command_to_the_same_value(m
     assert _artifacts(tmp_path, "s") == []  # the trial ended: its checkpoint (and the inherited one) removed
 
 
-def test_checkpoints_can_be_turned_off_and_a_stopped_trial_still_keeps_its_config(make_space, hpsearch,
-                                                                                  tmp_path: Path,
-                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoints_off_a_stopped_trial_still_keeps_its_config(make_space, hpsearch, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     space, url = str(_space(make_space)), f"sqlite:///{tmp_path}/s.db"
     with monkeypatch.context() as m:
         _signal_at(10, m, signal.SIGINT)

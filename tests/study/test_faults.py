@@ -98,7 +98,7 @@ def test_tied_trials_write_no_model_that_is_removed_at_once(make_space, hpsearch
 
 def test_a_launcher_whose_study_reached_its_total_exits_0_naming_the_worker_that_died(make_space,
                                                                                        tmp_path: Path) -> None:
-    space = str(make_space("slow.yaml", fixed__epochs=40))
+    space = str(make_space("slow.yaml", fixed__epochs=12))
     launcher = start_cli(["run", "--space", space, "--total", "2", "--workers", "2", "--quiet", "--storage",
                           f"sqlite:///{tmp_path}/w.db", "--heartbeat-interval", "1", "--grace-period", "3"], tmp_path)
     pids: dict[str, int] = {}
