@@ -60,8 +60,10 @@ class Seq2Seq:
     """Options that are not a choice among values: each maps a value to why it is wrong, or None."""
     auto_class = "AutoModelForSeq2SeqLM"
     peft_task_type = "SEQ_2_SEQ_LM"
-    host_reads = ""
-    """What the training forward reads from the device (nothing: a CUDA graph captures it)."""
+    host_reads = ("transformers builds its encoder's and decoder's masks from the 2-D padding mask, first asking the "
+                  "device whether it may drop them (padding_mask.all())")
+    """What the training forward reads from the device: no CUDA graph can capture it (``model.cuda_graphs`` is
+    refused for this task)."""
 
     def column_problems(self, columns: dict[str, str | None]) -> list[tuple[str, str]]:
         return []

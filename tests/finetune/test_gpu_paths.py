@@ -134,14 +134,18 @@ TASKS = ["classification", "regression", "token_classification", "question_answe
 
 @pytest.mark.parametrize("task", TASKS)
 def test_a_captured_step_reads_nothing_from_the_device_or_graphs_are_refused_for_the_task(
-        task: str, tmp_path: Path, request: pytest.FixtureRequest, setup) -> None:
-    """A task's training forward and loss, forward and backward, as a captured step runs them: no read of the
-    device; a task that reads says so (``host_reads``) and ``model.cuda_graphs`` is refused for it, naming it."""
+        task: str, tmp_path: Path, request: pytest.FixtureRequest, setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task's training forward and loss, forward and backward, as a captured step runs them on a GPU (the model
+    built as there: SDPA attention, no CPU dropout lever; the loop's 4-D mask): no read of the device; a task that
+    reads says so (``host_reads``) and ``model.cuda_graphs`` is refused for it, naming it."""
     from hpsearch.config.options import RunOptions
     from hpsearch.config.rules import space_problems
     from hpsearch.config.validation import validate
+    from hpsearch.finetune import model as M
     from hpsearch.finetune.model import build_model
     from tests.finetune.test_fused import _task_setup
+
+    monkeypatch.setattr(M, "install_cheap_dropout", lambda model: None)  # a CPU lever a GPU trial never gets
 
     if task == "classification":
         space, data = setup
@@ -149,7 +153,10 @@ def test_a_captured_step_reads_nothing_from_the_device_or_graphs_are_refused_for
         space, data = request.getfixturevalue("sft")
     else:
         space, data = _task_setup(task, tmp_path, request)
+    from hpsearch.finetune.attention import additive_mask, compute_dtype
+
     model = build_model(space.model, trial_hp(space), data, CPU)
+    additive_mask(model, compute_dtype(model, None))  # as the loop gives it (an encoder's mask, read nowhere)
     rows = torch.arange(8)
     batch, labels = data.train.batch(rows, CPU), data.train.labels_of(rows, CPU)
     t = data.task
