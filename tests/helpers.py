@@ -190,8 +190,7 @@ def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, stud
     continuing from its checkpoint to the end; no checkpoint is left. Returns the retry."""
     import optuna
 
-    from hpsearch.study.artifacts import default_location
-    from hpsearch.study.storage import open_storage
+    from hpsearch.study.storage import default_location, open_storage
 
     beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
     space = str(make_space("slow.yaml", fixed__epochs=10))

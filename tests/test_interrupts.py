@@ -138,6 +138,7 @@ def test_a_signal_during_a_report_lets_the_write_finish_then_fails_the_trial(mak
     with pytest.raises(KeyboardInterrupt):
         runner.run_study(load_space(make_space(fixed__epochs=3)), RunOptions(storage=url, trials=3, study_name="i"),
                          progress=Progress())
-    trial, = optuna.load_study(study_name="i", storage=url).trials  # the study stopped with its running trial
+    trial, continuation = optuna.load_study(study_name="i", storage=url).trials  # stopped with its running trial
     assert written == [1] and trial.intermediate_values.keys() == {1}
     assert trial.state.name == "FAIL" and trial.user_attrs["status"] == "failed: interrupted"
+    assert continuation.state.name == "WAITING" and continuation.intermediate_values.keys() == {1}

@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import torch
 
 from ..errors import HpsearchError
+from .run import CHECKPOINT_EVERY_S, FORKABLE, Durability, Position, Run
 
-if TYPE_CHECKING:
-    from .run import Run
+__all__ = ["CHECKPOINT_EVERY_S", "FORKABLE", "CannotResume", "Durability", "Position", "read", "restore", "summary",
+           "write"]
 
-FORKABLE = ("learning_rate", "weight_decay", "dropout")
-"""What a fork (a new trial continuing another's checkpoint) may change: the ground of population-based training."""
-CHECKPOINT_EVERY_S = 300.0
-"""Seconds of training between two checkpoints of a trial at most (besides one at every report)."""
 FORMAT = 1
 """The layout of a checkpoint file's names and metadata; a file of another layout is not resumed from."""
 _META = "hpsearch"
@@ -44,40 +41,6 @@ _META = "hpsearch"
 
 class CannotResume(HpsearchError):
     """A checkpoint that this run cannot continue from (another config, another model, another layout)."""
-
-
-@dataclass
-class Position:
-    """Where in its epochs a run stands: what a resumed run skips to."""
-
-    epoch: int = 0
-    """The epoch being trained."""
-    batches: int = 0
-    """Its batches trained so far."""
-    seen: int = 0
-    """Its rows trained so far."""
-    next_report: int = 1
-    """Its first report not yet taken (1 .. reports_per_epoch)."""
-    order: torch.Tensor | None = None
-    """The batch-order generator's state when the epoch drew its batches (None: the epoch has not started)."""
-
-
-@dataclass
-class Durability:
-    """What makes a run durable, given by the caller of :func:`hpsearch.finetune.loop.train`."""
-
-    save: Callable[[Callable[[Path], None], dict[str, Any]], None]
-    """Stores a checkpoint: called with a function that writes it to a path, and a summary of where the run stands
-    (``step``, ``report``, ``epochs``, ``of_steps``). It must not raise for a store that failed (it records why and
-    keeps the checkpoint before)."""
-    every_s: float = CHECKPOINT_EVERY_S
-    """Seconds of training between two checkpoints at most."""
-    resume: Path | None = None
-    """A checkpoint file to continue from (None: from the start)."""
-    resumed: dict[str, Any] = field(default_factory=dict)
-    """Filled by the loop when it continued from :attr:`resume`: the summary the checkpoint was saved with."""
-    fork: bool = False
-    """Whether :attr:`resume` is another trial's checkpoint, continued with some of :data:`FORKABLE` changed."""
 
 
 def summary(run: Run) -> dict[str, Any]:

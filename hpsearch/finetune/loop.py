@@ -27,12 +27,11 @@ from .batching import Batch, bucket_widths, chunks, length_grouped_batches, roun
 from .checkpoints import Tracker, restore
 from .device import autocast, peak_memory_mb
 from .distributed import Group, GroupLost, is_group_error
-from .durable import Durability, Position
 from .evaluation import evaluate
 from .fused import Fuser, Member
 from .graphs import StepGraphs
 from .optim import make_optimizer, make_scheduler
-from .run import Run
+from .run import Durability, Position, Run
 from .state import Callback, NonFiniteLoss, TrainingState, TrainResult, TrainSettings
 from .vocab import SmallVocabulary, shrink_vocabulary
 

@@ -116,15 +116,15 @@ def auto_precision(device: torch.device, workload: Workload | None,
     where = f"{torch.cuda.get_device_name(device)} (sm{major}{minor})"
     if workload is None:
         return half, f"auto on {where}: {half} mixed (the model's workload is unknown: quantized weights)"
-    if half_weights is not None:
-        loaded = {torch.bfloat16: "bf16", torch.float16: "fp16"}[half_weights]
-        return half, (f"auto on {where}: the weights load in {loaded}, which fp32 would upcast (twice their "
-                      f"memory); {half} mixed uses them as loaded")
     flops = gpu_tf32_flops(device)
     launch, arithmetic = workload.launch_s(), workload.arithmetic_s(flops)
     weighed = (f"~{launch * 1e3:.1f} ms of kernel launches a step against ~{arithmetic * 1e3:.2f} ms of fp32-path "
                f"arithmetic ({workload.matmul_parameters / 1e6:.0f}M matrix parameters, "
                f"{workload.tokens_per_step:.0f} tokens a step)")
+    if arithmetic < launch and half_weights is not None:
+        loaded = {torch.bfloat16: "bf16", torch.float16: "fp16"}[half_weights]
+        return half, (f"auto on {where}: {weighed}: launch-bound, but the weights load in {loaded}, which fp32 "
+                      f"would upcast (twice their memory); {half} mixed uses them as loaded")
     if arithmetic < launch:
         products = "TF32 matrix products" if major >= 8 else "fp32 matrix products"
         return "fp32", f"auto on {where}: {weighed}: launch-bound, so fp32 with {products} ({half} mixed would " \

@@ -20,7 +20,6 @@ from ..tasks.encoded import PreparedData
 from .data import prepare as prepare_data
 from .device import deterministic, resolve_device, set_numerics
 from .distributed import Group, rank_device
-from .durable import Durability
 from .fused import SENTINEL_DROPOUT, Fuser, PassCost
 from .loop import train
 from .model import (
@@ -34,6 +33,7 @@ from .model import (
     shared_base,
 )
 from .precision import Precision, Workload, matmul_flops, precision_plan, typical_pass
+from .run import Durability
 from .state import Callback, TrainResult, TrainSettings
 
 if TYPE_CHECKING:

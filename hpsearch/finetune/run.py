@@ -1,11 +1,12 @@
 """Everything one call of :func:`hpsearch.finetune.loop.train` works with: the model, its data and hyperparameters,
-the optimizer and schedule, where training stands, and the levers set up for it (set up once by the loop's
-``_start``)."""
+the optimizer and schedule, where training stands (the position a checkpoint records), how it is saved
+(:class:`Durability`), and the levers set up for it (set up once by the loop's ``_start``)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -14,11 +15,49 @@ from ..tasks import Task
 from ..tasks.encoded import Encoded, PreparedData
 from .checkpoints import Tracker
 from .distributed import Group
-from .durable import Durability, Position
 from .fused import Member
 from .graphs import StepGraphs
 from .state import Callback, TrainingState, TrainSettings
 from .vocab import SmallVocabulary
+
+FORKABLE = ("learning_rate", "weight_decay", "dropout")
+"""What a fork (a new trial continuing another's checkpoint) may change: the ground of population-based training."""
+CHECKPOINT_EVERY_S = 300.0
+"""Seconds of training between two checkpoints of a trial at most (besides one at every report)."""
+
+
+@dataclass
+class Position:
+    """Where in its epochs a run stands: what a resumed run skips to."""
+
+    epoch: int = 0
+    """The epoch being trained."""
+    batches: int = 0
+    """Its batches trained so far."""
+    seen: int = 0
+    """Its rows trained so far."""
+    next_report: int = 1
+    """Its first report not yet taken (1 .. reports_per_epoch)."""
+    order: torch.Tensor | None = None
+    """The batch-order generator's state when the epoch drew its batches (None: the epoch has not started)."""
+
+
+@dataclass
+class Durability:
+    """What makes a run durable, given by the caller of :func:`hpsearch.finetune.loop.train`."""
+
+    save: Callable[[Callable[[Path], None], dict[str, Any]], None]
+    """Stores a checkpoint: called with a function that writes it to a path, and a summary of where the run stands
+    (``step``, ``report``, ``epochs``, ``of_steps``). It must not raise for a store that failed (it records why and
+    keeps the checkpoint before)."""
+    every_s: float = CHECKPOINT_EVERY_S
+    """Seconds of training between two checkpoints at most."""
+    resume: Path | None = None
+    """A checkpoint file to continue from (None: from the start)."""
+    resumed: dict[str, Any] = field(default_factory=dict)
+    """Filled by the loop when it continued from :attr:`resume`: the summary the checkpoint was saved with."""
+    fork: bool = False
+    """Whether :attr:`resume` is another trial's checkpoint, continued with some of :data:`FORKABLE` changed."""
 
 
 @dataclass

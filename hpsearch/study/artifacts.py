@@ -8,7 +8,8 @@ K + 1). The store's location is kept on the study (user attribute ``artifacts``)
 
 Locations: a directory (Optuna's FileSystemArtifactStore; on a cluster, one all workers mount), ``s3://BUCKET``
 (Boto3ArtifactStore) or ``gs://BUCKET`` (GCSArtifactStore). Default: beside an SQLite study file
-(``studies.db`` -> ``studies-artifacts/``), else ``./hpsearch-artifacts`` in the working directory.
+(``studies.db`` -> ``studies-artifacts/``), else ``./hpsearch-artifacts`` in the working directory
+(:func:`hpsearch.study.storage.artifact_location`).
 """
 from __future__ import annotations
 
@@ -27,36 +28,6 @@ from . import record
 
 MODEL_FILE = "model.tar"
 PREFIX = "artifacts:"  # Optuna's system-attribute prefix for a trial's artifact metadata
-
-
-def default_location(storage_url: str) -> str:
-    """Beside an SQLite or journal file (``x.db`` -> ``x-artifacts``), else ``./hpsearch-artifacts`` (absolute)."""
-    from sqlalchemy.engine import make_url
-
-    from .storage import journal_path, storage_kind
-
-    if storage_kind(storage_url) == "journal":
-        log = Path(journal_path(storage_url)).expanduser().resolve()
-        return str(log.with_name(f"{log.stem}-artifacts"))
-    try:
-        url = make_url(storage_url)
-    except Exception:
-        url = None
-    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        db = Path(url.database).expanduser().resolve()
-        return str(db.with_name(f"{db.stem}-artifacts"))
-    return str(Path("hpsearch-artifacts").resolve())
-
-
-def artifact_location(study: optuna.Study, storage_url: str, artifacts: str | None) -> str:
-    """Where the study's kept models and checkpoints go: ``--artifacts``, else the location the study recorded,
-    else :func:`default_location`; recorded on the study (absolute), so that every worker and ``export`` find it."""
-    location = artifacts or study.user_attrs.get(record.ARTIFACTS) or default_location(storage_url)
-    if not location.startswith(("s3://", "gs://")):
-        location = str(Path(location).expanduser().resolve())
-    if study.user_attrs.get(record.ARTIFACTS) != location:
-        study.set_user_attr(record.ARTIFACTS, location)
-    return location
 
 
 def open_store(location: str) -> Any:

@@ -161,10 +161,8 @@ def retry_stopped(study: optuna.Study, trial: optuna.Trial) -> int:
     parameters, its system attributes (its newest checkpoint's name among them) and its reports, which the next
     ``ask`` of any worker takes. Not counted against ``--max-retry``: a stopped trial made progress and saved it.
     Returns the new trial's number."""
-    from .liveness import HEARTBEAT_ATTR
-
     frozen = trial.storage.get_trial(trial._trial_id)
-    system = {k: v for k, v in frozen.system_attrs.items() if k != HEARTBEAT_ATTR}
+    system = {k: v for k, v in frozen.system_attrs.items() if k != record.HEARTBEAT}
     system.setdefault("failed_trial", frozen.number)
     template = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=frozen.params,
                                          distributions=frozen.distributions, system_attrs=system,

@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-HEARTBEAT_ATTR = "hpsearch:heartbeat"
-"""The trial system attribute holding the time (seconds since the epoch) of its worker's last beat."""
+from . import record
+
+HEARTBEAT_ATTR = record.HEARTBEAT
 
 log = logging.getLogger(__name__)
 

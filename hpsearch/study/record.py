@@ -61,6 +61,9 @@ PRECISION_REASON = "precision_reason"
 """Why: asked for by the space, or what ``auto`` weighed on the trial's device."""
 FUSED_GROUP = "fused_group"
 """With ``--fuse``: the fused group the trial trained in (``host:pid/group``); its members shared every pass."""
+HEARTBEAT = "hpsearch:heartbeat"
+"""Trial system attribute holding the time (seconds since the epoch) of its worker's last beat, on storages whose
+heartbeats are hpsearch's (:mod:`hpsearch.study.liveness`)."""
 CHECKPOINT = "hpsearch:checkpoint"
 """Trial system attribute: where the trial's newest checkpoint is (:mod:`hpsearch.study.durable`); a retry inherits
 it with the trial's other system attributes, and so finds what to continue from."""

@@ -331,7 +331,8 @@ def make_keeper(study: optuna.Study, storage_url: str, keep_best: int | None, ar
     """The ModelKeeper for ``--keep-best K`` (None without it); its store's location is recorded on the study."""
     if not keep_best:
         return None
-    from .artifacts import ModelKeeper, artifact_location, open_store
+    from .artifacts import ModelKeeper, open_store
+    from .storage import artifact_location
 
     location = artifact_location(study, storage_url, artifacts)
     return ModelKeeper(open_store(location), location, keep_best)
@@ -345,8 +346,9 @@ def make_durable(study: optuna.Study, storage_url: str, every_s: float | None, a
     every_s = CHECKPOINT_EVERY_S if every_s is None else every_s
     if every_s == 0:
         return None
-    from .artifacts import artifact_location, open_store
+    from .artifacts import open_store
     from .durable import Durable
+    from .storage import artifact_location
 
     location = artifact_location(study, storage_url, artifacts)
     return Durable(open_store(location), location, every_s)

@@ -84,6 +84,40 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     return {"pool_pre_ping": True, "pool_recycle": 3600}
 
 
+def default_location(storage_url: str) -> str:
+    """Beside an SQLite or journal file (``x.db`` -> ``x-artifacts``), else ``./hpsearch-artifacts`` (absolute)."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    if storage_kind(storage_url) == "journal":
+        log = Path(journal_path(storage_url)).expanduser().resolve()
+        return str(log.with_name(f"{log.stem}-artifacts"))
+    try:
+        url = make_url(storage_url)
+    except Exception:
+        url = None
+    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = Path(url.database).expanduser().resolve()
+        return str(db.with_name(f"{db.stem}-artifacts"))
+    return str(Path("hpsearch-artifacts").resolve())
+
+
+def artifact_location(study: Any, storage_url: str, artifacts: str | None) -> str:
+    """Where the study's kept models and checkpoints go: ``--artifacts``, else the location the study recorded,
+    else :func:`default_location`; recorded on the study (absolute), so that every worker and ``export`` find it."""
+    from pathlib import Path
+
+    from . import record
+
+    location = artifacts or study.user_attrs.get(record.ARTIFACTS) or default_location(storage_url)
+    if not location.startswith(("s3://", "gs://")):
+        location = str(Path(location).expanduser().resolve())
+    if study.user_attrs.get(record.ARTIFACTS) != location:
+        study.set_user_attr(record.ARTIFACTS, location)
+    return location
+
+
 def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL, grace_period: int | None = None,
                  max_retry: int = MAX_RETRY, read_only: bool = False) -> Any:
     """An Optuna RDBStorage for ``url`` with heartbeats on and failed (stale) trials retried ``max_retry`` times.

@@ -196,7 +196,7 @@ def test_auto_never_upcasts_half_precision_weights_a_7b_lora_on_an_sm90_gets_bf1
     assert lora_7b.arithmetic_s(P.gpu_tf32_flops(torch.device("cuda"))) < lora_7b.launch_s()  # launch-bound
     plan = P.precision_plan("auto", "auto", torch.bfloat16, torch.device("cuda"), lora_7b)
     assert plan.name == "bf16-mixed" and plan.weights == torch.bfloat16, plan
-    assert "which fp32 would upcast" in plan.reason
+    assert "launch-bound, but the weights load in bf16, which fp32 would upcast" in plan.reason
     asked = P.precision_plan("auto", "bfloat16", torch.float32, torch.device("cuda"), lora_7b)  # model.dtype too
     assert asked.name == "bf16-mixed" and asked.weights == torch.bfloat16
     minilm = P.Workload(matmul_parameters=10_600_000, layers=6, tokens_per_step=16 * 14)

@@ -36,7 +36,7 @@ def _fake_fine_tune(trainable_per_row: int):
     parameters grow with the batch size (64 and 128 break the bound below), as activation memory would."""
     from hpsearch.finetune.state import TrainingState
 
-    def fine_tune(space, hp, prepared, callback=None, group=None, fuser=None):
+    def fine_tune(space, hp, prepared, callback=None, group=None, fuser=None, durability=None):
         state = TrainingState(total_steps=1, train_examples=1, reports_per_epoch=1,
                               trainable_parameters=hp.batch_size * trainable_per_row)
         callback.on_step(state)

@@ -113,7 +113,7 @@ def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest
     space = validate(raw)
 
     def fake_fine_tune(failure: type[Exception]):
-        def fine_tune(space, hp, prepared, callback=None, group=None, fuser=None):
+        def fine_tune(space, hp, prepared, callback=None, group=None, fuser=None, durability=None):
             if hp.batch_size >= 64:
                 raise failure("CUDA out of memory. Tried to allocate 8.00 GiB")
             return None, SimpleNamespace(metrics={"accuracy": fake_accuracy(hp)}, selection={})

@@ -122,7 +122,8 @@ def test_stale_trials_are_failed_once_when_two_workers_notice_together(tmp_path:
     trial = first.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     first._storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 100)
     second = optuna.load_study(study_name="race", storage=S.open_storage(url))
-    live = Liveness(interval=1, grace_period=5, max_retry=2)
+    live = Liveness(interval=1, grace_period=2, max_retry=2)
+    time.sleep(2.1)  # its start, too, is past the grace period
     assert live.fail_stale(first) + live.fail_stale(second, force=True) == [trial.number]
     assert live.fail_stale(first) == []  # looked less than a second ago: no second read of the study
     trials = optuna.load_study(study_name="race", storage=S.open_storage(url)).trials
