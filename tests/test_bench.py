@@ -101,14 +101,11 @@ def test_the_device_command_runs_every_section_in_its_cpu_mode(tmp_path: Path) -
     assert lora["bf16, 2 layers"]["steps"] == 2 and "bf16 + checkpointing: scaled to 32 layers, GB" in lora
     memory = json.loads((tmp_path / "gpu_memory.json").read_text())
     assert memory["memory given back after pruned trials"]["states"] == ["PRUNED"] * 3
-    evaluation = memory["evaluation of a 128k-vocabulary decoder at 1,024 tokens"]
-    assert evaluation["rows"] == 16 and evaluation["tokens"] == 16 * 1024
     raw = json.loads((tmp_path / "FUSED.json").read_text())
     (tiny,) = raw["throughput"]
     assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
     assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
     assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
-    assert [r["k"] for r in raw["memory"]["runs"]] == [1, 2] and all("peak_mb" in r for r in raw["memory"]["runs"])
     (counted,) = raw["launches"]
     assert set(counted["counts"]) == {"1", "2"} and all(n > 50 for n in counted["counts"].values())
 

@@ -72,7 +72,7 @@ def test_ctrl_c_saves_every_running_member_and_the_same_command_continues_them(m
     each from its checkpoint, in a group again, and completes the total."""
     from hpsearch.study.storage import open_storage
 
-    space = _space(make_space, epochs=6, study__pruner="none")
+    space = _space(make_space, epochs=4, study__pruner="none")
     args = ["run", "--space", str(space), "--total", "4", "--quiet", "--fuse", "3"]
     proc = start_cli(args, tmp_path)
     deadline, started = time.monotonic() + 120, 0

@@ -111,7 +111,7 @@ def _ride_out(server, make_space, tmp_path: Path, outage_s: float) -> None:
     """Two workers on a study with a budget of 4 trials of ~5 s; the server goes away for ``outage_s`` once both
     train, and comes back."""
     server.start()
-    space = make_space("long.yaml", fixed__epochs=15, study__pruner={"name": "none"}, study__reports_per_epoch=1)
+    space = make_space("long.yaml", fixed__epochs=10, study__pruner={"name": "none"}, study__reports_per_epoch=1)
     flags = ["--total", "4", "--quiet", "--storage", server.url, "--study-name", "outage", "--heartbeat-interval",
              "2", "--grace-period", str(int(outage_s) + 60), "--storage-retry-s", str(int(outage_s) + 60)]
     workers = [start_cli(["run", "--space", str(space), *flags], tmp_path) for _ in range(2)]

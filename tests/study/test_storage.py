@@ -79,9 +79,11 @@ def test_password_never_shown(postgres_url: str, make_space, hpsearch, tmp_path:
 
 
 _OPEN_AT = """
-import sys, time
+import os, sys, time
 from hpsearch.study.storage import open_storage
-time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+open(sys.argv[2] + "." + str(os.getpid()), "w").close()  # ready
+while not os.path.exists(sys.argv[2]):  # every process opens at once
+    time.sleep(0.001)
 open_storage(sys.argv[1])
 """
 
@@ -91,11 +93,17 @@ def _open_together(url: str, n: int) -> list[str]:
     import os
     import subprocess
     import sys
+    import tempfile
     import time
+    from pathlib import Path
 
-    start = time.time() + 6  # after every process has imported optuna
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(start)], stderr=subprocess.PIPE, text=True,
+    go = Path(tempfile.mkdtemp(prefix="hpsearch-open-")) / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, url, str(go)], stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(n)]
+    deadline = time.monotonic() + 60
+    while len(list(go.parent.glob("go.*"))) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
     errors = [p.communicate(timeout=120)[1] for p in procs]
     return [e.strip().splitlines()[-1] for p, e in zip(procs, errors) if p.returncode]
 

@@ -85,10 +85,10 @@ def test_unreachable_servers_are_one_clear_error_without_the_password(monkeypatc
 
 def test_n_workers_by_m_trials_share_the_study(other_storage: str, make_space, hpsearch, tmp_path: Path,
                                                study_name: str) -> None:
-    """Three `hpsearch run` processes started together: exactly 3 x 2 trials, numbered without gaps or repeats;
+    """Three `hpsearch run` processes started together: exactly 3 trials, numbered without gaps or repeats;
     then the read-only commands work on the same storage."""
     space = str(make_space(fixed__epochs=1))
-    n, m = 3, 2
+    n, m = 3, 1
     procs = [start_cli(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", other_storage,
                      "--study-name", study_name], tmp_path) for _ in range(n)]
     finish(procs)

@@ -19,7 +19,7 @@ def test_n_workers_by_m_trials_on_an_empty_database(empty_database: str, make_sp
     """Three `hpsearch run` started together on a database without tables (a new CI machine's), as in issue 10."""
     url = empty_database
     space = str(make_space(fixed__epochs=1))
-    n, m = 3, 2
+    n, m = 3, 1
     procs = [start_cli(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", url,
                      "--study-name", study_name], tmp_path) for _ in range(n)]
     finish(procs)
@@ -32,7 +32,7 @@ def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tm
                                                study_name: str) -> None:
     space = str(make_space(fixed__epochs=1))
     procs = [start_cli(["run", "--space", space, "--total", "5", "--quiet", "--storage", postgres_url,
-                     "--study-name", study_name], tmp_path) for _ in range(3)]
+                     "--study-name", study_name], tmp_path) for _ in range(2)]
     finish(procs)
     trials = optuna.load_study(study_name=study_name, storage=postgres_url).trials
     assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 5

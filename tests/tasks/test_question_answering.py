@@ -365,11 +365,11 @@ def test_the_shipped_question_answering_space_runs_on_minilm(hpsearch, tmp_path:
     space = REPO / "search_spaces" / "question_answering.yaml"
     hpsearch("run", "--space", str(space), "--trials", "1", "--device", "cpu", "--quiet",
              "--set", f"model.name_or_path={MINILM}", "--set", f"data.train.path={REPO}/data/qa-demo/train.jsonl",
-             "--set", f"data.validation.path={REPO}/data/qa-demo/dev.jsonl", "--set", "data.max_train_samples=96",
-             "--set", "data.max_eval_samples=32", "--set", "params.epochs=null", "--set", "fixed.epochs=1",
+             "--set", f"data.validation.path={REPO}/data/qa-demo/dev.jsonl", "--set", "data.max_train_samples=48",
+             "--set", "data.max_eval_samples=16", "--set", "params.epochs=null", "--set", "fixed.epochs=1",
              "--set", "params.learning_rate=null", "--set", "fixed.learning_rate=3.0e-4", check=True)
     import optuna
 
     trial = optuna.load_study(study_name="qa-demo", storage=f"sqlite:///{tmp_path}/studies.db").trials[0]
-    assert trial.state.name == "COMPLETE" and trial.user_attrs["validation_rows"] == 32
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["validation_rows"] == 16
     assert 0 <= trial.user_attrs["val_exact_match"] <= trial.user_attrs["val_f1"] <= 100
