@@ -9,7 +9,7 @@ MODEL  := models/all-MiniLM-L6-v2
 
 # The lowest transformers pyproject.toml allows, and the tests it must pass (torch's lowest, 2.11, is what the lent
 # GPU machines run: bench/gpu_run.sh's probe checks it there).
-OLDEST := transformers==5.17.0
+OLDEST := transformers==5.17.0 "huggingface-hub>=1.31,<2"
 SMOKE  := tests/finetune/test_loop.py tests/finetune/test_durable.py tests/tasks/test_tasks.py tests/finetune/test_lora.py
 
 .PHONY: demo test test-oldest install install-test models clean
@@ -44,7 +44,7 @@ test: install-test models
 	$(BIN)/python -m pytest -q
 
 test-oldest: install-test models
-	rm -rf .oldest && $(BIN)/pip install -q --no-deps --target .oldest "$(OLDEST)"
+	rm -rf .oldest && $(BIN)/pip install -q --no-deps --target .oldest $(OLDEST)
 	PYTHONPATH=.oldest $(BIN)/python -c "import transformers; print('transformers', transformers.__version__)"
 	PYTHONPATH=.oldest $(BIN)/python -m pytest -q -p no:cacheprovider $(SMOKE)
 
