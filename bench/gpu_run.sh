@@ -49,9 +49,10 @@ section probe 80 "$py" -m bench.gpu_probe --out "$out/probe.json"
 section precisions 150 "$py" -m bench.gpu --only precisions $reduced --anchor .gpu/trainer_baseline.py \
   --out "$out/GPU_precisions.md" --json "$out/gpu_precisions.json"
 section lora7b 70 "$py" -m bench.gpu --only lora7b $reduced --out "$out/GPU_lora7b.md" --json "$out/gpu_lora7b.json"
-if [ -n "$dry" ]; then  # the 128k evaluation and the LoRA members' memory have CPU tests of their own
+if [ -n "$dry" ]; then  # the 128k evaluation, the LoRA members' memory and a fused study equal to one trial at a
+  # time (tests/study/test_fused_study.py) have CPU tests of their own
   section memory 50 "$py" -m bench.gpu --only memory --reduced --out "$out/GPU_memory.md" --json "$out/gpu_memory.json"
-  section fused 130 "$py" -m bench.fused --reduced --ks 1,2 --memory-ks "" --launch-ks 1,2 --out "$out/FUSED.md"
+  section fused 130 "$py" -m bench.fused --reduced --ks 2 --memory-ks "" --launch-ks 1,2 --out "$out/FUSED.md"
 else
   section memory 50 "$py" -m bench.gpu --only memory,vocab128k --out "$out/GPU_memory.md" --json "$out/gpu_memory.json"
   section fused 130 "$py" -m bench.fused --models random-minilm --ks 1,4,16 --memory-ks "" --launch-ks 1,4,16 \

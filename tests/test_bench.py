@@ -103,9 +103,8 @@ def test_the_device_command_runs_every_section_in_its_cpu_mode(tmp_path: Path) -
     assert memory["memory given back after pruned trials"]["states"] == ["PRUNED"] * 3
     raw = json.loads((tmp_path / "FUSED.json").read_text())
     (tiny,) = raw["throughput"]
-    assert [r["k"] for r in tiny["runs"]] == [1, 2] and all("failed" not in r for r in tiny["runs"])
+    assert [r["k"] for r in tiny["runs"]] == [2] and all("failed" not in r for r in tiny["runs"])
     assert all(r["trials"] == tiny["configs"] == 4 for r in tiny["runs"])
-    assert len({(r["best_value"], json.dumps(r["best_params"], sort_keys=True)) for r in tiny["runs"]}) == 1
     (counted,) = raw["launches"]
     assert set(counted["counts"]) == {"1", "2"} and all(n > 50 for n in counted["counts"].values())
 

@@ -45,7 +45,7 @@ def _fake_fine_tune(trainable_per_row: int):
     return fine_tune
 
 
-def test_the_sampler_learns_to_avoid_an_infeasible_region(setup, monkeypatch) -> None:
+def test_the_sampler_learns_to_avoid_an_infeasible_region(setup, settled, monkeypatch) -> None:
     from hpsearch.finetune.precision import FP32
     from hpsearch.finetune.recipe import Prepared
     from hpsearch.study.objective import Objective

@@ -95,7 +95,7 @@ def test_interrupt_saves_the_trial_fails_it_for_a_retry_and_resume_works(storage
     assert "other hyperparameters (epochs)" in trials[1].user_attrs["resume_refused"]
 
 
-def test_the_sampler_learns_from_out_of_memory_trials(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sampler_learns_from_out_of_memory_trials(setup, settled, monkeypatch: pytest.MonkeyPatch) -> None:
     """TPE never sees a FAIL trial, so a config that ran out of memory came back again and again. Recorded as a
     PRUNED trial with a violated constraint, it ranks below every feasible one: TPE stops proposing its region.
     (A fake training, so that only the sampler is measured: bigger batches score higher and >= 64 run out of

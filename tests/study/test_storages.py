@@ -85,10 +85,10 @@ def test_unreachable_servers_are_one_clear_error_without_the_password(monkeypatc
 
 def test_n_workers_by_m_trials_share_the_study(other_storage: str, make_space, hpsearch, tmp_path: Path,
                                                study_name: str) -> None:
-    """Three `hpsearch run` processes started together: exactly 3 trials, numbered without gaps or repeats;
-    then the read-only commands work on the same storage."""
+    """Two `hpsearch run` processes started together: exactly 2 trials, numbered without gaps or repeats; then the
+    read-only commands work on the same storage (many workers asking at once: tests/study/test_budget.py)."""
     space = str(make_space(fixed__epochs=1))
-    n, m = 3, 1
+    n, m = 2, 1
     procs = [start_cli(["run", "--space", space, "--trials", str(m), "--quiet", "--storage", other_storage,
                      "--study-name", study_name], tmp_path) for _ in range(n)]
     finish(procs)
@@ -98,14 +98,6 @@ def test_n_workers_by_m_trials_share_the_study(other_storage: str, make_space, h
     assert all(HEARTBEAT_ATTR in t.system_attrs for t in study.trials)  # hpsearch's heartbeats were written
     listing = hpsearch("trials", "--study", study_name, "--storage", other_storage, check=True)
     assert listing.stdout.count("COMPLETE") + listing.stdout.count("PRUNED") >= n * m
-
-
-def test_total_is_shared_through_the_workers_flag_on_a_journal_file(make_space, hpsearch, tmp_path: Path) -> None:
-    url = "journal:///w.log"
-    hpsearch("run", "--space", str(make_space(fixed__epochs=1)), "--trials", "4", "--workers", "2",
-             "--storage", url, check=True)
-    trials = optuna.load_study(study_name="tiny", storage=S.open_storage(journal(tmp_path / "w.log"))).trials
-    assert len([t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]) == 4
 
 
 def test_a_killed_worker_s_trial_on_the_journal_is_failed_and_retried(make_space, tmp_path: Path,
