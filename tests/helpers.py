@@ -183,17 +183,19 @@ def saved(storage: object, study_name: str, trials: int = 1) -> bool:
     return sum("hpsearch:checkpoint" in t.system_attrs for t in study.get_trials(deepcopy=False)) >= trials
 
 
-def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, study_name: str) -> object:
-    """A worker killed (SIGKILL) while its trial 0 trains, after its first checkpoint, then a second worker with
-    ``--total 2`` on the same study, both with a 1 s heartbeat and a 3 s grace period, as every storage must
-    survive it: trial 0 ends FAIL, nothing stays RUNNING, the total is reached, and trial 0 is retried once,
-    continuing from its checkpoint to the end; no checkpoint is left. Returns the retry."""
+def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, study_name: str,
+                            hpsearch: Callable) -> object:
+    """A worker process killed (SIGKILL) while its trial 0 trains, after its first checkpoint, then a second worker
+    with ``--total 2`` on the same study (``hpsearch``: the CLI in the test's process, which never ran the trial),
+    both with a 1 s heartbeat and a 3 s grace period, as every storage must survive it: trial 0 ends FAIL, nothing
+    stays RUNNING, the total is reached, and trial 0 is retried once, continuing from its checkpoint to the end; no
+    checkpoint is left. Returns the retry."""
     import optuna
 
     from hpsearch.study.storage import default_location, open_storage
 
     beat = ["--heartbeat-interval", "1", "--grace-period", "3", "--storage", url, "--study-name", study_name]
-    space = str(make_space("slow.yaml", fixed__epochs=10))
+    space = str(make_space("slow.yaml", fixed__epochs=6))  # 12 reports: killed after the first
     victim = start_cli(["run", "--space", space, "--trials", "1", "--quiet", *beat], tmp_path)
     storage = open_storage(url, read_only=True)
     deadline = time.monotonic() + 120
@@ -204,7 +206,7 @@ def kill_a_worker_mid_trial(url: str, make_space: Callable, tmp_path: Path, stud
     victim.wait(timeout=10)
     trials = optuna.load_study(study_name=study_name, storage=storage).trials
     assert [t.state.name for t in trials] == ["RUNNING"]  # nobody has noticed yet
-    finish([start_cli(["run", "--space", space, "--total", "2", "--quiet", *beat], tmp_path)], timeout=180)
+    hpsearch("run", "--space", space, "--total", "2", "--quiet", *beat, check=True)
     trials = optuna.load_study(study_name=study_name, storage=storage).trials
     states = [t.state.name for t in trials]
     assert states[0] == "FAIL" and "RUNNING" not in states

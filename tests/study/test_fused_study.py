@@ -67,9 +67,11 @@ def test_the_group_stays_full_until_the_total(make_space, hpsearch, tmp_path: Pa
     assert 2 <= most <= 3, spans
 
 
-def test_ctrl_c_saves_every_running_member_and_the_same_command_continues_them(make_space, tmp_path: Path) -> None:
-    """Each member saves at its next step and fails for a retry (exit 130); the same command continues all three,
-    each from its checkpoint, in a group again, and completes the total."""
+def test_ctrl_c_saves_every_running_member_and_the_same_command_continues_them(make_space, hpsearch,
+                                                                               tmp_path: Path) -> None:
+    """Each member saves at its next step and fails for a retry (exit 130: the signal reaches a real worker
+    process); the same command (here in this process) continues all three, each from its checkpoint, in a group
+    again, and completes the total."""
     from hpsearch.study.storage import open_storage
 
     space = _space(make_space, epochs=4, study__pruner="none")
@@ -88,9 +90,7 @@ def test_ctrl_c_saves_every_running_member_and_the_same_command_continues_them(m
     trials = _study(tmp_path).trials
     assert [t.state.name for t in trials] == ["FAIL"] * 3 + ["WAITING"] * 3, [t.user_attrs for t in trials]
     assert {t.user_attrs["status"] for t in trials[:3]} == {"failed: interrupted"}
-    again = start_cli(args, tmp_path)
-    _, err = again.communicate(timeout=240)
-    assert again.returncode == 0, err
+    hpsearch(*args, check=True)
     trials = _study(tmp_path).trials
     states = [t.state.name for t in trials]
     assert states.count("COMPLETE") == 4 and "RUNNING" not in states and "WAITING" not in states

@@ -100,10 +100,10 @@ def test_n_workers_by_m_trials_share_the_study(other_storage: str, make_space, h
     assert listing.stdout.count("COMPLETE") + listing.stdout.count("PRUNED") >= n * m
 
 
-def test_a_killed_worker_s_trial_on_the_journal_is_failed_and_retried(make_space, tmp_path: Path,
+def test_a_killed_worker_s_trial_on_the_journal_is_failed_and_retried(make_space, hpsearch, tmp_path: Path,
                                                                      study_name: str) -> None:
     url = journal(tmp_path / "killed.log")
-    retry = kill_a_worker_mid_trial(url, make_space, tmp_path, study_name)
+    retry = kill_a_worker_mid_trial(url, make_space, tmp_path, study_name, hpsearch)
     assert HEARTBEAT_ATTR in retry.system_attrs  # hpsearch's heartbeats: the journal has none of Optuna's
 
 

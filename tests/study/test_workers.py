@@ -43,9 +43,9 @@ def test_total_is_a_budget_for_the_whole_study(postgres_url: str, make_space, tm
     assert all("steps" not in t.user_attrs for t in others)  # a surplus trial never trains
 
 
-def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url: str, make_space, tmp_path: Path,
-                                                                  study_name: str) -> None:
-    retry = kill_a_worker_mid_trial(postgres_url, make_space, tmp_path, study_name)
+def test_killed_worker_trial_fails_is_retried_and_total_is_reached(postgres_url: str, make_space, hpsearch,
+                                                                  tmp_path: Path, study_name: str) -> None:
+    retry = kill_a_worker_mid_trial(postgres_url, make_space, tmp_path, study_name, hpsearch)
     assert retry.state.name in ("COMPLETE", "PRUNED")
 
 
