@@ -84,7 +84,7 @@ def test_readme_python_example_runs_as_written(tmp_path: Path) -> None:
         pytest.skip("models/all-MiniLM-L6-v2 not made (make models)")
     code = _readme_python_example()
     env = {"HPSEARCH_STORAGE": f"sqlite:///{tmp_path / 'readme.db'}", "HPSEARCH_CACHE_DIR": str(tmp_path / "c"),
-           "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+           "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # a core, as the suite's others
     proc = subprocess.run([sys.executable, "-c", code.replace("best-model", str(tmp_path / "best-model"))],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
