@@ -83,12 +83,18 @@ def _takes_over(signum: int, current: Any) -> bool:
 def handled() -> Iterator[None]:
     """Hold SIGINT and SIGTERM until :func:`check` within; on leaving normally, raise a signal still held.
 
-    Only in the main thread (where Python delivers signals); elsewhere a no-op."""
+    Only in the main thread (where Python delivers signals); elsewhere a no-op. Nested, the inner one keeps what the
+    outer holds (a worker holds signals from its first line, so that none lands inside an import or a finalizer,
+    where Python prints it and drops it)."""
     global _pending
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    if _hold in previous.values():  # within an outer handled(): a signal it holds stays held, for its owner to undo
+        yield
+        check()
+        return
     mine = [s for s, h in previous.items() if _takes_over(s, h)]
     _pending = None
     for s in mine:

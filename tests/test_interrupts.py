@@ -51,6 +51,27 @@ def test_sigterm_is_held_and_raised_as_terminated(capfd: pytest.CaptureFixture[s
     assert "[hpsearch] terminated (SIGTERM): stopping at the next training step" in capfd.readouterr().err
 
 
+def test_a_signal_held_by_an_outer_handled_survives_an_inner_one_and_its_check_raises_it() -> None:
+    """A worker holds signals from its first line and the study holds them again around its trials: a Ctrl-C that
+    came during the worker's setup must not be dropped by the inner handled(), and stops it before any trial."""
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.handled():
+            _signal_self()  # during setup
+            with interrupts.handled():
+                assert interrupts.requested()
+                interrupts.check()  # where the study checks before its first trial
+                pytest.fail("the inner check did not raise the signal held outside")
+    assert signal.getsignal(signal.SIGINT) is before and not interrupts.requested()
+    with interrupts.handled():  # an inner one that ends with nothing held leaves the outer's handlers in place
+        with interrupts.handled():
+            pass
+        assert signal.getsignal(signal.SIGINT) is not before
+        _signal_self()
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+
+
 def test_leaving_with_a_held_signal_raises_it_and_restores_the_handlers() -> None:
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):

@@ -274,6 +274,7 @@ def _lead(space: Space, options: RunOptions, prepared: Prepared, group: Any, pro
     settle_memory()
     try:
         with interrupts.handled():  # Ctrl-C / SIGTERM stop the running trial at its next step (FAIL), then the study
+            interrupts.check()  # one held while a worker set up stops it before any trial
             if fuser is None and total is None:
                 study.optimize(objective, n_trials=n_trials, **kwargs)
             else:

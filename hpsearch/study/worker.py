@@ -39,16 +39,20 @@ def start(worker_spec: str, env: dict[str, str], cwd: str | None = None, **popen
 
 def main() -> int:
     """Run the spec on standard input; return the exit code."""
-    from ..interrupts import raise_terminated
-    from .runner import run_study
+    from .. import interrupts
 
-    given = json.load(sys.stdin)
     # The launcher forwards its user's Ctrl-C: listen for it even where SIGINT came in ignored (a launcher started
-    # in the background, `cmd &`, passes that on to its children).
+    # in the background, `cmd &`, passes that on to its children). From here on a signal is held until a point where
+    # stopping is safe (the study checks before its first trial): raised at once, it could land in an import or in
+    # a finalizer, where Python prints a traceback and drops it, and the worker would go on training.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, raise_terminated)
+    signal.signal(signal.SIGTERM, interrupts.raise_terminated)
     try:
-        run_study(Space(given["config"], given["source"]), RunOptions(**given["options"]))
+        with interrupts.handled():
+            from .runner import run_study
+
+            given = json.load(sys.stdin)
+            run_study(Space(given["config"], given["source"]), RunOptions(**given["options"]))
     except (Exception, KeyboardInterrupt) as exc:
         status = exit_status(exc)
         if status is None:
