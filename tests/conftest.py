@@ -91,6 +91,21 @@ def settled():
 
 
 @pytest.fixture
+def sft(tmp_path: Path, tiny_decoders):
+    """A causal-LM space on the tiny Llama (prompts masked out of the loss) and its prepared data (48 rows, 16)."""
+    from hpsearch.config.validation import validate
+    from hpsearch.finetune.data import prepare
+    from hpsearch.finetune.model import load_tokenizer
+    from tests.helpers import write_jsonl_splits
+    from tests.tasks.test_tasks import sft_rows, sft_space
+
+    files = write_jsonl_splits(tmp_path, "sft", sft_rows, {"train": 48, "dev": 16})
+    space = validate(sft_space(tiny_decoders["llama"], files["train"], files["dev"], prompt_column="instruction",
+                               response_column="answer"))
+    return space, prepare(space.data, load_tokenizer(space.model), 32)
+
+
+@pytest.fixture
 def make_space(tiny_model: Path, tiny_data: dict[str, Path], tmp_path: Path):
     """Write a space file (keyword overrides use __ for nesting: study__name='x') and return its path."""
 

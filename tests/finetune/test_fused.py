@@ -92,17 +92,6 @@ def test_fused_classifiers_train_as_they_would_alone(setup, lora: int, batched: 
     assert fuser.member_passes > fuser.passes  # passes did hold several members
 
 
-@pytest.fixture
-def sft(tmp_path: Path, tiny_decoders):
-    """A causal-LM space on the tiny Llama (prompts masked out of the loss) and its data."""
-    from tests.tasks.test_tasks import sft_rows, sft_space
-
-    files = write_jsonl_splits(tmp_path, "sft", sft_rows, {"train": 48, "dev": 16})
-    space = validate(sft_space(tiny_decoders["llama"], files["train"], files["dev"], prompt_column="instruction",
-                               response_column="answer"))
-    return space, prepare(space.data, load_tokenizer(space.model), 32)
-
-
 @pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
 def test_fused_causal_lms_train_as_they_would_alone(sft, lora: int) -> None:
     space, data = sft

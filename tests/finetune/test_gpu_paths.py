@@ -169,20 +169,6 @@ def test_a_captured_step_reads_nothing_from_the_device_or_graphs_are_refused_for
     assert bool([p for p in refused if "model.cuda_graphs with data.task" in p]) == bool(t.host_reads), refused
 
 
-@pytest.fixture
-def sft(tmp_path: Path, tiny_decoders):
-    from hpsearch.config.validation import validate
-    from hpsearch.finetune.data import prepare
-    from hpsearch.finetune.model import load_tokenizer
-    from tests.helpers import write_jsonl_splits
-    from tests.tasks.test_tasks import sft_rows, sft_space
-
-    files = write_jsonl_splits(tmp_path, "sft", sft_rows, {"train": 24, "dev": 8})
-    space = validate(sft_space(tiny_decoders["llama"], files["train"], files["dev"], prompt_column="instruction",
-                               response_column="answer"))
-    return space, prepare(space.data, load_tokenizer(space.model), 32)
-
-
 def test_auto_never_upcasts_half_precision_weights_a_7b_lora_on_an_sm90_gets_bf16(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A 7B LoRA with 200 tokens a step is launch-bound by the estimate (~32 ms of launches against ~26 ms of
